@@ -1,0 +1,200 @@
+"""Command line: `prunegreedy run | ...`. The only module that talks to the terminal.
+
+User mistakes (PrunegreedyError) end as one line on stderr and exit code 2; `--debug` shows
+the traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import config as config_mod
+from .errors import PrunegreedyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Greedy layerwise CNN training with compression after every stage.")
+
+
+
+@app.callback()
+def _root() -> None:
+    """Greedy layerwise CNN training with compression after every stage."""
+
+
+# Shown when `--dataset cifar10` picks a recipe by itself.
+RECIPE_NOTES = {
+    "cifar10-k2": "the paper's k=2 recipe (50 epochs per stage); a GPU is present; several hours on one GPU",
+    "cifar10-cpu": "the CPU recipe (k=2 net at half width, 20 epochs in all); no GPU found; "
+                   "about 25-30 minutes on a 2-core CPU",
+}
+
+
+class ConsoleUI:
+    """Log lines to the terminal and the run's log.txt; rich progress bars unless quiet."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.quiet = quiet
+        self.run_dir = None
+
+    def log(self, msg: str) -> None:
+        self.console.print(msg, markup=False, soft_wrap=True)
+        if self.run_dir is not None:
+            self.run_dir.log(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    def progress(self, desc: str):
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:5.1f}%"),
+                       TimeRemainingColumn(), console=self.console, transient=True)
+        state = {"task": None}
+
+        def on_step(step: int, total: int, loss: float, acc: float) -> None:
+            if state["task"] is None:
+                bar.start()
+                state["task"] = bar.add_task(desc, total=total, loss=loss, acc=acc)
+            if step % 5 == 0 or step == total:
+                bar.update(state["task"], completed=step, loss=loss, acc=acc)
+            if step == total:
+                bar.stop()
+
+        return on_step
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, ui: ConsoleUI) -> str:
+    if config is not None:
+        return config
+    if dataset == "cifar10":
+        from .runtime import resolve_device
+
+        recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-cpu"
+        ui.log(f"recipe: {recipe} - {RECIPE_NOTES[recipe]} (choose another with --config)")
+        return recipe
+    return "quick"
+
+
+def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out, name,
+               quiet, sets) -> dict:
+    over = config_mod.parse_set(sets or [])
+    put = lambda sec, key, v: over.setdefault(sec, {}).__setitem__(key, v)  # noqa: E731
+    if dataset is not None:
+        put("data", "name", dataset)
+    if data_dir is not None:
+        put("data", "data_dir", str(data_dir))
+    if k is not None:
+        if k not in (1, 2, 3):
+            raise config_mod.ConfigError(f"--k must be 1, 2 or 3, got {k}")
+        put("model", "plan", f"cifar10-k{k}")
+    if epochs is not None:
+        put("train", "epochs", epochs)
+    if prune_ratio is not None or prune_ratios is not None:
+        over.setdefault("compress", {}).setdefault("hook", "prune")
+    if prune_ratio is not None:
+        put("compress", "ratio", prune_ratio)
+    if prune_ratios is not None:
+        put("compress", "ratios", prune_ratios)
+    if importance is not None:
+        put("compress", "importance", importance)
+    if device is not None:
+        put("run", "device", device)
+    if seed is not None:
+        put("run", "seed", seed)
+    if out is not None:
+        put("run", "out", str(out))
+    if name is not None:
+        put("run", "name", name)
+    if quiet:
+        put("run", "quiet", True)
+    return over
+
+
+def _run_dir_path(cfg, recipe: str) -> Path:
+    if cfg.run.out:
+        return Path(cfg.run.out)
+    ratio = ",".join(f"{r:g}" for r in cfg.compress.ratios) if cfg.compress.ratios else f"{cfg.compress.ratio:g}"
+    name = cfg.run.name or f"{Path(recipe).stem}-r{ratio}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / name
+
+
+@app.command()
+def run(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
+    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample or imagefolder."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
+    k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
+    epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
+    prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
+    prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
+    importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
+    seed: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
+    name: Optional[str] = typer.Option(None, help="Run name under runs/."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Train a network greedily, one stage at a time, compressing each new block."""
+    ui = ConsoleUI(quiet)
+    try:
+        over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
+                          name, quiet, set_)
+        recipe = _choose_recipe(config, dataset, device or "auto", ui)
+        cfg = config_mod.load(recipe, over)
+        _run(cfg, recipe, ui)
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+
+
+def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
+    from . import data, pipeline, runtime
+    from .records import RunDir
+
+    pipeline.check(cfg)
+    dev = runtime.resolve_device(cfg.run.device)
+    runtime.setup(dev, cfg.run.threads)
+    path = _run_dir_path(cfg, recipe)
+    if RunDir.is_run(path) or (path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()):
+        RunDir.create(path)  # raises the precise error before any data is read
+    t0 = time.perf_counter()
+    ds = data.load_dataset(cfg.data)
+    ui.log(f"data: {ds.name}, {len(ds.train_y):,} train / {len(ds.test_y):,} test images "
+           f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
+    run_dir = RunDir.create(path)
+    ui.run_dir = run_dir
+    ui.log(f"run folder: {run_dir.path}  device: {dev}  plan: {cfg.model.plan}  hook: {cfg.compress.hook}")
+    pipeline.GreedyRun(cfg, run_dir, ds, dev, ui).run()
+    ui.log(f"records: {run_dir.path / 'stages.csv'}")
+
+
+def main() -> None:
+    import warnings
+
+    # fvcore traces with TorchScript, which current torch flags as deprecated on every call.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The compression hook run after every greedy stage.
+
+`prune` removes a fraction of the new block's output filters with torch-pruning (structurally:
+tensors shrink), cuts the head's input to match, and fine-tunes block + head against the
+auxiliary loss. Earlier blocks, the head's hidden convs and its final linear output are outside
+the pruning scope: only block j and its head are traced, and only block j's conv is a root.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from .config import CompressConfig, TrainConfig
+from .data import Dataset, Normalize, train_batches
+from .errors import ConfigError
+from .train import StepCallback, autocast, autocast_dtype, freeze, train_stage
+
+
+@dataclass
+class StageContext:
+    """What a hook may use: the stage's modules, the frozen prefix, the data and settings."""
+    stage: int  # 0-based
+    prefix: nn.Module
+    block: nn.Module
+    head: nn.Module
+    input_shape: tuple[int, int, int]  # block input (C, H, W)
+    ds: Dataset
+    norm: Normalize
+    train_cfg: TrainConfig
+    device: torch.device
+    generator: torch.Generator
+    ratio: float
+
+
+class Recorder(Protocol):
+    """Measures and records one phase of the stage (the pipeline provides it)."""
+
+    def __call__(self, phase: str, block: nn.Module, head: nn.Module, seconds: float, **extra) -> None: ...
+
+    def progress(self, desc: str) -> StepCallback | None: ...
+
+
+Hook = Callable[[StageContext, CompressConfig, Recorder], "tuple[nn.Module, nn.Module]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What to cut: importance criteria, each a factory of a torch-pruning Importance
+
+IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn": lambda: tp.importance.BNScaleImportance(),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+NEEDS_GRADIENTS = {"taylor"}
+
+
+def kept_filters(n: int, ratio: float, round_to: int = 1) -> int:
+    """Filters left after removing `ratio` of `n`, rounded to a multiple of round_to (at least one)."""
+    keep = round(n * (1.0 - ratio) / round_to) * round_to
+    return int(min(n, max(round_to if round_to <= n else n, keep)))
+
+
+def _accumulate_gradients(ctx: StageContext, block: nn.Module, head: nn.Module, batches: int) -> None:
+    """Sum the auxiliary-loss gradients of a few training batches into .grad (Taylor importance)."""
+    block.eval()  # gradients at the trained BN statistics, without moving them
+    head.eval()
+    amp = autocast_dtype(ctx.train_cfg.amp, ctx.device)
+    for p in list(block.parameters()) + list(head.parameters()):
+        p.grad = None
+    for i, (xb, yb) in enumerate(train_batches(ctx.ds.train_x, ctx.ds.train_y, ctx.train_cfg.batch_size,
+                                               ctx.norm, ctx.generator)):
+        if i >= batches:
+            break
+        with autocast(ctx.device, amp):
+            with torch.no_grad():
+                feats = ctx.prefix(xb)
+            loss = F.cross_entropy(head(block(feats)).float(), yb)
+        loss.backward()
+
+
+def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int], ratio: float,
+                importance: str, round_to: int = 1,
+                gradients: Callable[[], None] | None = None) -> list[int]:
+    """Remove the least important output filters of block.conv in place; return their indices.
+
+    block + head are traced together so the BN and the head's input shrink with the conv.
+    """
+    if importance not in IMPORTANCES:
+        raise ConfigError(f"unknown importance '{importance}'; valid: {', '.join(IMPORTANCES)}")
+    n = block.conv.out_channels
+    keep = kept_filters(n, ratio, round_to)
+    if keep == n:
+        return []
+    pair = nn.Sequential(block, head)
+    modes = [m.training for m in pair.modules()]
+    pair.eval()  # tracing runs a forward pass: keep BN statistics where they are
+    device = next(block.parameters()).device
+    example = torch.zeros(1, *input_shape, device=device)
+    graph = tp.DependencyGraph().build_dependency(pair, example_inputs=example, verbose=False)
+    group = graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=list(range(n)))
+    if importance in NEEDS_GRADIENTS:
+        if gradients is None:
+            raise ConfigError(f"importance '{importance}' needs training batches for gradients")
+        gradients()
+    with torch.no_grad():
+        scores = IMPORTANCES[importance]()(group)
+    if scores is None:
+        raise ConfigError(f"importance '{importance}' does not apply to this block (no BatchNorm?); "
+                          f"choose one of: {', '.join(k for k in IMPORTANCES if k != importance)}")
+    # Stable sort so ties (e.g. dead filters with zero weight) are cut in index order: deterministic.
+    order = torch.sort(scores.float().cpu(), stable=True).indices
+    removed = sorted(order[: n - keep].tolist())
+    graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=removed).prune()
+    for p in pair.parameters():
+        p.grad = None
+    for m, mode in zip(pair.modules(), modes):
+        m.training = mode
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks
+
+def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple[nn.Module, nn.Module]:
+    return ctx.block, ctx.head
+
+
+def prune_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple[nn.Module, nn.Module]:
+    block, head = ctx.block, ctx.head
+    before = block.conv.out_channels
+    start = time.perf_counter()
+    removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
+                          gradients=lambda: _accumulate_gradients(ctx, block, head, cfg.taylor_batches))
+    if not removed:
+        return block, head  # ratio 0 (or rounding kept everything): the model is unchanged
+    prune_s = time.perf_counter() - start
+    record("pruned", block, head, prune_s, width_before=before, removed=removed)
+    freeze(ctx.prefix)
+    if cfg.finetune_epochs > 0:
+        stats = train_stage(ctx.prefix, block, head, ctx.ds, ctx.norm, ctx.train_cfg, cfg.finetune_epochs,
+                            cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,
+                            on_step=record.progress("fine-tune"))
+        record("finetuned", block, head, stats.seconds, stats=stats, epochs=cfg.finetune_epochs)
+    return block, head
+
+
+HOOKS: dict[str, Hook] = {"none": none_hook, "prune": prune_hook}
+
+
+def register_hook(name: str, hook: Hook) -> None:
+    """Make a user hook selectable as compress.hook = name."""
+    HOOKS[name] = hook
+
+
+def get_hook(name: str) -> Hook:
+    if name not in HOOKS:
+        raise ConfigError(f"unknown compression hook '{name}'; valid: {', '.join(HOOKS)}")
+    return HOOKS[name]

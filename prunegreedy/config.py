@@ -1,0 +1,294 @@
+"""Typed run configuration with strict keys.
+
+A config is a tree of dataclasses. It is built from plain dicts (YAML files, `--set a.b=v`
+overrides), and every unknown key or wrong type is an error that names the valid choices.
+Library code receives the sub-config it uses (`cfg.train`, `cfg.compress`), never the whole tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+# Recipes ship inside the package so a wheel install finds them; the top-level configs/ links here.
+RECIPE_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10-sample"  # a key of data.DATASETS
+    data_dir: str | None = None  # local copy; None = bundled sample / torchvision cache
+    cache_dir: str | None = None  # decoded uint8 tensors; None = ~/.cache/prunegreedy
+    image_size: int = 32  # imagefolder images are resized to this square size
+    train_limit: int | None = None  # use only the first N training images (smoke tests)
+    test_limit: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    plan: str = "cifar10-k2"  # a key of models.PLANS
+    width_mult: float = 1.0  # scales block and head widths of the plan
+    widths: list[int] | None = None  # explicit block widths; overrides plan widths * width_mult
+
+
+@dataclass
+class TrainConfig:
+    trainer: str = "greedy"
+    epochs: Union[float, list[float]] = 50.0  # per stage: one value for all, or one per stage
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    wd_on_bn_bias: bool = True  # the paper decays every parameter; False skips BN and biases
+    schedule: str = "step"  # a key of train.SCHEDULES
+    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # fractions of a stage
+    gamma: float = 0.2  # step schedule: lr multiplier at each milestone (paper: / 5)
+    warmup: float = 0.0  # fraction of the stage spent in linear warm-up
+    label_smoothing: float = 0.0
+    amp: str = "auto"  # auto | bf16 | off; auto = bf16 where the device supports it fast
+    channels_last: bool = True
+    eval_batch_size: int = 500
+
+
+@dataclass
+class CompressConfig:
+    hook: str = "none"  # a key of compress.HOOKS
+    ratio: float = 0.0  # fraction of each new block's filters to remove, 0 <= r < 1
+    ratios: list[float] | None = None  # one ratio per stage; overrides `ratio`
+    importance: str = "l1"  # a key of compress.IMPORTANCES
+    round_to: int = 1  # kept filter count is a multiple of this
+    taylor_batches: int = 4  # batches used to estimate first-order Taylor importance
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 0.01
+    finetune_schedule: str = "linear"
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # run folder name under runs/; None = generated
+    out: str | None = None  # explicit run folder; overrides runs/<name>
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0
+    threads: int | None = None  # CPU threads; None = all cores
+    quiet: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def stage_value(self, values: float | list[float] | None, default: float, stage: int, n: int) -> float:
+        """One value per stage from a scalar or a list of length n."""
+        if values is None:
+            return default
+        if isinstance(values, list):
+            if len(values) != n:
+                raise ConfigError(f"expected {n} per-stage values (one per stage), got {len(values)}: {values}")
+            return float(values[stage])
+        return float(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from dicts, strictly.
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; accept ints for floats and strings from --set."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):  # from --set: comma-separated
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name] or {}, key)
+        else:
+            kwargs[name] = _coerce(data[name], tp, key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.05", "model.widths=64,64"]` -> nested dict of strings (typed later)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.sub=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set: '{key}' conflicts with another --set")
+        parsed = yaml.safe_load(value) if value.strip() else None
+        # Keep lists given as "a,b" as strings: _coerce splits them against the annotation.
+        node[parts[-1]] = value if isinstance(parsed, (dict, list)) or "," in value else parsed
+    return out
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe name (`cifar10-cpu`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPE_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    valid = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
+    raise ConfigError(f"config '{name_or_path}' is neither a YAML file nor a recipe; recipes: {valid}")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections (data, model, train, compress, run)")
+    return data
+
+
+def load(recipe: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    base = load_yaml(resolve_recipe(recipe)) if recipe else {}
+    return from_dict(_merge(base, overrides or {}))
+
+
+AMP_CHOICES = ("auto", "bf16", "off")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types cannot express. Registry names are checked where they are used."""
+    def ratio_ok(r: float) -> bool:
+        return not math.isnan(r) and 0.0 <= r < 1.0
+
+    if not ratio_ok(cfg.compress.ratio):
+        raise ConfigError(f"prune ratio must be in [0, 1), got {cfg.compress.ratio}")
+    for r in cfg.compress.ratios or []:
+        if not ratio_ok(r):
+            raise ConfigError(f"prune ratios must each be in [0, 1), got {r}")
+    if cfg.compress.round_to < 1:
+        raise ConfigError(f"compress.round_to must be >= 1, got {cfg.compress.round_to}")
+    epochs = cfg.train.epochs if isinstance(cfg.train.epochs, list) else [cfg.train.epochs]
+    if not epochs or any(not (e > 0) or math.isinf(e) for e in epochs):
+        raise ConfigError(f"train.epochs must be positive numbers, got {cfg.train.epochs}")
+    if not (cfg.compress.finetune_epochs >= 0) or math.isinf(cfg.compress.finetune_epochs):
+        raise ConfigError(f"compress.finetune_epochs must be >= 0, got {cfg.compress.finetune_epochs}")
+    if cfg.train.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be >= 1, got {cfg.train.batch_size}")
+    if not (cfg.train.lr > 0):
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if cfg.train.amp not in AMP_CHOICES:
+        raise ConfigError(f"unknown train.amp '{cfg.train.amp}'; valid: {', '.join(AMP_CHOICES)}")
+    if cfg.run.device not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device '{cfg.run.device}'; valid: {', '.join(DEVICE_CHOICES)}")
+    if not (cfg.model.width_mult > 0):
+        raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")

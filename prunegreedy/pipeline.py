@@ -1,0 +1,205 @@
+"""The greedy loop. For each stage: train -> compression hook -> measure -> record -> checkpoint.
+
+The next block's input width is read from the (possibly pruned) previous block, never from the
+config, so a stage always grows on what the previous stage actually left behind.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from . import compress, data, models, train
+from .config import Config
+from .errors import ConfigError, PrunegreedyError
+from .metrics import count_macs, count_params, output_shape
+from .records import RunDir
+
+
+class UI(Protocol):
+    def log(self, msg: str) -> None: ...
+
+    def progress(self, desc: str) -> train.StepCallback | None: ...
+
+
+class NullUI:
+    def log(self, msg: str) -> None:
+        pass
+
+    def progress(self, desc: str) -> None:
+        return None
+
+
+def check(cfg: Config) -> list[models.StageSpec]:
+    """Every registry name and per-stage list, checked before a folder is made or data is read."""
+    if cfg.data.name not in data.DATASETS:
+        raise ConfigError(f"unknown dataset '{cfg.data.name}'; valid: {', '.join(data.DATASETS)}")
+    plan = models.make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths)
+    compress.get_hook(cfg.compress.hook)
+    if cfg.compress.importance not in compress.IMPORTANCES:
+        raise ConfigError(f"unknown importance '{cfg.compress.importance}'; valid: {', '.join(compress.IMPORTANCES)}")
+    for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
+        if name not in train.SCHEDULES:
+            raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(train.SCHEDULES)}")
+    if cfg.train.trainer != "greedy":
+        raise ConfigError(f"unknown trainer '{cfg.train.trainer}'; valid: greedy")
+    n = len(plan)
+    if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
+        raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
+    if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
+        raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but the plan has {n} stages")
+    return plan
+
+
+def stage_ratio(cfg: Config, stage: int, n: int) -> float:
+    if cfg.compress.hook == "none":
+        return 0.0
+    return cfg.stage_value(cfg.compress.ratios, cfg.compress.ratio, stage, n)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("prunegreedy", "torch", "torchvision", "torch-pruning", "fvcore"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)  # torch-pruning's __version__ is wrong
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+@dataclass
+class _StageRecorder:
+    """Measures one phase of a stage and appends its row (compress.Recorder)."""
+    run: "GreedyRun"
+    stage: int
+    prefix_blocks: list[nn.Module]
+    block_input: tuple[int, int, int]
+    ratio: float
+    rows: list[dict] = field(default_factory=list)
+
+    def progress(self, desc: str):
+        return self.run.ui.progress(f"stage {self.stage + 1} {desc}")
+
+    def __call__(self, phase: str, block: nn.Module, head: nn.Module, seconds: float, stats=None,
+                 epochs: float | None = None, width_before: int | None = None, removed=None) -> None:
+        r = self.run
+        prefix = nn.Sequential(*self.prefix_blocks)
+        acc = train.evaluate(prefix, block, head, r.ds, r.norm, r.cfg.train.eval_batch_size, r.device, r.amp)
+        backbone = nn.Sequential(*self.prefix_blocks, block)
+        row = {
+            "stage": self.stage + 1, "phase": phase,
+            "width_in": self.block_input[0],
+            "width_before": width_before if width_before is not None else block.conv.out_channels,
+            "width": block.conv.out_channels,
+            "test_acc": round(acc, 4),
+            "train_loss": round(stats.train_loss, 5) if stats else None,
+            "train_acc": round(stats.train_acc, 4) if stats else None,
+            "epochs": epochs,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(stats.images_per_s, 1) if stats else None,
+            "params_backbone": count_params(backbone),
+            "macs_backbone": count_macs(backbone, r.ds.image_shape),
+            "params_stage": count_params(block),
+            "macs_stage": count_macs(block, self.block_input),
+            "params_head": count_params(head),
+            "macs_head": count_macs(head, output_shape(block, self.block_input)),
+            "prune_ratio": self.ratio,
+            "removed": len(removed) if removed is not None else 0,
+        }
+        self.rows.append(row)
+        r.rows.append(row)
+        r.run_dir.write_stages(r.rows)
+        if removed:
+            r.meta.setdefault("removed_filters", {})[str(self.stage + 1)] = removed
+        r.ui.log(f"stage {row['stage']} {phase:9s} width {row['width_before']}->{row['width']}  "
+                 f"test acc {acc:6.2f}%  backbone {row['params_backbone']:,} params "
+                 f"{row['macs_backbone'] / 1e6:,.1f} MMACs  {seconds:7.1f}s")
+
+
+class GreedyRun:
+    def __init__(self, cfg: Config, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None):
+        self.cfg, self.run_dir, self.ds, self.device = cfg, run_dir, ds.to(device), device
+        self.ui = ui or NullUI()
+        self.norm = data.Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
+        self.amp = train.autocast_dtype(cfg.train.amp, device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.rows: list[dict] = []
+        self.net = models.GreedyNet()
+        self.meta: dict = {
+            "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
+            "device": str(device), "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
+            "dataset": {"name": ds.name, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
+                        "image_shape": list(ds.image_shape), "train_images": len(ds.train_y),
+                        "test_images": len(ds.test_y)},
+            "plan": cfg.model.plan, "stages_done": 0,
+        }
+
+    def spec(self) -> dict:
+        d = self.meta["dataset"]
+        return self.net.spec(input_shape=d["image_shape"], mean=d["mean"], std=d["std"], classes=d["classes"],
+                             plan=self.cfg.model.plan)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        plan = check(cfg)
+        hook = compress.get_hook(cfg.compress.hook)
+        self.run_dir.write_config(cfg.to_dict())
+        self.run_dir.write_meta(self.meta)
+        in_shape = self.ds.image_shape
+        start = time.perf_counter()
+        for j, stage in enumerate(plan):
+            torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
+            gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
+            block = models.make_block(in_shape[0], stage).to(self.device, memory_format=self.memory_format)
+            head = models.make_head(stage.width, stage, self.ds.num_classes).to(
+                self.device, memory_format=self.memory_format)
+            prefix_blocks = list(self.net.blocks)
+            prefix = train.freeze(nn.Sequential(*prefix_blocks))
+            ratio = stage_ratio(cfg, j, len(plan))
+            rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
+            epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
+            try:
+                stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
+                                          cfg.train.schedule, self.device, gen, on_step=rec.progress("train"))
+            except train.NonFiniteLoss as e:
+                self._fail(f"stage {j + 1} stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
+            rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
+            ctx = compress.StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
+                                        self.device, gen, ratio)
+            try:
+                block, head = hook(ctx, cfg.compress, rec)
+            except train.NonFiniteLoss as e:
+                self._fail(f"stage {j + 1} fine-tuning stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
+            self.net.blocks.append(train.freeze(block))
+            self.net.heads.append(train.freeze(head))
+            in_shape = output_shape(block, in_shape)
+            self.meta["stages_done"] = j + 1
+            self.run_dir.save_checkpoint(self.net, self.spec(), j + 1)
+            self.run_dir.write_meta(self.meta)
+        per_head, ensemble = train.evaluate_ensemble(self.net, self.ds, self.norm, cfg.train.eval_batch_size,
+                                                     self.device, self.amp)
+        last = self.rows[-1]
+        self.meta.update({
+            "status": "finished", "seconds": round(time.perf_counter() - start, 2),
+            "final_acc": round(per_head[-1], 4), "ensemble_acc": round(ensemble, 4),
+            "head_accs": [round(a, 4) for a in per_head],
+            "params": last["params_backbone"], "macs": last["macs_backbone"],
+            "params_with_head": last["params_backbone"] + last["params_head"],
+            "macs_with_head": last["macs_backbone"] + last["macs_head"],
+            "widths": [b.conv.out_channels for b in self.net.blocks],
+        })
+        self.run_dir.write_meta(self.meta)
+        self.ui.log(f"final test acc {per_head[-1]:.2f}%  ensemble (2^j weights) {ensemble:.2f}%  "
+                    f"backbone {self.meta['params']:,} params {self.meta['macs'] / 1e6:,.1f} MMACs  "
+                    f"{self.meta['seconds'] / 60:.1f} min")
+        return self.meta
+
+    def _fail(self, msg: str):
+        self.meta.update({"status": "failed", "error": msg})
+        self.run_dir.write_meta(self.meta)
+        raise PrunegreedyError(msg)

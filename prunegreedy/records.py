@@ -1,0 +1,142 @@
+"""The run folder: resolved config, per-(stage, phase) rows, checkpoints, log. Atomic writes.
+
+    <run>/config.yaml          the resolved config (enough to rerun)
+    <run>/run.json             status, dataset meta (classes, mean, std), versions, final metrics
+    <run>/stages.csv           one row per (stage, phase)
+    <run>/log.txt              what the console showed
+    <run>/checkpoints/stage-J.{json,safetensors}   architecture spec + weights after stage J
+    <run>/model.{json,safetensors}                 the latest finished network (blocks + heads)
+
+Every file is written to a temporary file, fsynced and renamed, so a crash never leaves a
+half-written file behind for a later command to read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import pandas as pd
+import torch
+import yaml
+
+from .errors import RunError, SpecError
+
+RUN_FILE = "run.json"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"missing file {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{path} is not valid JSON (damaged or tampered)") from None
+
+
+def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
+    """`stem.json` (architecture) + `stem.safetensors` (weights); no pickle."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(save(state)))
+    write_json(stem.with_suffix(".json"), spec)
+
+
+def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild from the JSON spec (validated first), then load weights that must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import build_from_spec
+
+    spec = read_json(stem.with_suffix(".json"))
+    net = build_from_spec(spec)
+    weights = stem.with_suffix(".safetensors")
+    if not weights.exists():
+        raise RunError(f"missing file {weights}")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{weights} is not a valid safetensors file ({e})") from None
+    expected = net.state_dict()
+    if set(state) != set(expected):
+        raise SpecError(f"{weights} does not match its spec: tensors {sorted(set(state) ^ set(expected))[:3]} differ")
+    for name, t in state.items():
+        if t.shape != expected[name].shape:
+            raise SpecError(f"{weights} does not match its spec: {name} has shape {tuple(t.shape)}, "
+                            f"spec says {tuple(expected[name].shape)}")
+    net.load_state_dict(state)
+    return net, spec
+
+
+class RunDir:
+    """A run folder being written by the pipeline."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.ckpt = self.path / "checkpoints"
+        self._log = None
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        return (Path(path) / RUN_FILE).exists()
+
+    @classmethod
+    def create(cls, path: Path) -> "RunDir":
+        """Make a fresh run folder; never reuse one that holds a run or anything else."""
+        path = Path(path)
+        if cls.is_run(path):
+            raise RunError(f"{path} already holds a run; choose another --out or --name")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunError(f"{path} exists and is not an empty folder; choose another --out or --name")
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create run folder {path}: {e.strerror}") from None
+        return cls(path)
+
+    def write_config(self, cfg_dict: dict) -> None:
+        write_text(self.path / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.path / RUN_FILE, meta)
+
+    def write_stages(self, rows: list[dict]) -> None:
+        text = pd.DataFrame(rows).to_csv(index=False)
+        write_text(self.path / "stages.csv", text)
+
+    def save_checkpoint(self, net: torch.nn.Module, spec: dict, stage: int) -> None:
+        save_model(net, spec, self.ckpt / f"stage-{stage}")
+        save_model(net, spec, self.path / "model")
+
+    def log(self, line: str) -> None:
+        with open(self.path / "log.txt", "a") as f:
+            f.write(line.rstrip("\n") + "\n")
