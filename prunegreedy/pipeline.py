@@ -89,7 +89,9 @@ class _StageRecorder:
                  epochs: float | None = None, width_before: int | None = None, removed=None) -> None:
         r = self.run
         prefix = nn.Sequential(*self.prefix_blocks)
-        acc = train.evaluate(prefix, block, head, r.ds, r.norm, r.cfg.train.eval_batch_size, r.device, r.amp)
+        acc, probs = train.evaluate(prefix, block, head, r.ds, r.norm, r.cfg.train.eval_batch_size, r.device,
+                                    r.amp)
+        r.stage_probs[self.stage] = probs  # the last phase recorded is the stage's final head
         backbone = nn.Sequential(*self.prefix_blocks, block)
         row = {
             "stage": self.stage + 1, "phase": phase,
@@ -129,6 +131,7 @@ class GreedyRun:
         self.amp = train.autocast_dtype(cfg.train.amp, device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.rows: list[dict] = []
+        self.stage_probs: dict[int, torch.Tensor] = {}  # test softmax of each stage's final head
         self.net = models.GreedyNet()
         self.meta: dict = {
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
@@ -181,8 +184,9 @@ class GreedyRun:
             self.meta["stages_done"] = j + 1
             self.run_dir.save_checkpoint(self.net, self.spec(), j + 1)
             self.run_dir.write_meta(self.meta)
-        per_head, ensemble = train.evaluate_ensemble(self.net, self.ds, self.norm, cfg.train.eval_batch_size,
-                                                     self.device, self.amp)
+        probs = [self.stage_probs[j] for j in range(len(plan))]
+        per_head = [train.accuracy(p, self.ds.test_y) for p in probs]
+        ensemble = train.ensemble_accuracy(probs, self.ds.test_y)
         last = self.rows[-1]
         self.meta.update({
             "status": "finished", "seconds": round(time.perf_counter() - start, 2),

@@ -164,36 +164,28 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
 
 @torch.no_grad()
 def evaluate(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, norm: Normalize,
-             batch_size: int, device: torch.device, amp: torch.dtype | None = None) -> float:
-    """Test accuracy (%) of head(block(prefix(x))) on the whole test split."""
+             batch_size: int, device: torch.device, amp: torch.dtype | None = None) -> tuple[float, torch.Tensor]:
+    """Test accuracy (%) of head(block(prefix(x))) on the whole test split, and its softmax (on CPU)."""
     modules = [prefix, block, head]
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
-    correct = 0
-    for xb, yb in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
+    probs = []
+    for xb, _ in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
         with autocast(device, amp):
-            correct += (head(block(prefix(xb))).argmax(1) == yb).sum().item()
+            probs.append(head(block(prefix(xb))).float().softmax(1).cpu())
     for m, t in zip(modules, was_training):
         m.train(t)
-    return 100.0 * correct / len(ds.test_y)
+    p = torch.cat(probs)
+    return accuracy(p, ds.test_y), p
 
 
-@torch.no_grad()
-def evaluate_ensemble(net, ds: Dataset, norm: Normalize, batch_size: int, device: torch.device,
-                      amp: torch.dtype | None = None) -> tuple[list[float], float]:
-    """Per-stage head accuracies and the paper's ensemble: softmaxes weighted by 2^j."""
-    net.eval()
-    n_heads = len(net.heads)
-    weights = torch.tensor([2.0 ** j for j in range(1, n_heads + 1)], device=device)
-    weights = weights / weights.sum()
-    correct = torch.zeros(n_heads, dtype=torch.long)
-    ens_correct = 0
-    for xb, yb in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
-        with autocast(device, amp):
-            logits = net.all_logits(xb)
-        probs = torch.stack([l.float().softmax(1) for l in logits])  # (heads, n, classes)
-        correct += (probs.argmax(2) == yb).sum(1).cpu()
-        ens_correct += ((probs * weights[:, None, None]).sum(0).argmax(1) == yb).sum().item()
-    total = len(ds.test_y)
-    return [100.0 * c / total for c in correct.tolist()], 100.0 * ens_correct / total
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (probs.argmax(1) == labels.cpu()).sum().item() / len(labels)
+
+
+def ensemble_accuracy(stage_probs: list[torch.Tensor], labels: torch.Tensor) -> float:
+    """The paper's ensemble of all stage heads: softmaxes weighted by 2^j (j = 1..J)."""
+    weights = torch.tensor([2.0 ** j for j in range(1, len(stage_probs) + 1)])
+    mix = sum(w * p for w, p in zip(weights / weights.sum(), stage_probs))
+    return accuracy(mix, labels)
