@@ -181,6 +181,195 @@ def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
     ui.log(f"run folder: {run_dir.path}  device: {dev}  plan: {cfg.model.plan}  hook: {cfg.compress.hook}")
     pipeline.GreedyRun(cfg, run_dir, ds, dev, ui).run()
     ui.log(f"records: {run_dir.path / 'stages.csv'}")
+    from . import report as reporting
+
+    reporting.write_report(reporting.load_runs([run_dir.path]), run_dir.path)
+    ui.log(f"report: {run_dir.path / 'report.html'}")
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run folders to compare (names are their folder names)."),
+    out: Path = typer.Option(..., help="Folder for summary.csv, stages.csv and report.html."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Compare runs: summary.csv, stages.csv and one self-contained report.html."""
+    from . import report as reporting
+
+    try:
+        written = reporting.write_report(reporting.load_runs(runs), out)
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    for path in written:
+        typer.echo(str(path))
+
+
+def _sweep_ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise config_mod.ConfigError(f"--prune-ratios expects numbers separated by commas, got '{text}'") from None
+    names = [f"{r:g}" for r in ratios]
+    if not ratios or len(set(names)) != len(names):
+        raise config_mod.ConfigError(f"--prune-ratios needs distinct ratios, got '{text}'")
+    return ratios
+
+
+def _sweep_slot_done(path: Path, ui: ConsoleUI) -> bool:
+    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted."""
+    from .records import RUN_FILE, RunDir, read_json
+
+    if RunDir.is_run(path):
+        try:
+            if read_json(path / RUN_FILE).get("status") == "finished":
+                return True
+        except (PrunegreedyError, AttributeError):  # damaged run.json: an unfinished leftover
+            pass
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = path.with_name(f"{path.name}.partial-{stamp}"), 1
+        while aside.exists():
+            aside, n = path.with_name(f"{path.name}.partial-{stamp}-{n}"), n + 1
+        path.rename(aside)
+        ui.log(f"moved the unfinished leftover {path} aside to {aside}")
+    return False
+
+
+@app.command()
+def sweep(
+    prune_ratios: str = typer.Option(..., help="Ratios to compare, comma separated; 0 is the unpruned reference "
+                                               "(hook none)."),
+    out: Path = typer.Option(..., help="Sweep folder: one run per ratio in ratio-<r>/, the report beside them."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
+    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample or imagefolder."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
+    k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
+    epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
+    importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
+    seed: Optional[int] = typer.Option(None),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Run the recipe once per prune ratio into OUT/ratio-<r>, then compare them in OUT/report.html.
+
+    Ratios whose run already finished are skipped, so rerunning the same command resumes a sweep.
+    """
+    from . import pipeline
+    from . import report as reporting
+
+    ui = ConsoleUI(quiet)
+    try:
+        recipe = _choose_recipe(config, dataset, device or "auto", ui)
+        jobs = []
+        for r in _sweep_ratios(prune_ratios):
+            path = out / f"ratio-{r:g}"
+            over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
+                              set_)
+            over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
+            if r == 0:
+                over["compress"]["hook"] = "none"
+            cfg = config_mod.load(recipe, over)
+            pipeline.check(cfg)  # every ratio's config is checked before hours go into the first one
+            jobs.append((r, path, cfg))
+        for r, path, cfg in jobs:
+            ui.run_dir = None  # sweep lines belong to no run's log.txt
+            if _sweep_slot_done(path, ui):
+                ui.log(f"ratio {r:g}: {path} already finished, skipped")
+                continue
+            ui.log(f"ratio {r:g}: training into {path}")
+            try:
+                _run(cfg, recipe, ui)
+            except PrunegreedyError as e:
+                raise PrunegreedyError(f"ratio {r:g}: {e}; run the same sweep again to resume "
+                                       "(finished ratios are skipped)") from None
+        ui.run_dir = None
+        reporting.write_report(reporting.load_runs([path for _, path, _ in jobs]), out)
+        ui.log(f"report: {out / 'report.html'}")
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="Run folder; its latest finished network is exported."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for the export."),
+    format_: str = typer.Option("native", "--format", help="native (safetensors + JSON spec), torchscript or onnx."),
+    with_head: bool = typer.Option(False, "--with-head", help="Keep the final classifier head (default: features)."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Export a run's network for inference: BatchNorm folded, outputs checked on real images."""
+    try:
+        from .export import export_run
+
+        r = export_run(run_dir, out, format_, with_head)
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    what = "network with head" if r["with_head"] else "backbone (features only)"
+    typer.echo(f"exported {r['format']} {what} to {r['out']}: {r['file']} {r['bytes']:,} bytes, "
+               f"{r['params']:,} params; max abs diff vs trained {r['fold_max_diff']:.2g}, "
+               f"vs PyTorch {r['export_max_diff']:.2g} on {r['check_images']} images")
+
+
+@app.command("eval")
+def eval_cmd(
+    exported: Path = typer.Argument(..., metavar="EXPORTED", help="Export folder (made with --with-head)."),
+    dataset: str = typer.Option("cifar10-sample", help="cifar10, cifar10-sample or imagefolder."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
+    batch_size: int = typer.Option(500, help="Images per forward pass."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Test accuracy of an exported model, run in its own runtime."""
+    try:
+        from .config import DataConfig
+        from .data import load_dataset
+        from .deployed import evaluate, open_export, require_head
+
+        if batch_size < 1:
+            raise config_mod.ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        model = require_head(open_export(exported))
+        ds = load_dataset(DataConfig(name=dataset, data_dir=str(data_dir) if data_dir is not None else None))
+        r = evaluate(model, ds, batch_size)
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    typer.echo(f"test acc {r['acc']:.2f}% ({r['correct']:,}/{r['images']:,} images of {r['dataset']}, "
+               f"{model.spec['format']} export)")
+    source = model.spec["source"]
+    if source.get("final_acc") is not None and source.get("dataset") == r["dataset"]:
+        same = "equal" if source["final_acc"] == r["acc"] else "DIFFERENT"
+        typer.echo(f"the run recorded {source['final_acc']:.2f}% on the same dataset ({same})")
+
+
+@app.command("bench")
+def bench_cmd(
+    target: Path = typer.Argument(..., metavar="EXPORTED_OR_RUN", help="Export folder or run folder."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default here)."),
+    repeats: int = typer.Option(10, help="Timed repeats; the median is reported."),
+    with_head: bool = typer.Option(False, "--with-head", help="Run folder: time the network with its final head."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """CPU inference latency (batch 1) and throughput (batch 64); saved as bench.json in that folder."""
+    try:
+        from .bench import bench_path
+
+        r, path = bench_path(target, threads, repeats, with_head)
+    except PrunegreedyError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    head = " with head" if r["with_head"] else ""
+    typer.echo(f"latency {r['latency_ms_batch1']:.3f} ms at batch 1, throughput {r['throughput_batch64']:,.0f} "
+               f"images/s at batch 64 ({r['format']}{head}, threads {r['threads']}, median of {r['repeats']}); "
+               f"saved {path}")
 
 
 def main() -> None:

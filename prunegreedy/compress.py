@@ -19,7 +19,7 @@ from torch import nn
 from .config import CompressConfig, TrainConfig
 from .data import Dataset, Normalize, train_batches
 from .errors import ConfigError
-from .train import StepCallback, autocast, autocast_dtype, freeze, train_stage
+from .train import StepCallback, autocast, autocast_dtype, eval_mode, freeze, train_stage
 
 
 @dataclass
@@ -70,20 +70,20 @@ def kept_filters(n: int, ratio: float, round_to: int = 1) -> int:
 
 def _accumulate_gradients(ctx: StageContext, block: nn.Module, head: nn.Module, batches: int) -> None:
     """Sum the auxiliary-loss gradients of a few training batches into .grad (Taylor importance)."""
-    block.eval()  # gradients at the trained BN statistics, without moving them
-    head.eval()
     amp = autocast_dtype(ctx.train_cfg.amp, ctx.device)
     for p in list(block.parameters()) + list(head.parameters()):
         p.grad = None
-    for i, (xb, yb) in enumerate(train_batches(ctx.ds.train_x, ctx.ds.train_y, ctx.train_cfg.batch_size,
-                                               ctx.norm, ctx.generator)):
-        if i >= batches:
-            break
-        with autocast(ctx.device, amp):
-            with torch.no_grad():
-                feats = ctx.prefix(xb)
-            loss = F.cross_entropy(head(block(feats)).float(), yb)
-        loss.backward()
+    # Eval mode: gradients at the trained BN statistics, without moving any of them.
+    with eval_mode(ctx.prefix, block, head):
+        for i, (xb, yb) in enumerate(train_batches(ctx.ds.train_x, ctx.ds.train_y, ctx.train_cfg.batch_size,
+                                                   ctx.norm, ctx.generator)):
+            if i >= batches:
+                break
+            with autocast(ctx.device, amp):
+                with torch.no_grad():
+                    feats = ctx.prefix(xb)
+                loss = F.cross_entropy(head(block(feats)).float(), yb)
+            loss.backward()
 
 
 def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int], ratio: float,
@@ -100,11 +100,10 @@ def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, 
     if keep == n:
         return []
     pair = nn.Sequential(block, head)
-    modes = [m.training for m in pair.modules()]
-    pair.eval()  # tracing runs a forward pass: keep BN statistics where they are
     device = next(block.parameters()).device
     example = torch.zeros(1, *input_shape, device=device)
-    graph = tp.DependencyGraph().build_dependency(pair, example_inputs=example, verbose=False)
+    with eval_mode(pair):  # tracing runs a forward pass: keep BN statistics where they are
+        graph = tp.DependencyGraph().build_dependency(pair, example_inputs=example, verbose=False)
     group = graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=list(range(n)))
     if importance in NEEDS_GRADIENTS:
         if gradients is None:
@@ -121,8 +120,6 @@ def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, 
     graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=removed).prune()
     for p in pair.parameters():
         p.grad = None
-    for m, mode in zip(pair.modules(), modes):
-        m.training = mode
     return removed
 
 

@@ -19,3 +19,7 @@ class RunError(PrunegreedyError):
 
 class SpecError(PrunegreedyError):
     """An architecture spec (JSON) that does not describe a buildable model."""
+
+
+class ExportError(PrunegreedyError):
+    """An export that cannot be made, read or trusted: missing/damaged file, absent extra, output mismatch."""

@@ -68,8 +68,8 @@ def make_plan(name: str, width_mult: float = 1.0, widths: list[int] | None = Non
         if any(w < 1 for w in widths):
             raise ConfigError(f"model.widths must be positive, got {widths}")
         base = PLANS[name](1.0)
-        plan = [StageSpec(w, s.psi, s.bn, s.k, _scale(s.head_width, w / b.width))
-                for w, s, b in zip(widths, plan, base)]
+        # Heads keep the plan's head/block width ratio; width_mult does not apply on top of explicit widths.
+        plan = [StageSpec(w, b.psi, b.bn, b.k, _scale(b.head_width, w / b.width)) for w, b in zip(widths, base)]
     return plan
 
 

@@ -185,7 +185,7 @@ class GreedyRun:
             self.run_dir.save_checkpoint(self.net, self.spec(), j + 1)
             self.run_dir.write_meta(self.meta)
         probs = [self.stage_probs[j] for j in range(len(plan))]
-        per_head = [train.accuracy(p, self.ds.test_y) for p in probs]
+        per_head = [r["test_acc"] for r in self._final_rows()]
         ensemble = train.ensemble_accuracy(probs, self.ds.test_y)
         last = self.rows[-1]
         self.meta.update({
@@ -202,6 +202,13 @@ class GreedyRun:
                     f"backbone {self.meta['params']:,} params {self.meta['macs'] / 1e6:,.1f} MMACs  "
                     f"{self.meta['seconds'] / 60:.1f} min")
         return self.meta
+
+    def _final_rows(self) -> list[dict]:
+        """The last recorded phase of each stage: the state the next stage grew on."""
+        last: dict[int, dict] = {}
+        for row in self.rows:
+            last[row["stage"]] = row
+        return [last[s] for s in sorted(last)]
 
     def _fail(self, msg: str):
         self.meta.update({"status": "failed", "error": msg})

@@ -90,6 +90,24 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Eval mode inside, and afterwards every submodule's own mode back.
+
+    Restoring with module.train(flag) would be wrong: a fresh nn.Sequential around frozen blocks
+    is in train mode and would switch them (and their BN statistics) back to training.
+    """
+    subs = [m for mod in modules for m in mod.modules()]
+    modes = [m.training for m in subs]
+    try:
+        for mod in modules:
+            mod.eval()
+        yield
+    finally:
+        for m, mode in zip(subs, modes):
+            m.training = mode
+
+
 def make_optimizer(modules: list[nn.Module], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for m in modules:
@@ -166,22 +184,18 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
 def evaluate(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, norm: Normalize,
              batch_size: int, device: torch.device, amp: torch.dtype | None = None) -> tuple[float, torch.Tensor]:
     """Test accuracy (%) of head(block(prefix(x))) on the whole test split, and its softmax (on CPU)."""
-    modules = [prefix, block, head]
-    was_training = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    probs = []
-    for xb, _ in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
-        with autocast(device, amp):
-            probs.append(head(block(prefix(xb))).float().softmax(1).cpu())
-    for m, t in zip(modules, was_training):
-        m.train(t)
-    p = torch.cat(probs)
-    return accuracy(p, ds.test_y), p
+    logits = []
+    with eval_mode(prefix, block, head):
+        for xb, _ in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
+            with autocast(device, amp):
+                logits.append(head(block(prefix(xb))).float().cpu())
+    out = torch.cat(logits)
+    return accuracy(out, ds.test_y), out.softmax(1)  # accuracy from logits: softmax can tie in float32
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (probs.argmax(1) == labels.cpu()).sum().item() / len(labels)
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of logits or probabilities."""
+    return 100.0 * (scores.argmax(1) == labels.cpu()).sum().item() / len(labels)
 
 
 def ensemble_accuracy(stage_probs: list[torch.Tensor], labels: torch.Tensor) -> float:

@@ -1,0 +1,33 @@
+"""Small real networks and datasets shared by the tests."""
+import torch
+from torch import nn
+
+from prunegreedy import data, models
+from prunegreedy.config import TrainConfig
+
+
+def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0) -> models.GreedyNet:
+    torch.manual_seed(seed)
+    blocks, heads, c = [], [], 3
+    for s in models.make_plan(plan, widths=list(widths)):
+        blocks.append(models.make_block(c, s))
+        heads.append(models.make_head(s.width, s, 10))
+        c = s.width
+    return models.GreedyNet(blocks, heads)
+
+
+def cpu_norm(ds) -> data.Normalize:
+    return data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+
+
+def quick_train_cfg(**kw) -> TrainConfig:
+    return TrainConfig(batch_size=64, lr=0.05, schedule="linear", amp="off", **kw)
+
+
+def snapshot(module: nn.Module) -> dict:
+    """Every parameter and buffer (BN running stats included), cloned."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

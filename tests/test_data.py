@@ -1,0 +1,114 @@
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from prunegreedy import data
+from prunegreedy.config import DataConfig
+from prunegreedy.errors import DataError
+
+
+def test_sample_is_real_cifar10(sample):
+    assert sample.train_x.shape == (1500, 3, 32, 32) and sample.train_x.dtype == torch.uint8
+    assert sample.test_x.shape == (500, 3, 32, 32)
+    assert sample.train_y.bincount().tolist() == [150] * 10
+    assert sample.test_y.bincount().tolist() == [50] * 10
+    assert sample.classes == data.CIFAR10_CLASSES
+    assert 80 < sample.train_x.float().mean() < 160  # natural images, not blank or noise
+
+
+def test_cache_is_reused_and_keyed_by_folder_contents(tmp_path, monkeypatch):
+    root = tmp_path / "imgs"
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i, f in enumerate(sorted((data.SAMPLE_DIR / split / c).iterdir())[:n]):
+                shutil.copy(f, root / split / c / f"{i}.jpg")
+    cfg = DataConfig(name="imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "cache"), image_size=16)
+    first = data.load_dataset(cfg)
+    assert first.train_x.shape == (6, 3, 16, 16) and first.classes == ["cat", "dog"]
+    assert first.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    decoded = []
+    real = data._decode_all
+    monkeypatch.setattr(data, "_decode_all", lambda *a: decoded.append(1) or real(*a))
+    again = data.load_dataset(cfg)
+    assert decoded == [] and torch.equal(again.train_x, first.train_x)
+    shutil.copy(root / "train" / "cat" / "0.jpg", root / "train" / "cat" / "9.jpg")  # the folder changed
+    changed = data.load_dataset(cfg)
+    assert decoded == [1, 1] and changed.train_x.shape[0] == 7
+    assert not any(p.suffix == ".safetensors" for p in root.rglob("*"))  # nothing written beside the data
+
+
+def test_corrupt_image_and_bad_layouts(tmp_path):
+    root = tmp_path / "c"
+    for split in ("train", "test"):
+        for c in data.CIFAR10_CLASSES:
+            (root / split / c).mkdir(parents=True)
+            shutil.copy(next(iter(sorted((data.SAMPLE_DIR / split / c).iterdir()))), root / split / c / "a.jpg")
+    (root / "train" / "cat" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    cfg = DataConfig(name="cifar10", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"cannot decode image .*train/cat/b\.jpg"):
+        data.load_dataset(cfg)
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_dataset(DataConfig(name="cifar10", data_dir=str(tmp_path / "none")))
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="neither in cifar-10-batches-py layout"):
+        data.load_dataset(DataConfig(name="cifar10", data_dir=str(tmp_path / "flat")))
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        data.load_dataset(DataConfig(name="imagefolder", data_dir=str(tmp_path / "empty")))
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; valid: cifar10, cifar10-sample, imagefolder"):
+        data.load_dataset(DataConfig(name="mnist"))
+
+
+def _write_batches(folder, evil=False):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        if evil and name == "test_batch":
+            d = {b"data": __import__("os").system}  # unpickling would import a callable
+        (folder / name).write_bytes(pickle.dumps(d))
+
+
+def test_cifar_python_batches_are_read_without_code(tmp_path):
+    _write_batches(tmp_path / "cifar-10-batches-py")
+    ds = data.load_dataset(DataConfig(name="cifar10", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c")))
+    assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_y.tolist() == [0, 1, 2, 3]
+    evil = tmp_path / "evil"
+    _write_batches(evil, evil=True)
+    with pytest.raises(DataError, match="refusing to unpickle posix.system"):
+        data.load_dataset(DataConfig(name="cifar10", data_dir=str(evil)))
+
+
+def _reference_crop_flip(x, dy, dx, flip, pad=4):
+    padded = torch.nn.functional.pad(x, (pad,) * 4)
+    out = []
+    for i in range(len(x)):
+        img = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        out.append(img.flip(2) if flip[i] else img)
+    return torch.stack(out)
+
+
+def test_batched_crop_flip_matches_per_image_reference(sample):
+    x = sample.train_x[:64]
+    gen = torch.Generator().manual_seed(3)
+    got = data.random_crop_flip(x, 4, gen)
+    gen = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 9, (64,), generator=gen)
+    dx = torch.randint(0, 9, (64,), generator=gen)
+    flip = torch.rand(64, generator=gen) < 0.5
+    assert 10 < flip.sum() < 54 and len(set(dy.tolist())) > 3
+    assert torch.equal(got, _reference_crop_flip(x, dy, dx, flip))
+
+
+def test_normalize(sample):
+    norm = data.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), channels_last=True)
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    assert torch.allclose(norm(x), torch.tensor([-2.0, 2.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    batches = list(data.train_batches(sample.train_x, sample.train_y, 128, norm, torch.Generator().manual_seed(0)))
+    assert len(batches) == 12 and sum(len(y) for _, y in batches) == 1500
+    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
