@@ -21,7 +21,7 @@ from torch import nn
 
 from .blocks import BLOCKS
 from .errors import ExportError, RunError, SpecError
-from .models import _check_fields
+from .models import check_fields
 from .records import RUN_FILE, read_json
 
 KIND = "prunegreedy-backbone"
@@ -127,7 +127,7 @@ def validate_backbone_spec(spec: dict) -> None:
         if not isinstance(b, dict) or b.get("type") not in BLOCKS:
             raise SpecError(f"block {i}: unknown block type {b.get('type') if isinstance(b, dict) else b!r}; "
                             f"valid: {', '.join(BLOCKS)}")
-        _check_fields(b, {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}, f"block {i}")
+        check_fields(b, {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}, f"block {i}")
         if b["bn"]:
             raise SpecError(f"block {i} keeps a BatchNorm, but the spec says BatchNorm is folded")
         if b["in_channels"] != prev:
@@ -152,7 +152,7 @@ def _validate_head(head: dict, channels: int, size: tuple[int, int], num_classes
     if not isinstance(head, dict) or head.get("type") not in HEADS:
         raise SpecError(f"head: unknown head type {head.get('type') if isinstance(head, dict) else head!r}; "
                         f"valid: {', '.join(HEADS)}")
-    _check_fields(head, {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int}, "head")
+    check_fields(head, {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int}, "head")
     if head["in_channels"] != channels:
         raise SpecError(f"head takes {head['in_channels']} channels but the last block gives {channels}")
     if head.get("in_size") != list(size):

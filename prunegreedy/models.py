@@ -122,7 +122,7 @@ def validate_spec(spec: dict) -> None:
         if not isinstance(b, dict) or b.get("type") not in BLOCKS:
             raise SpecError(f"block {i}: unknown block type {b.get('type') if isinstance(b, dict) else b!r}; "
                             f"valid: {', '.join(BLOCKS)}")
-        _check_fields(b, {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}, f"block {i}")
+        check_fields(b, {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}, f"block {i}")
         if prev is not None and b["in_channels"] != prev:
             raise SpecError(f"block {i}: in_channels {b['in_channels']} does not match block {i - 1}'s "
                             f"out_channels {prev}")
@@ -130,13 +130,13 @@ def validate_spec(spec: dict) -> None:
     for i, h in enumerate(heads):
         if not isinstance(h, dict) or h.get("type") not in HEADS:
             raise SpecError(f"head {i}: unknown head type; valid: {', '.join(HEADS)}")
-        _check_fields(h, {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int},
+        check_fields(h, {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int},
                       f"head {i}")
     if heads and heads[-1]["in_channels"] != prev:
         raise SpecError(f"last head takes {heads[-1]['in_channels']} channels but the last block gives {prev}")
 
 
-def _check_fields(d: dict, fields: dict[str, type], where: str) -> None:
+def check_fields(d: dict, fields: dict[str, type], where: str) -> None:
     for name, tp in fields.items():
         v = d.get(name)
         if type(v) is not tp or (tp is int and v < 1):

@@ -1,0 +1,49 @@
+"""Shared pieces of the benchmark scripts: a frozen prefix + block + head per stage, timers."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunegreedy import models, train
+
+
+def stage_modules(plan: list[models.StageSpec], widths_in: list[int], j: int, classes: int = 10,
+                  memory_format=torch.channels_last):
+    """Frozen blocks 1..j-1 (input widths as given, e.g. pruned), and block j + head j to train."""
+    blocks, c = [], 3
+    for s, w in zip(plan[:j], widths_in[:j]):
+        blocks.append(models.make_block(c, models.StageSpec(w, s.psi, s.bn, s.k, s.head_width)))
+        c = w
+    prefix = train.freeze(nn.Sequential(*blocks).to(memory_format=memory_format))
+    block = models.make_block(c, plan[j]).to(memory_format=memory_format)
+    head = models.make_head(plan[j].width, plan[j], classes).to(memory_format=memory_format)
+    return prefix, block, head
+
+
+def bare_step_fn(prefix, block, head, batch: int, cfg):
+    """One training step on random tensors: the compute bound of the stage (no data pipeline)."""
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    opt = train.make_optimizer([block, head], 0.01, cfg)
+
+    def step():
+        with torch.no_grad():
+            f = prefix(x)
+        loss = F.cross_entropy(head(block(f)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def time_it(fn, n: int, warmup: int = 2) -> float:
+    """Seconds per call, after warm-up (eager speed in a fresh process is far below warm speed)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
