@@ -209,6 +209,7 @@ def load_backbone(path: Path, with_head: bool = False) -> Backbone:
     net.load_state_dict(state, assign=True)
     if not with_head:
         net.head = None
+    net.export_spec = spec  # mean, std, classes and input_shape travel with the module
     return net.eval().requires_grad_(False)
 
 

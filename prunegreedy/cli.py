@@ -5,10 +5,11 @@ the traceback instead.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -75,6 +76,19 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def user_errors(command: Callable) -> Callable:
+    """A user's mistake ends as one `error:` line and exit code 2; `--debug` shows the traceback."""
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PrunegreedyError as e:
+            if kwargs.get("debug"):
+                raise
+            _fail(str(e))
+    return wrapper
+
+
 def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, ui: ConsoleUI) -> str:
     if config is not None:
         return config
@@ -131,6 +145,7 @@ def _run_dir_path(cfg, recipe: str) -> Path:
 
 
 @app.command()
+@user_errors
 def run(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
     dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample or imagefolder."),
@@ -150,16 +165,11 @@ def run(
 ) -> None:
     """Train a network greedily, one stage at a time, compressing each new block."""
     ui = ConsoleUI(quiet)
-    try:
-        over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
-                          name, quiet, set_)
-        recipe = _choose_recipe(config, dataset, device or "auto", ui)
-        cfg = config_mod.load(recipe, over)
-        _run(cfg, recipe, ui)
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
+                      name, quiet, set_)
+    recipe = _choose_recipe(config, dataset, device or "auto", ui)
+    cfg = config_mod.load(recipe, over)
+    _run(cfg, recipe, ui)
 
 
 def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
@@ -188,6 +198,7 @@ def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
 
 
 @app.command()
+@user_errors
 def report(
     runs: List[Path] = typer.Argument(..., help="Run folders to compare (names are their folder names)."),
     out: Path = typer.Option(..., help="Folder for summary.csv, stages.csv and report.html."),
@@ -196,12 +207,7 @@ def report(
     """Compare runs: summary.csv, stages.csv and one self-contained report.html."""
     from . import report as reporting
 
-    try:
-        written = reporting.write_report(reporting.load_runs(runs), out)
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    written = reporting.write_report(reporting.load_runs(runs), out)
     for path in written:
         typer.echo(str(path))
 
@@ -238,6 +244,7 @@ def _sweep_slot_done(path: Path, ui: ConsoleUI) -> bool:
 
 
 @app.command()
+@user_errors
 def sweep(
     prune_ratios: str = typer.Option(..., help="Ratios to compare, comma separated; 0 is the unpruned reference "
                                                "(hook none)."),
@@ -262,40 +269,36 @@ def sweep(
     from . import report as reporting
 
     ui = ConsoleUI(quiet)
-    try:
-        recipe = _choose_recipe(config, dataset, device or "auto", ui)
-        jobs = []
-        for r in _sweep_ratios(prune_ratios):
-            path = out / f"ratio-{r:g}"
-            over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
-                              set_)
-            over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
-            if r == 0:
-                over["compress"]["hook"] = "none"
-            cfg = config_mod.load(recipe, over)
-            pipeline.check(cfg)  # every ratio's config is checked before hours go into the first one
-            jobs.append((r, path, cfg))
-        for r, path, cfg in jobs:
-            ui.run_dir = None  # sweep lines belong to no run's log.txt
-            if _sweep_slot_done(path, ui):
-                ui.log(f"ratio {r:g}: {path} already finished, skipped")
-                continue
-            ui.log(f"ratio {r:g}: training into {path}")
-            try:
-                _run(cfg, recipe, ui)
-            except PrunegreedyError as e:
-                raise PrunegreedyError(f"ratio {r:g}: {e}; run the same sweep again to resume "
-                                       "(finished ratios are skipped)") from None
-        ui.run_dir = None
-        reporting.write_report(reporting.load_runs([path for _, path, _ in jobs]), out)
-        ui.log(f"report: {out / 'report.html'}")
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    recipe = _choose_recipe(config, dataset, device or "auto", ui)
+    jobs = []
+    for r in _sweep_ratios(prune_ratios):
+        path = out / f"ratio-{r:g}"
+        over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
+                          set_)
+        over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
+        if r == 0:
+            over["compress"]["hook"] = "none"
+        cfg = config_mod.load(recipe, over)
+        pipeline.check(cfg)  # every ratio's config is checked before hours go into the first one
+        jobs.append((r, path, cfg))
+    for r, path, cfg in jobs:
+        ui.run_dir = None  # sweep lines belong to no run's log.txt
+        if _sweep_slot_done(path, ui):
+            ui.log(f"ratio {r:g}: {path} already finished, skipped")
+            continue
+        ui.log(f"ratio {r:g}: training into {path}")
+        try:
+            _run(cfg, recipe, ui)
+        except PrunegreedyError as e:
+            raise PrunegreedyError(f"ratio {r:g}: {e}; run the same sweep again to resume "
+                                   "(finished ratios are skipped)") from None
+    ui.run_dir = None
+    reporting.write_report(reporting.load_runs([path for _, path, _ in jobs]), out)
+    ui.log(f"report: {out / 'report.html'}")
 
 
 @app.command("export")
+@user_errors
 def export_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="Run folder; its latest finished network is exported."),
     out: Path = typer.Option(..., "--out", help="New or empty folder for the export."),
@@ -304,14 +307,9 @@ def export_cmd(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Export a run's network for inference: BatchNorm folded, outputs checked on real images."""
-    try:
-        from .export import export_run
+    from .export import export_run
 
-        r = export_run(run_dir, out, format_, with_head)
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    r = export_run(run_dir, out, format_, with_head)
     what = "network with head" if r["with_head"] else "backbone (features only)"
     typer.echo(f"exported {r['format']} {what} to {r['out']}: {r['file']} {r['bytes']:,} bytes, "
                f"{r['params']:,} params; max abs diff vs trained {r['fold_max_diff']:.2g}, "
@@ -319,6 +317,7 @@ def export_cmd(
 
 
 @app.command("eval")
+@user_errors
 def eval_cmd(
     exported: Path = typer.Argument(..., metavar="EXPORTED", help="Export folder (made with --with-head)."),
     dataset: str = typer.Option("cifar10-sample", help="cifar10, cifar10-sample or imagefolder."),
@@ -327,20 +326,15 @@ def eval_cmd(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Test accuracy of an exported model, run in its own runtime."""
-    try:
-        from .config import DataConfig
-        from .data import load_dataset
-        from .deployed import evaluate, open_export, require_head
+    from .config import DataConfig
+    from .data import load_dataset
+    from .deployed import evaluate, open_export, require_head
 
-        if batch_size < 1:
-            raise config_mod.ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        model = require_head(open_export(exported))
-        ds = load_dataset(DataConfig(name=dataset, data_dir=str(data_dir) if data_dir is not None else None))
-        r = evaluate(model, ds, batch_size)
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    if batch_size < 1:
+        raise config_mod.ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    model = require_head(open_export(exported))
+    ds = load_dataset(DataConfig(name=dataset, data_dir=str(data_dir) if data_dir is not None else None))
+    r = evaluate(model, ds, batch_size)
     typer.echo(f"test acc {r['acc']:.2f}% ({r['correct']:,}/{r['images']:,} images of {r['dataset']}, "
                f"{model.spec['format']} export)")
     source = model.spec["source"]
@@ -350,6 +344,7 @@ def eval_cmd(
 
 
 @app.command("bench")
+@user_errors
 def bench_cmd(
     target: Path = typer.Argument(..., metavar="EXPORTED_OR_RUN", help="Export folder or run folder."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default here)."),
@@ -358,14 +353,9 @@ def bench_cmd(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """CPU inference latency (batch 1) and throughput (batch 64); saved as bench.json in that folder."""
-    try:
-        from .bench import bench_path
+    from .bench import bench_path
 
-        r, path = bench_path(target, threads, repeats, with_head)
-    except PrunegreedyError as e:
-        if debug:
-            raise
-        _fail(str(e))
+    r, path = bench_path(target, threads, repeats, with_head)
     head = " with head" if r["with_head"] else ""
     typer.echo(f"latency {r['latency_ms_batch1']:.3f} ms at batch 1, throughput {r['throughput_batch64']:,.0f} "
                f"images/s at batch 64 ({r['format']}{head}, threads {r['threads']}, median of {r['repeats']}); "

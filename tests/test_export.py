@@ -71,6 +71,7 @@ def test_native_round_trip_is_bit_identical_to_folding(exports, batch):
             out = loaded(x)
             assert torch.equal(out, folded)
             assert (out - ref).abs().max().item() <= 1e-5
+            assert loaded.export_spec["mean"] == spec["mean"] and loaded.export_spec["classes"] == spec["classes"]
     assert prunegreedy.load_backbone(exports["native"]).head is None  # features unless asked
 
 
