@@ -161,10 +161,18 @@ def run(
     name: Optional[str] = typer.Option(None, help="Run name under runs/."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last finished stage."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Train a network greedily, one stage at a time, compressing each new block."""
     ui = ConsoleUI(quiet)
+    if resume is not None:
+        given = [n for n, v in dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
+                                    prune_ratios=prune_ratios, importance=importance, device=device, seed=seed,
+                                    out=out, name=name, set=set_).items() if v not in (None, [])]
+        if given:
+            raise config_mod.ConfigError(f"--resume continues with the run's saved config; drop --{given[0]}")
+        return _resume(resume, data_dir, ui)
     over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
                       name, quiet, set_)
     recipe = _choose_recipe(config, dataset, device or "auto", ui)
@@ -189,7 +197,37 @@ def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
     run_dir = RunDir.create(path)
     ui.run_dir = run_dir
     ui.log(f"run folder: {run_dir.path}  device: {dev}  plan: {cfg.model.plan}  hook: {cfg.compress.hook}")
-    pipeline.GreedyRun(cfg, run_dir, ds, dev, ui).run()
+    _train(pipeline.GreedyRun(cfg, run_dir, ds, dev, ui), ui)
+
+
+def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
+    from . import data, pipeline, runtime
+    from .records import RunDir, read_yaml
+
+    if not RunDir.is_run(path):
+        raise config_mod.ConfigError(f"{path} is not a run folder (no run.json)")
+    cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
+    if data_dir is not None:  # the data may have moved since; the check below compares them
+        cfg.data.data_dir = str(data_dir)
+    dev = runtime.resolve_device(cfg.run.device)
+    runtime.setup(dev, cfg.run.threads)
+    ds = data.load_dataset(cfg.data)
+    run_dir = RunDir(path)
+    ui.run_dir = run_dir
+    run = pipeline.GreedyRun.resume(run_dir, ds, dev, ui)
+    ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
+    _train(run, ui)
+
+
+def _train(run, ui: ConsoleUI) -> None:
+    """Run the greedy loop; Ctrl-C keeps the finished stages and says how to go on."""
+    run_dir = run.run_dir
+    try:
+        run.run()
+    except KeyboardInterrupt:
+        ui.log(f"interrupted; stages 1..{len(run.net.blocks)} are saved. Resume with: "
+               f"prunegreedy run --resume {run_dir.path}")
+        raise typer.Exit(130)
     ui.log(f"records: {run_dir.path / 'stages.csv'}")
     from . import report as reporting
 

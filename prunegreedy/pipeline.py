@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -18,7 +19,7 @@ from . import compress, data, models, train
 from .config import Config
 from .errors import ConfigError, PrunegreedyError
 from .metrics import count_macs, count_params, output_shape
-from .records import RunDir
+from .records import RunDir, read_yaml
 
 
 class UI(Protocol):
@@ -147,49 +148,94 @@ class GreedyRun:
         return self.net.spec(input_shape=d["image_shape"], mean=d["mean"], std=d["std"], classes=d["classes"],
                              plan=self.cfg.model.plan)
 
+    @classmethod
+    def resume(cls, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None) -> "GreedyRun":
+        """Continue a run from its last finished stage, with its saved config.
+
+        The interrupted stage starts again from its beginning. Every stage seeds its own random
+        streams and its prefix is restored bit-exactly, so the result equals an uninterrupted run.
+        """
+        from .config import from_dict
+        from .records import load_model, read_json
+
+        cfg = from_dict(read_yaml(run_dir.path / "config.yaml"))
+        meta = read_json(run_dir.path / "run.json")
+        if meta.get("status") == "finished":
+            raise PrunegreedyError(f"{run_dir.path} already finished; nothing to resume")
+        saved = meta.get("dataset", {})
+        if saved.get("train_images") != len(ds.train_y) or saved.get("classes") != ds.classes:
+            raise PrunegreedyError(f"the data given to resume {run_dir.path} differ from the run's "
+                                   f"({saved.get('name')}, {saved.get('train_images')} training images)")
+        run = cls(cfg, run_dir, ds, device, ui)
+        done = int(meta.get("stages_done", 0))
+        run.meta.update({k: v for k, v in meta.items() if k not in ("versions", "device", "amp")})
+        run.meta["removed_filters"] = {k: v for k, v in meta.get("removed_filters", {}).items() if int(k) <= done}
+        run.meta["resumed"] = int(meta.get("resumed", 0)) + 1
+        if done:
+            net, _ = load_model(run_dir.ckpt / f"stage-{done}")
+            run.net = net.to(device, memory_format=run.memory_format)
+            train.freeze(run.net)
+            for j in range(done):
+                run.stage_probs[j] = run_dir.load_probs(j + 1)
+            rows = pd.read_csv(run_dir.path / "stages.csv").to_dict("records")
+            run.rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                        for r in rows if r["stage"] <= done]  # rows of the interrupted stage are redone
+        return run
+
     def run(self) -> dict:
         cfg = self.cfg
         plan = check(cfg)
-        hook = compress.get_hook(cfg.compress.hook)
-        self.run_dir.write_config(cfg.to_dict())
+        if not self.rows:
+            self.run_dir.write_config(cfg.to_dict())
+        self.meta["status"] = "running"
         self.run_dir.write_meta(self.meta)
-        in_shape = self.ds.image_shape
-        start = time.perf_counter()
-        for j, stage in enumerate(plan):
-            torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
-            gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
-            block = models.make_block(in_shape[0], stage).to(self.device, memory_format=self.memory_format)
-            head = models.make_head(stage.width, stage, self.ds.num_classes).to(
-                self.device, memory_format=self.memory_format)
-            prefix_blocks = list(self.net.blocks)
-            prefix = train.freeze(nn.Sequential(*prefix_blocks))
-            ratio = stage_ratio(cfg, j, len(plan))
-            rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
-            epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
-            try:
-                stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
-                                          cfg.train.schedule, self.device, gen, on_step=rec.progress("train"))
-            except train.NonFiniteLoss as e:
-                self._fail(f"stage {j + 1} stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
+        in_shape = output_shape(nn.Sequential(*self.net.blocks), self.ds.image_shape)
+        start = time.perf_counter() - float(self.meta.get("seconds_done", 0.0))
+        try:
+            for j in range(len(self.net.blocks), len(plan)):
+                in_shape = self._stage(j, plan, in_shape)
+                self.meta.update(stages_done=j + 1, seconds_done=round(time.perf_counter() - start, 2))
+                self.run_dir.save_checkpoint(self.net, self.spec(), j + 1, self.stage_probs[j])
+                self.run_dir.write_meta(self.meta)
+        except KeyboardInterrupt:
+            self.meta["status"] = "interrupted"
+            self.run_dir.write_meta(self.meta)
+            raise
+        return self._finish(plan, time.perf_counter() - start)
+
+    def _stage(self, j: int, plan: list[models.StageSpec], in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Train stage j, run the compression hook, record every phase; return the next input shape."""
+        cfg, stage = self.cfg, plan[j]
+        torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
+        block = models.make_block(in_shape[0], stage).to(self.device, memory_format=self.memory_format)
+        head = models.make_head(stage.width, stage, self.ds.num_classes).to(
+            self.device, memory_format=self.memory_format)
+        prefix_blocks = list(self.net.blocks)
+        prefix = train.freeze(nn.Sequential(*prefix_blocks))
+        ratio = stage_ratio(cfg, j, len(plan))
+        rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
+        epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
+        try:
+            stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
+                                      cfg.train.schedule, self.device, gen, on_step=rec.progress("train"))
             rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
             ctx = compress.StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
                                         self.device, gen, ratio)
-            try:
-                block, head = hook(ctx, cfg.compress, rec)
-            except train.NonFiniteLoss as e:
-                self._fail(f"stage {j + 1} fine-tuning stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
-            self.net.blocks.append(train.freeze(block))
-            self.net.heads.append(train.freeze(head))
-            in_shape = output_shape(block, in_shape)
-            self.meta["stages_done"] = j + 1
-            self.run_dir.save_checkpoint(self.net, self.spec(), j + 1)
-            self.run_dir.write_meta(self.meta)
+            block, head = compress.get_hook(cfg.compress.hook)(ctx, cfg.compress, rec)
+        except train.NonFiniteLoss as e:
+            self._fail(f"stage {j + 1} stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
+        self.net.blocks.append(train.freeze(block))
+        self.net.heads.append(train.freeze(head))
+        return output_shape(block, in_shape)
+
+    def _finish(self, plan: list[models.StageSpec], seconds: float) -> dict:
         probs = [self.stage_probs[j] for j in range(len(plan))]
         per_head = [r["test_acc"] for r in self._final_rows()]
         ensemble = train.ensemble_accuracy(probs, self.ds.test_y)
         last = self.rows[-1]
         self.meta.update({
-            "status": "finished", "seconds": round(time.perf_counter() - start, 2),
+            "status": "finished", "seconds": round(seconds, 2),
             "final_acc": round(per_head[-1], 4), "ensemble_acc": round(ensemble, 4),
             "head_accs": [round(a, 4) for a in per_head],
             "params": last["params_backbone"], "macs": last["macs_backbone"],

@@ -64,6 +64,18 @@ def read_json(path: Path) -> Any:
         raise RunError(f"{path} is not valid JSON (damaged or tampered)") from None
 
 
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"missing file {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise RunError(f"{path} is not valid YAML (damaged or tampered)") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a config mapping (damaged or tampered)")
+    return data
+
+
 def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
     """`stem.json` (architecture) + `stem.safetensors` (weights); no pickle."""
     from safetensors.torch import save
@@ -136,9 +148,22 @@ class RunDir:
         text = pd.DataFrame(rows).to_csv(index=False)
         write_text(self.path / "stages.csv", text)
 
-    def save_checkpoint(self, net: torch.nn.Module, spec: dict, stage: int) -> None:
+    def save_checkpoint(self, net: torch.nn.Module, spec: dict, stage: int, probs: torch.Tensor) -> None:
+        """Weights + spec after `stage`, and its head's test softmax (the ensemble needs it on resume)."""
+        from safetensors.torch import save
+
+        blob = save({"probs": probs.contiguous()})
+        atomic_write(self.ckpt / f"stage-{stage}.probs.safetensors", lambda f: f.write(blob))
         save_model(net, spec, self.ckpt / f"stage-{stage}")
         save_model(net, spec, self.path / "model")
+
+    def load_probs(self, stage: int) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        path = self.ckpt / f"stage-{stage}.probs.safetensors"
+        if not path.exists():
+            raise RunError(f"missing file {path}; the run cannot be resumed")
+        return load_file(path)["probs"]
 
     def log(self, line: str) -> None:
         with open(self.path / "log.txt", "a") as f:

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from .errors import ConfigError, RunError
-from .records import RUN_FILE, RunDir, read_json, write_text
+from .records import RUN_FILE, RunDir, read_json, read_yaml, write_text
 
 STAGE_COLUMNS = ["stage", "phase", "width_in", "width_before", "width", "test_acc", "train_loss", "train_acc",
                  "epochs", "seconds", "images_per_s", "params_backbone", "macs_backbone", "params_stage",
@@ -68,18 +68,6 @@ class Run:
         return row(self.last_row)
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"missing file {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise RunError(f"{path} is not valid YAML (damaged or tampered)") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} is not a config mapping (damaged or tampered)")
-    return data
-
-
 def _read_bench(path: Path) -> dict:
     if not path.exists():
         return {}
@@ -115,7 +103,7 @@ def load_run(path: Path) -> Run:
     absent = sorted(set(range(1, done + 1)) - set(stages["stage"]))
     if absent:
         raise RunError(f"{path / 'stages.csv'} has no rows for finished stage(s) {absent}")
-    return Run(name, path, meta, _read_yaml(path / "config.yaml"), stages, _read_bench(path / "bench.json"))
+    return Run(name, path, meta, read_yaml(path / "config.yaml"), stages, _read_bench(path / "bench.json"))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

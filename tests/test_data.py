@@ -112,3 +112,14 @@ def test_normalize(sample):
     batches = list(data.train_batches(sample.train_x, sample.train_y, 128, norm, torch.Generator().manual_seed(0)))
     assert len(batches) == 12 and sum(len(y) for _, y in batches) == 1500
     assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_local_cifar10_and_no_network_says_how_to_pass_data_dir(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)  # never download in tests
+    with pytest.raises(DataError, match="download failed \\(OSError\\); pass --data-dir PATH"):
+        data.load_dataset(DataConfig(name="cifar10", cache_dir=str(tmp_path)))

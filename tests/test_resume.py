@@ -1,0 +1,62 @@
+"""A run killed with SIGKILL in the middle of a stage and resumed ends like an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from prunegreedy.cli import app
+
+ARGS = ["--epochs", "1", "--prune-ratio", "0.5", "--set", "model.widths=8,8,16,16", "--set", "data.train_limit=600",
+        "--set", "data.test_limit=200", "--set", "run.threads=1", "--quiet"]
+TIMING = ["seconds", "images_per_s"]
+
+
+def _start(out, env):
+    cmd = [sys.executable, "-m", "prunegreedy", "run", "--out", str(out), *ARGS]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path, cache_dir):
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir)}
+    killed = tmp_path / "killed"
+    proc = _start(killed, env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until stage 2 is saved and stage 3 has begun recording
+        meta = json.loads((killed / "run.json").read_text()) if (killed / "run.json").exists() else {}
+        if meta.get("stages_done") == 2:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    meta = json.loads((killed / "run.json").read_text())
+    assert meta["status"] == "running" and meta["stages_done"] in (2, 3)
+
+    res = CliRunner().invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output
+
+    whole = tmp_path / "whole"
+    assert CliRunner().invoke(app, ["run", "--out", str(whole), *ARGS]).exit_code == 0
+    a, b = (pd.read_csv(p / "stages.csv").drop(columns=TIMING) for p in (killed, whole))
+    pd.testing.assert_frame_equal(a, b)
+    ma, mb = (json.loads((p / "run.json").read_text()) for p in (killed, whole))
+    for key in ("status", "final_acc", "ensemble_acc", "head_accs", "params", "macs", "widths", "removed_filters"):
+        assert ma[key] == mb[key], key
+    assert ma["resumed"] == 1
+
+
+def test_resume_refuses_a_finished_run_and_extra_options(tmp_path, cache_dir):
+    out = tmp_path / "done"
+    assert CliRunner().invoke(app, ["run", "--out", str(out), "--epochs", "0.2", *ARGS[2:]]).exit_code == 0
+    res = CliRunner().invoke(app, ["run", "--resume", str(out)])
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {out} already finished; nothing to resume"
+    res = CliRunner().invoke(app, ["run", "--resume", str(out), "--seed", "3"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: --resume continues with the run's saved config; drop --seed"
