@@ -105,3 +105,17 @@ def test_out_folder_holding_a_run_is_never_overwritten(tmp_path, cache_dir):
     assert res.exit_code == 2
     assert res.stderr.strip() == f"error: {out} already holds a run; choose another --out or --name"
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_dataset_cifar10_without_config_names_the_recipe_it_chose(tmp_path, cache_dir, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = runner.invoke(app, ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "recipe: cifar10-cpu - the CPU recipe" in res.stdout and "no GPU found" in res.stdout
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    res = runner.invoke(app, ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "r")])
+    assert "recipe: cifar10-k2 - the paper's k=2 recipe" in res.stdout
