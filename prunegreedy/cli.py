@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 import typer
 
 from . import config as config_mod
-from .errors import PrunegreedyError
+from .errors import PrunegreedyError, RunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Greedy layerwise CNN training with compression after every stage.")
@@ -222,12 +222,15 @@ def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
 def _train(run, ui: ConsoleUI) -> None:
     """Run the greedy loop; Ctrl-C keeps the finished stages and says how to go on."""
     run_dir = run.run_dir
+    resume_hint = f"prunegreedy run --resume {run_dir.path}"
     try:
         run.run()
     except KeyboardInterrupt:
-        ui.log(f"interrupted; stages 1..{len(run.net.blocks)} are saved. Resume with: "
-               f"prunegreedy run --resume {run_dir.path}")
+        ui.log(f"interrupted; {run.meta['stages_done']} finished stage(s) and the last end-of-epoch checkpoint "
+               f"are saved. Resume with: {resume_hint}")
         raise typer.Exit(130)
+    except RunError as e:  # e.g. the disk filled up: finished stages stay loadable
+        raise RunError(f"{e}; {run.meta['stages_done']} finished stage(s) kept, resume with: {resume_hint}") from None
     ui.log(f"records: {run_dir.path / 'stages.csv'}")
     from . import report as reporting
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import DataConfig
-from .errors import DataError
+from .errors import DataError, RunError
 from .records import atomic_write
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -137,7 +137,7 @@ def _cached(cache_dir: Path, key: str, build: Callable[[], dict[str, torch.Tenso
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(_safetensors_bytes(tensors, meta)))
-    except OSError:
+    except (OSError, RunError):
         pass  # a read-only cache only costs the decode next time
     return tensors
 

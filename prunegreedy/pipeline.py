@@ -152,8 +152,9 @@ class GreedyRun:
     def resume(cls, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None) -> "GreedyRun":
         """Continue a run from its last finished stage, with its saved config.
 
-        The interrupted stage starts again from its beginning. Every stage seeds its own random
-        streams and its prefix is restored bit-exactly, so the result equals an uninterrupted run.
+        The interrupted stage continues from its last end-of-epoch checkpoint (or its beginning).
+        Every stage seeds its own random streams, and the prefix, block, head, optimizer momentum
+        and batch generator are restored bit-exactly, so the result equals an uninterrupted run.
         """
         from .config import from_dict
         from .records import load_model, read_json
@@ -197,6 +198,7 @@ class GreedyRun:
                 self.meta.update(stages_done=j + 1, seconds_done=round(time.perf_counter() - start, 2))
                 self.run_dir.save_checkpoint(self.net, self.spec(), j + 1, self.stage_probs[j])
                 self.run_dir.write_meta(self.meta)
+                self.run_dir.clear_partial(j + 1)
         except KeyboardInterrupt:
             self.meta["status"] = "interrupted"
             self.run_dir.write_meta(self.meta)
@@ -216,9 +218,16 @@ class GreedyRun:
         ratio = stage_ratio(cfg, j, len(plan))
         rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
         epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
+        partial = self.run_dir.load_partial(j + 1)  # left by an interrupted run: continue from that epoch
+        if partial is not None:
+            block.load_state_dict(partial[0])
+            head.load_state_dict(partial[1])
+            self.ui.log(f"stage {j + 1}: continuing from step {partial[2]['step']} (end-of-epoch checkpoint)")
         try:
             stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
-                                      cfg.train.schedule, self.device, gen, on_step=rec.progress("train"))
+                                      cfg.train.schedule, self.device, gen, on_step=rec.progress("train"),
+                                      on_epoch=lambda st: self.run_dir.save_partial(j + 1, block, head, st),
+                                      resume=partial[2] if partial is not None else None)
             rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
             ctx = compress.StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
                                         self.device, gen, ratio)

@@ -30,7 +30,18 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write through a temporary file, fsync, rename: readers see the old file or the new one.
+
+    A failure (disk full, permissions) leaves the old file untouched and raises RunError.
+    """
     path = Path(path)
+    try:
+        _atomic_write(path, write)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}; the previous version is untouched") from None
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -156,6 +167,45 @@ class RunDir:
         atomic_write(self.ckpt / f"stage-{stage}.probs.safetensors", lambda f: f.write(blob))
         save_model(net, spec, self.ckpt / f"stage-{stage}")
         save_model(net, spec, self.path / "model")
+
+    def save_partial(self, stage: int, block: torch.nn.Module, head: torch.nn.Module, state: dict) -> None:
+        """End-of-epoch state of a stage in training, as one file so it is never half-updated."""
+        from safetensors.torch import save
+
+        tensors = {f"block.{k}": v for k, v in block.state_dict().items()}
+        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+        tensors["generator"] = state["generator"]
+        tensors.update({f"momentum.{i}": m for i, m in enumerate(state["momentum"]) if m is not None})
+        scalars = {k: state[k] for k in ("step", "loss_sum", "correct", "seen", "seconds")}
+        scalars["momentum_count"] = len(state["momentum"])
+        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                    metadata={"state": json.dumps(scalars)})
+        atomic_write(self._partial(stage), lambda f: f.write(blob))
+
+    def load_partial(self, stage: int) -> tuple[dict, dict, dict] | None:
+        """(block state, head state, loop state) saved by save_partial, or None."""
+        from safetensors import safe_open
+
+        path = self._partial(stage)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                scalars = json.loads(f.metadata()["state"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception:
+            raise RunError(f"{path} is damaged; delete it to restart stage {stage} from its beginning") from None
+        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        n = scalars.pop("momentum_count")
+        state = {**scalars, "generator": tensors["generator"],
+                 "momentum": [tensors.get(f"momentum.{i}") for i in range(n)]}
+        return part("block."), part("head."), state
+
+    def clear_partial(self, stage: int) -> None:
+        self._partial(stage).unlink(missing_ok=True)
+
+    def _partial(self, stage: int) -> Path:
+        return self.ckpt / f"partial-stage-{stage}.safetensors"
 
     def load_probs(self, stage: int) -> torch.Tensor:
         from safetensors.torch import load_file

@@ -142,17 +142,30 @@ StepCallback = Callable[[int, int, float, float], None]  # (step, total_steps, l
 
 def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, norm: Normalize,
                 cfg: TrainConfig, epochs: float, lr: float, schedule: str, device: torch.device,
-                generator: torch.Generator, on_step: StepCallback | None = None) -> StageStats:
-    """Train block + head against the auxiliary loss; `prefix` (blocks 1..j-1) stays frozen."""
+                generator: torch.Generator, on_step: StepCallback | None = None,
+                on_epoch: Callable[[dict], None] | None = None, resume: dict | None = None) -> StageStats:
+    """Train block + head against the auxiliary loss; `prefix` (blocks 1..j-1) stays frozen.
+
+    `on_epoch` receives the loop state after every epoch (step, running sums, generator state,
+    momentum buffers); passing such a state back as `resume` (with block and head restored)
+    continues exactly where it was taken.
+    """
     freeze(prefix)
     block.train()
     head.train()
     opt = make_optimizer([block, head], lr, cfg)  # built here: pruning replaces parameter objects
+    params = [p for g in opt.param_groups for p in g["params"]]
     amp = autocast_dtype(cfg.amp, device)
     steps_per_epoch = math.ceil(len(ds.train_x) / cfg.batch_size)
     total = max(1, round(epochs * steps_per_epoch))
-    step, loss_sum, correct, seen = 0, 0.0, 0, 0
-    start = time.perf_counter()
+    step, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
+    if resume is not None:
+        step, loss_sum, correct, seen, elapsed = (resume[k] for k in ("step", "loss_sum", "correct", "seen", "seconds"))
+        generator.set_state(resume["generator"])
+        for p, buf in zip(params, resume["momentum"]):
+            if buf is not None:
+                opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+    start = time.perf_counter() - elapsed
     while step < total:
         for xb, yb in train_batches(ds.train_x, ds.train_y, cfg.batch_size, norm, generator):
             if step >= total:
@@ -176,6 +189,10 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
             step += 1
             if on_step is not None:
                 on_step(step, total, loss.item(), 100.0 * correct / seen)
+        if on_epoch is not None:
+            on_epoch({"step": step, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                      "seconds": time.perf_counter() - start, "generator": generator.get_state(),
+                      "momentum": [opt.state[p].get("momentum_buffer") for p in params]})
     seconds = time.perf_counter() - start
     return StageStats(loss_sum / seen, 100.0 * correct / seen, seen, seconds)
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from prunegreedy.cli import app
 
-ARGS = ["--epochs", "1", "--prune-ratio", "0.5", "--set", "model.widths=8,8,16,16", "--set", "data.train_limit=600",
+ARGS = ["--epochs", "2", "--prune-ratio", "0.5", "--set", "model.widths=8,8,16,16", "--set", "data.train_limit=600",
         "--set", "data.test_limit=200", "--set", "run.threads=1", "--quiet"]
 TIMING = ["seconds", "images_per_s"]
 
@@ -26,21 +26,21 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path, cache_dir)
     killed = tmp_path / "killed"
     proc = _start(killed, env)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until stage 2 is saved and stage 3 has begun recording
-        meta = json.loads((killed / "run.json").read_text()) if (killed / "run.json").exists() else {}
-        if meta.get("stages_done") == 2:
+    partial = killed / "checkpoints" / "partial-stage-3.safetensors"
+    while time.time() < deadline:  # wait until stage 3 has finished its first of two epochs
+        if partial.exists():
             break
         assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     meta = json.loads((killed / "run.json").read_text())
-    assert meta["status"] == "running" and meta["stages_done"] in (2, 3)
+    assert meta["status"] == "running" and meta["stages_done"] == 2
 
     res = CliRunner().invoke(app, ["run", "--resume", str(killed), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "resuming" in res.output
+    assert "resuming" in res.output and "stage 3: continuing from step 10 (end-of-epoch checkpoint)" in res.output
+    assert not partial.exists()
 
     whole = tmp_path / "whole"
     assert CliRunner().invoke(app, ["run", "--out", str(whole), *ARGS]).exit_code == 0
