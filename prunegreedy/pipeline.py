@@ -195,8 +195,8 @@ class GreedyRun:
         try:
             for j in range(len(self.net.blocks), len(plan)):
                 in_shape = self._stage(j, plan, in_shape)
-                self.meta.update(stages_done=j + 1, seconds_done=round(time.perf_counter() - start, 2))
                 self.run_dir.save_checkpoint(self.net, self.spec(), j + 1, self.stage_probs[j])
+                self.meta.update(stages_done=j + 1, seconds_done=round(time.perf_counter() - start, 2))
                 self.run_dir.write_meta(self.meta)
                 self.run_dir.clear_partial(j + 1)
         except KeyboardInterrupt:
