@@ -188,8 +188,7 @@ def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
     dev = runtime.resolve_device(cfg.run.device)
     runtime.setup(dev, cfg.run.threads)
     path = _run_dir_path(cfg, recipe)
-    if RunDir.is_run(path) or (path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()):
-        RunDir.create(path)  # raises the precise error before any data is read
+    RunDir.ensure_free(path)  # before minutes go into reading data
     t0 = time.perf_counter()
     ds = data.load_dataset(cfg.data)
     ui.log(f"data: {ds.name}, {len(ds.train_y):,} train / {len(ds.test_y):,} test images "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
@@ -81,7 +81,6 @@ class _StageRecorder:
     prefix_blocks: list[nn.Module]
     block_input: tuple[int, int, int]
     ratio: float
-    rows: list[dict] = field(default_factory=list)
 
     def progress(self, desc: str):
         return self.run.ui.progress(f"stage {self.stage + 1} {desc}")
@@ -114,7 +113,6 @@ class _StageRecorder:
             "prune_ratio": self.ratio,
             "removed": len(removed) if removed is not None else 0,
         }
-        self.rows.append(row)
         r.rows.append(row)
         r.run_dir.write_stages(r.rows)
         if removed:

@@ -136,13 +136,19 @@ class RunDir:
         return (Path(path) / RUN_FILE).exists()
 
     @classmethod
-    def create(cls, path: Path) -> "RunDir":
-        """Make a fresh run folder; never reuse one that holds a run or anything else."""
+    def ensure_free(cls, path: Path) -> None:
+        """Refuse a folder that holds a run or anything else: a new run never overwrites."""
         path = Path(path)
         if cls.is_run(path):
             raise RunError(f"{path} already holds a run; choose another --out or --name")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RunError(f"{path} exists and is not an empty folder; choose another --out or --name")
+
+    @classmethod
+    def create(cls, path: Path) -> "RunDir":
+        """Make a fresh run folder (see ensure_free)."""
+        path = Path(path)
+        cls.ensure_free(path)
         try:
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:
