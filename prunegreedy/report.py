@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import yaml
 
 from .errors import ConfigError, RunError
 from .records import RUN_FILE, RunDir, read_json, read_yaml, write_text
