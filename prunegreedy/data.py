@@ -250,7 +250,8 @@ def load_cifar10_sample(cfg: DataConfig, cache_dir: Path) -> Dataset:
 
 def load_imagefolder(cfg: DataConfig, cache_dir: Path) -> Dataset:
     if cfg.data_dir is None:
-        raise DataError("the imagefolder dataset needs --data-dir PATH (a folder with train/<class>/ and test/<class>/)")
+        raise DataError("the imagefolder dataset needs --data-dir PATH "
+                        "(a folder with train/<class>/ and test/<class>/)")
     root = Path(cfg.data_dir).expanduser()
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")

@@ -22,7 +22,8 @@ def test_smoke_run_with_pruning(tmp_path, cache_dir):
         "checkpoints", "config.yaml", "log.txt", "model.json", "model.safetensors", "report.html", "run.json",
         "stages.csv", "summary.csv"]
     rows = pd.read_csv(out / "stages.csv")
-    assert list(zip(rows.stage, rows.phase)) == [(s, p) for s in (1, 2, 3, 4) for p in ("trained", "pruned", "finetuned")]
+    phases = ("trained", "pruned", "finetuned")
+    assert list(zip(rows.stage, rows.phase)) == [(s, p) for s in (1, 2, 3, 4) for p in phases]
     final = rows[rows.phase == "finetuned"]
     assert final.width.tolist() == [4, 4, 8, 8] and final.width_in.tolist() == [3, 4, 4, 8]
     meta = json.loads((out / "run.json").read_text())
