@@ -31,7 +31,7 @@ def test_smoke_run_with_pruning(tmp_path, cache_dir):
     assert meta["final_acc"] == final.test_acc.iloc[-1] and meta["head_accs"] == final.test_acc.tolist()
     assert [len(v) for v in meta["removed_filters"].values()] == [4, 4, 8, 8]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        f"stage-{j}.{ext}" for j in (1, 2, 3, 4) for ext in ("json", "safetensors")]
+        f"stage-{j}.{ext}" for j in (1, 2, 3, 4) for ext in ("json", "probs.safetensors", "safetensors")]
     assert f"report: {out / 'report.html'}" in res.output
 
 
