@@ -19,7 +19,7 @@ from torch import nn
 from .config import CompressConfig, TrainConfig
 from .data import Dataset, Normalize, train_batches
 from .errors import ConfigError
-from .train import StepCallback, autocast, autocast_dtype, eval_mode, freeze, train_stage
+from .train import StepCallback, autocast, autocast_dtype, eval_mode, train_stage
 
 
 @dataclass
@@ -140,7 +140,6 @@ def prune_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tupl
         return block, head  # ratio 0 (or rounding kept everything): the model is unchanged
     prune_s = time.perf_counter() - start
     record("pruned", block, head, prune_s, width_before=before, removed=removed)
-    freeze(ctx.prefix)
     if cfg.finetune_epochs > 0:
         stats = train_stage(ctx.prefix, block, head, ctx.ds, ctx.norm, ctx.train_cfg, cfg.finetune_epochs,
                             cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,

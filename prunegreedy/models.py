@@ -97,14 +97,6 @@ class GreedyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads[-1](self.features(x))
 
-    def all_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every stage head's logits in one pass (for the 2^j-weighted ensemble)."""
-        out = []
-        for block, head in zip(self.blocks, self.heads):
-            x = block(x)
-            out.append(head(x))
-        return out
-
     def spec(self, **meta) -> dict:
         return {"version": SPEC_VERSION, "blocks": [b.spec() for b in self.blocks],
                 "heads": [h.spec() for h in self.heads], **meta}
