@@ -181,26 +181,26 @@ def run(
 
 
 def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
-    from . import data, pipeline, runtime
+    from . import data, runtime, trainers
     from .records import RunDir
 
-    pipeline.check(cfg)
+    trainer = trainers.get_trainer(cfg)
     dev = runtime.resolve_device(cfg.run.device)
     runtime.setup(dev, cfg.run.threads)
     path = _run_dir_path(cfg, recipe)
     RunDir.ensure_free(path)  # before minutes go into reading data
     t0 = time.perf_counter()
     ds = data.load_dataset(cfg.data)
-    ui.log(f"data: {ds.name}, {len(ds.train_y):,} train / {len(ds.test_y):,} test images "
+    ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
     run_dir = RunDir.create(path)
     ui.run_dir = run_dir
     ui.log(f"run folder: {run_dir.path}  device: {dev}  plan: {cfg.model.plan}  hook: {cfg.compress.hook}")
-    _train(pipeline.GreedyRun(cfg, run_dir, ds, dev, ui), ui)
+    _train(trainer(cfg, run_dir, ds, dev, ui), ui)
 
 
 def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
-    from . import data, pipeline, runtime
+    from . import data, runtime, trainers
     from .records import RunDir, read_yaml
 
     if not RunDir.is_run(path):
@@ -213,7 +213,7 @@ def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
     ds = data.load_dataset(cfg.data)
     run_dir = RunDir(path)
     ui.run_dir = run_dir
-    run = pipeline.GreedyRun.resume(run_dir, ds, dev, ui)
+    run = trainers.get_trainer(cfg).resume(run_dir, ds, dev, ui)
     ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
     _train(run, ui)
 
@@ -305,7 +305,7 @@ def sweep(
 
     Ratios whose run already finished are skipped, so rerunning the same command resumes a sweep.
     """
-    from . import pipeline
+    from . import trainers
     from . import report as reporting
 
     ui = ConsoleUI(quiet)
@@ -319,7 +319,7 @@ def sweep(
         if r == 0:
             over["compress"]["hook"] = "none"
         cfg = config_mod.load(recipe, over)
-        pipeline.check(cfg)  # every ratio's config is checked before hours go into the first one
+        trainers.get_trainer(cfg)  # every ratio's config is checked before hours go into the first one
         jobs.append((r, path, cfg))
     for r, path, cfg in jobs:
         ui.run_dir = None  # sweep lines belong to no run's log.txt

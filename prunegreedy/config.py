@@ -41,8 +41,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    trainer: str = "greedy"
+    trainer: str = "greedy"  # a key of trainers.TRAINERS: greedy | end-to-end
     epochs: Union[float, list[float]] = 50.0  # per stage: one value for all, or one per stage
+    total_epochs: float | None = None  # end-to-end only; None = the sum of the per-stage epochs
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -280,6 +281,9 @@ def validate(cfg: Config) -> None:
     epochs = cfg.train.epochs if isinstance(cfg.train.epochs, list) else [cfg.train.epochs]
     if not epochs or any(not (e > 0) or math.isinf(e) for e in epochs):
         raise ConfigError(f"train.epochs must be positive numbers, got {cfg.train.epochs}")
+    total = cfg.train.total_epochs
+    if total is not None and (not (total > 0) or math.isinf(total)):
+        raise ConfigError(f"train.total_epochs must be a positive number, got {total}")
     if not (cfg.compress.finetune_epochs >= 0) or math.isinf(cfg.compress.finetune_epochs):
         raise ConfigError(f"compress.finetune_epochs must be >= 0, got {cfg.compress.finetune_epochs}")
     if cfg.train.batch_size < 1:

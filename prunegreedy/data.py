@@ -54,10 +54,21 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
     def to(self, device: torch.device) -> "Dataset":
         move = lambda t: t.to(device)  # noqa: E731
         return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
                        self.classes, self.mean, self.std)
+
+    def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard)
+
+    def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return eval_batches(self.test_x, self.test_y, batch_size, norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,15 +324,23 @@ class Normalize:
 
 
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize, generator: torch.Generator,
-                  augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented, normalised batches (the last partial batch included)."""
+                  augment: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented, normalised batches (the last partial batch included).
+
+    `shard = (rank, world)`: every rank draws the same global batch and augmentation (same
+    generator state), then keeps images rank, rank + world, ...; so N processes see exactly the
+    batches one process would. A last batch smaller than `world` is dropped on every rank alike.
+    """
+    rank, world = shard
     perm = torch.randperm(len(x), generator=generator).to(x.device)
     for start in range(0, len(x), batch_size):
         idx = perm[start:start + batch_size]
+        if len(idx) < world:
+            return
         xb = x[idx]
         if augment:
             xb = random_crop_flip(xb, 4, generator)
-        yield norm(xb), y[idx]
+        yield norm(xb[rank::world]), y[idx][rank::world]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize):

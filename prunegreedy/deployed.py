@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .backbone import artifact, load_backbone, read_export_spec
-from .data import Dataset, Normalize, eval_batches
+from .data import Dataset, Normalize
 from .errors import DataError, ExportError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -105,7 +105,7 @@ def evaluate(model: Deployed, ds: Dataset, batch_size: int = 500) -> dict:
                         f"{spec['input_shape']}")
     norm = Normalize(spec["mean"], spec["std"], torch.device("cpu"), channels_last=False)
     correct = 0
-    for xb, yb in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
+    for xb, yb in ds.eval_batches(batch_size, norm):
         # argmax of the logits, as training's evaluation takes it (a float32 softmax can tie)
         correct += (model(xb).float().argmax(1) == yb).sum().item()
     n = len(ds.test_y)

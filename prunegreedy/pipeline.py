@@ -47,8 +47,6 @@ def check(cfg: Config) -> list[models.StageSpec]:
     for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
         if name not in train.SCHEDULES:
             raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(train.SCHEDULES)}")
-    if cfg.train.trainer != "greedy":
-        raise ConfigError(f"unknown trainer '{cfg.train.trainer}'; valid: greedy")
     n = len(plan)
     if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
@@ -61,6 +59,18 @@ def stage_ratio(cfg: Config, stage: int, n: int) -> float:
     if cfg.compress.hook == "none":
         return 0.0
     return cfg.stage_value(cfg.compress.ratios, cfg.compress.ratio, stage, n)
+
+
+def out_width(block: nn.Module) -> int:
+    """Output filters of a block, or of the last block of a Sequential of blocks (end-to-end)."""
+    return (block[-1] if isinstance(block, nn.Sequential) else block).conv.out_channels
+
+
+def removed_count(removed: list[int] | dict[int, list[int]] | None) -> int:
+    """Filters cut: a block's list, or every block's ({block: list}, prune-after-training)."""
+    if removed is None:
+        return 0
+    return sum(map(len, removed.values())) if isinstance(removed, dict) else len(removed)
 
 
 def versions() -> dict[str, str]:
@@ -96,8 +106,8 @@ class _StageRecorder:
         row = {
             "stage": self.stage + 1, "phase": phase,
             "width_in": self.block_input[0],
-            "width_before": width_before if width_before is not None else block.conv.out_channels,
-            "width": block.conv.out_channels,
+            "width_before": width_before if width_before is not None else out_width(block),
+            "width": out_width(block),
             "test_acc": round(acc, 4),
             "train_loss": round(stats.train_loss, 5) if stats else None,
             "train_acc": round(stats.train_acc, 4) if stats else None,
@@ -111,18 +121,21 @@ class _StageRecorder:
             "params_head": count_params(head),
             "macs_head": count_macs(head, output_shape(block, self.block_input)),
             "prune_ratio": self.ratio,
-            "removed": len(removed) if removed is not None else 0,
+            "removed": removed_count(removed),
         }
         r.rows.append(row)
         r.run_dir.write_stages(r.rows)
         if removed:
             r.meta.setdefault("removed_filters", {})[str(self.stage + 1)] = removed
-        r.ui.log(f"stage {row['stage']} {phase:9s} width {row['width_before']}->{row['width']}  "
+        r.ui.log(f"{r.stage_label} {row['stage']} {phase:9s} width {row['width_before']}->{row['width']}  "
                  f"test acc {acc:6.2f}%  backbone {row['params_backbone']:,} params "
                  f"{row['macs_backbone'] / 1e6:,.1f} MMACs  {seconds:7.1f}s")
 
 
 class GreedyRun:
+    """Greedy layerwise training: one stage per block of the plan, the compression hook after each."""
+    stage_label = "stage"
+
     def __init__(self, cfg: Config, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None):
         self.cfg, self.run_dir, self.ds, self.device = cfg, run_dir, ds.to(device), device
         self.ui = ui or NullUI()
@@ -136,7 +149,7 @@ class GreedyRun:
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
             "device": str(device), "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
             "dataset": {"name": ds.name, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
-                        "image_shape": list(ds.image_shape), "train_images": len(ds.train_y),
+                        "image_shape": list(ds.image_shape), "train_images": ds.num_train,
                         "test_images": len(ds.test_y)},
             "plan": cfg.model.plan, "stages_done": 0,
         }
@@ -162,7 +175,7 @@ class GreedyRun:
         if meta.get("status") == "finished":
             raise PrunegreedyError(f"{run_dir.path} already finished; nothing to resume")
         saved = meta.get("dataset", {})
-        if saved.get("train_images") != len(ds.train_y) or saved.get("classes") != ds.classes:
+        if saved.get("train_images") != ds.num_train or saved.get("classes") != ds.classes:
             raise PrunegreedyError(f"the data given to resume {run_dir.path} differ from the run's "
                                    f"({saved.get('name')}, {saved.get('train_images')} training images)")
         run = cls(cfg, run_dir, ds, device, ui)
@@ -237,13 +250,13 @@ class GreedyRun:
         return output_shape(block, in_shape)
 
     def _finish(self, plan: list[models.StageSpec], seconds: float) -> dict:
-        probs = [self.stage_probs[j] for j in range(len(plan))]
         per_head = [r["test_acc"] for r in self._final_rows()]
-        ensemble = train.ensemble_accuracy(probs, self.ds.test_y)
+        ensemble = self._ensemble(plan)
         last = self.rows[-1]
         self.meta.update({
             "status": "finished", "seconds": round(seconds, 2),
-            "final_acc": round(per_head[-1], 4), "ensemble_acc": round(ensemble, 4),
+            "final_acc": round(per_head[-1], 4),
+            "ensemble_acc": round(ensemble, 4) if ensemble is not None else None,
             "head_accs": [round(a, 4) for a in per_head],
             "params": last["params_backbone"], "macs": last["macs_backbone"],
             "params_with_head": last["params_backbone"] + last["params_head"],
@@ -251,10 +264,15 @@ class GreedyRun:
             "widths": [b.conv.out_channels for b in self.net.blocks],
         })
         self.run_dir.write_meta(self.meta)
-        self.ui.log(f"final test acc {per_head[-1]:.2f}%  ensemble (2^j weights) {ensemble:.2f}%  "
+        ens = f"  ensemble (2^j weights) {ensemble:.2f}%" if ensemble is not None else ""
+        self.ui.log(f"final test acc {per_head[-1]:.2f}%{ens}  "
                     f"backbone {self.meta['params']:,} params {self.meta['macs'] / 1e6:,.1f} MMACs  "
                     f"{self.meta['seconds'] / 60:.1f} min")
         return self.meta
+
+    def _ensemble(self, plan: list[models.StageSpec]) -> float | None:
+        """The paper's 2^j-weighted ensemble of every stage's head."""
+        return train.ensemble_accuracy([self.stage_probs[j] for j in range(len(plan))], self.ds.test_y)
 
     def _final_rows(self) -> list[dict]:
         """The last recorded phase of each stage: the state the next stage grew on."""

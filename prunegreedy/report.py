@@ -99,10 +99,17 @@ def load_run(path: Path) -> Run:
     missing = [c for c in STAGE_COLUMNS if c not in stages.columns]
     if missing:
         raise RunError(f"{path / 'stages.csv'} lacks columns: {', '.join(missing)}")
-    absent = sorted(set(range(1, done + 1)) - set(stages["stage"]))
+    config = read_yaml(path / "config.yaml")
+    # An end-to-end run records one "stage": the whole network, numbered by its last block.
+    expected = {done} if _trainer(config) == "end-to-end" else set(range(1, done + 1))
+    absent = sorted(expected - set(stages["stage"]))
     if absent:
         raise RunError(f"{path / 'stages.csv'} has no rows for finished stage(s) {absent}")
-    return Run(name, path, meta, read_yaml(path / "config.yaml"), stages, _read_bench(path / "bench.json"))
+    return Run(name, path, meta, config, stages, _read_bench(path / "bench.json"))
+
+
+def _trainer(config: dict) -> str:
+    return (config.get("train") or {}).get("trainer", "greedy")
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -155,6 +162,7 @@ SUMMARY_FIELDS: dict[str, Callable[[Run], Any]] = {
     "partial": lambda r: r.partial,
     "dataset": lambda r: (r.meta.get("dataset") or {}).get("name"),
     "plan": lambda r: (r.config.get("model") or {}).get("plan", r.meta.get("plan")),
+    "trainer": lambda r: _trainer(r.config),
     "k": _k,
     "stages_done": lambda r: r.done,
     "stages_planned": lambda r: r.planned,

@@ -64,6 +64,7 @@ TEXT = _fmt(str)
 # Summary table: (header, column, formatter, is text).
 SUMMARY_VIEW = [
     ("Run", "run", TEXT, True), ("Status", "status", TEXT, True), ("Plan", "plan", TEXT, True),
+    ("Trainer", "trainer", TEXT, True),
     ("k", "k", INT, False), ("Hook", "hook", TEXT, True), ("Prune ratio", "prune_ratio", TEXT, True),
     ("Importance", "importance", TEXT, True), ("Stages", "stages", TEXT, False),
     ("Final acc", "final_acc", PCT, False), ("Ensemble acc", "ensemble_acc", PCT, False),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .data import Dataset, Normalize, eval_batches, train_batches
+from .data import Dataset, Normalize
 from .errors import ConfigError
 
 
@@ -156,7 +156,7 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
     opt = make_optimizer([block, head], lr, cfg)  # built here: pruning replaces parameter objects
     params = [p for g in opt.param_groups for p in g["params"]]
     amp = autocast_dtype(cfg.amp, device)
-    steps_per_epoch = math.ceil(len(ds.train_x) / cfg.batch_size)
+    steps_per_epoch = math.ceil(ds.num_train / cfg.batch_size)
     total = max(1, round(epochs * steps_per_epoch))
     step, loss_sum, correct, seen, elapsed = 0, 0.0, 0, 0, 0.0
     if resume is not None:
@@ -167,7 +167,7 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
                 opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
     start = time.perf_counter() - elapsed
     while step < total:
-        for xb, yb in train_batches(ds.train_x, ds.train_y, cfg.batch_size, norm, generator):
+        for xb, yb in ds.train_batches(cfg.batch_size, norm, generator):
             if step >= total:
                 break
             for g in opt.param_groups:
@@ -203,7 +203,7 @@ def evaluate(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, 
     """Test accuracy (%) of head(block(prefix(x))) on the whole test split, and its softmax (on CPU)."""
     logits = []
     with eval_mode(prefix, block, head):
-        for xb, _ in eval_batches(ds.test_x, ds.test_y, batch_size, norm):
+        for xb, _ in ds.eval_batches(batch_size, norm):
             with autocast(device, amp):
                 logits.append(head(block(prefix(xb))).float().cpu())
     out = torch.cat(logits)

@@ -23,7 +23,7 @@ TINY = ["--set", "train.epochs=0.2", "--set", "compress.finetune_epochs=0.2", "-
         "--set", "run.threads=1", "--quiet"]
 SWEEP = ["sweep", "--prune-ratios", "0,0.5", *TINY]
 
-SUMMARY_COLUMNS = ["run", "status", "partial", "dataset", "plan", "k", "stages_done", "stages_planned", "hook",
+SUMMARY_COLUMNS = ["run", "status", "partial", "dataset", "plan", "trainer", "k", "stages_done", "stages_planned", "hook",
                    "prune_ratio", "importance", "reference", "final_acc", "ensemble_acc", "params", "macs",
                    "latency_ms_batch1", "throughput_batch64", "params_with_head", "macs_with_head", "model_bytes",
                    "seconds", "device", "started", "pareto_params", "pareto_macs"]
