@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .blocks import BLOCKS
 from .errors import ExportError, RunError, SpecError
+from .heads import VGGHead
 from .models import check_fields
 from .records import RUN_FILE, read_json
 
@@ -33,6 +35,9 @@ _DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # safetensors header names
 
 class FoldedAuxHead(nn.Module):
     """An AuxHead with its BatchNorms folded away: k-1 conv3x3(+bias)+ReLU, average pool, linear."""
+
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "hidden": int, "k": int, "num_classes": int,
+                                         "pool": int, "in_size": list}
 
     def __init__(self, in_channels: int, hidden: int, k: int, num_classes: int, pool: int,
                  in_size: tuple[int, int]):
@@ -60,13 +65,13 @@ class FoldedAuxHead(nn.Module):
                 "num_classes": self.fc.out_features, "pool": self.pool_size, "in_size": list(self.in_size)}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "FoldedAuxHead":
+    def from_spec(cls, spec: dict) -> FoldedAuxHead:
         return cls(spec["in_channels"], spec["hidden"], spec["k"], spec["num_classes"], spec["pool"],
                    tuple(spec["in_size"]))
 
 
-# Head types an export may carry, by the name stored in its spec.
-HEADS = {"aux-folded": FoldedAuxHead}
+# Head types an export may carry, by the name stored in its spec; the VGG classifier has no BN to fold.
+HEADS: dict[str, type[nn.Module]] = {"aux-folded": FoldedAuxHead, "vgg": VGGHead}
 
 
 class Backbone(nn.Module):
@@ -90,9 +95,14 @@ class Backbone(nn.Module):
                 "params": sum(p.numel() for p in self.parameters()), "source": source or {}}
 
 
+def halvings(blocks: list[dict]) -> int:
+    """How many times the blocks halve height and width: once per psi, once per max-pool."""
+    return sum(bool(b.get("psi")) + bool(b.get("pool")) for b in blocks)
+
+
 def feature_size(input_shape, blocks: list[dict]) -> tuple[int, int]:
-    """Spatial size after the blocks: every psi halves height and width."""
-    scale = 2 ** sum(bool(b["psi"]) for b in blocks)
+    """Spatial size after the blocks."""
+    scale = 2 ** halvings(blocks)
     return input_shape[1] // scale, input_shape[2] // scale
 
 
@@ -127,17 +137,16 @@ def validate_backbone_spec(spec: dict) -> None:
         if not isinstance(b, dict) or b.get("type") not in BLOCKS:
             raise SpecError(f"block {i}: unknown block type {b.get('type') if isinstance(b, dict) else b!r}; "
                             f"valid: {', '.join(BLOCKS)}")
-        check_fields(b, {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}, f"block {i}")
+        check_fields(b, BLOCKS[b["type"]].FIELDS, f"block {i}")
         if b["bn"]:
             raise SpecError(f"block {i} keeps a BatchNorm, but the spec says BatchNorm is folded")
         if b["in_channels"] != prev:
             raise SpecError(f"block {i}: in_channels {b['in_channels']} does not match "
                             f"{'the input' if i == 0 else f'block {i - 1} out_channels'} {prev}")
         prev = b["out_channels"]
-    scale = 2 ** sum(b["psi"] for b in blocks)
-    if shape[1] % scale or shape[2] % scale:
-        raise SpecError(f"input {shape[1]}x{shape[2]} cannot be halved at each of the {scale.bit_length() - 1} "
-                        f"psi blocks")
+    n = halvings(blocks)
+    if shape[1] % 2 ** n or shape[2] % 2 ** n:
+        raise SpecError(f"input {shape[1]}x{shape[2]} cannot be halved {n} times (once per psi or max-pool)")
     size = feature_size(shape, blocks)
     head = spec.get("head")
     if head is not None:
@@ -152,10 +161,11 @@ def _validate_head(head: dict, channels: int, size: tuple[int, int], num_classes
     if not isinstance(head, dict) or head.get("type") not in HEADS:
         raise SpecError(f"head: unknown head type {head.get('type') if isinstance(head, dict) else head!r}; "
                         f"valid: {', '.join(HEADS)}")
-    check_fields(head, {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int}, "head")
+    fields = HEADS[head["type"]].FIELDS
+    check_fields(head, fields, "head")
     if head["in_channels"] != channels:
         raise SpecError(f"head takes {head['in_channels']} channels but the last block gives {channels}")
-    if head.get("in_size") != list(size):
+    if "in_size" in fields and head["in_size"] != list(size):
         raise SpecError(f"head in_size {head.get('in_size')!r} does not match the feature map {list(size)}")
     if head["num_classes"] != num_classes:
         raise SpecError(f"head has {head['num_classes']} outputs but the spec lists {num_classes} classes")

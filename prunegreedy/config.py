@@ -27,7 +27,8 @@ class DataConfig:
     name: str = "cifar10-sample"  # a key of data.DATASETS
     data_dir: str | None = None  # local copy; None = bundled sample / torchvision cache
     cache_dir: str | None = None  # decoded uint8 tensors; None = ~/.cache/prunegreedy
-    image_size: int = 32  # imagefolder images are resized to this square size
+    image_size: int = 32  # imagefolder images are resized to this square size; imagenet: crop size
+    workers: int = 8  # imagenet: DataLoader worker processes decoding JPEGs (per process under torchrun)
     train_limit: int | None = None  # use only the first N training images (smoke tests)
     test_limit: int | None = None
 

@@ -4,19 +4,21 @@ In eval mode BN is a per-channel affine map y = s * x + t (s = gamma / sqrt(var 
 t = beta - mean * s). After a conv it folds into the conv's weight and bias. The head's BN sits
 after the average pool and before flatten + linear, so it folds into the linear layer: each
 pooled cell of channel c is scaled by s_c and shifted by t_c. Folding is computed in float64
-and stored as float32, so the only change is one rounding per weight.
+and stored as float32, so the only change is one rounding per weight. The VGG classifier head
+has no BN and is copied as it is.
 """
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .backbone import Backbone, FoldedAuxHead, feature_size
-from .blocks import ConvBlock
+from .blocks import Block, ConvBlock, VGGBlock
 from .errors import ExportError
-from .heads import AuxHead
+from .heads import AuxHead, VGGHead
 from .models import GreedyNet
 
 
@@ -50,9 +52,9 @@ def fold_bn_linear(bn: nn.Module, fc: nn.Linear, cells: int, into: nn.Linear) ->
     into.bias.copy_(fc.bias.double() + w @ shift)
 
 
-def fold_block(block: ConvBlock) -> ConvBlock:
-    spec = block.spec()
-    out = ConvBlock(spec["in_channels"], spec["out_channels"], psi=spec["psi"], bn=False)
+def fold_block(block: Block) -> Block:
+    """The same block type without BN (its conv then has a bias), rebuilt from the block's spec."""
+    out = type(block).from_spec({**block.spec(), "bn": False})
     fold_conv_bn(block.conv, block.bn, out.conv)
     return out
 
@@ -70,8 +72,9 @@ def fold_head(head: AuxHead, in_size: tuple[int, int]) -> FoldedAuxHead:
 
 
 # Folding by module type; a block or head type without an entry cannot be exported.
-BLOCK_FOLDERS: dict[type, Callable[[nn.Module], nn.Module]] = {ConvBlock: fold_block}
-HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {AuxHead: fold_head}
+BLOCK_FOLDERS: dict[type, Callable[[nn.Module], nn.Module]] = {ConvBlock: fold_block, VGGBlock: fold_block}
+HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {
+    AuxHead: fold_head, VGGHead: lambda head, in_size: copy.deepcopy(head)}
 
 
 def _folder(table: dict, module: nn.Module) -> Callable:

@@ -1,8 +1,17 @@
-"""Auxiliary classifier heads: the 'k hidden layers' problem each greedy stage solves."""
+"""Classifier heads: the 'k hidden layers' problem each greedy stage solves, and VGG's classifier.
+
+Like the blocks, every head class declares `FIELDS` (its spec's fields and types) and
+`for_stage(in_channels, stage, num_classes)`; `models.make_head` picks it from HEADS by name.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .models import StageSpec
 
 
 class AuxHead(nn.Module):
@@ -11,6 +20,8 @@ class AuxHead(nn.Module):
     k=1 is a linear classifier on the pooled block output (the paper's 1-hidden-layer problem,
     the hidden layer being the block itself).
     """
+
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "hidden": int, "k": int, "num_classes": int, "pool": int}
 
     def __init__(self, in_channels: int, hidden: int, k: int, num_classes: int, pool: int = 2):
         super().__init__()
@@ -40,8 +51,50 @@ class AuxHead(nn.Module):
                 "num_classes": self.fc.out_features, "pool": self.pool_size}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "AuxHead":
+    def from_spec(cls, spec: dict) -> AuxHead:
         return cls(spec["in_channels"], spec["hidden"], spec["k"], spec["num_classes"], spec["pool"])
 
+    @classmethod
+    def for_stage(cls, in_channels: int, stage: StageSpec, num_classes: int) -> AuxHead:
+        return cls(in_channels, stage.head_width, stage.k, num_classes)
 
-HEADS = {"aux": AuxHead}
+
+class VGGHead(nn.Module):
+    """torchvision's VGG classifier: average pool to 7x7, then Linear-ReLU-Dropout twice and a Linear.
+
+    `hidden` (4096 in VGG) is a spec field so tests and narrow plans can build it small. With a
+    224x224 input the feature map is already 7x7 and the pool does nothing, as in torchvision.
+    """
+
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "hidden": int, "num_classes": int}
+
+    def __init__(self, in_channels: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Linear(in_channels * 49, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes))
+
+    @property
+    def in_channels(self) -> int:
+        return self.classifier[0].in_features // 49
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def spec(self) -> dict:
+        return {"type": "vgg", "in_channels": self.in_channels, "hidden": self.classifier[0].out_features,
+                "num_classes": self.classifier[-1].out_features}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> VGGHead:
+        return cls(spec["in_channels"], spec["hidden"], spec["num_classes"])
+
+    @classmethod
+    def for_stage(cls, in_channels: int, stage: StageSpec, num_classes: int) -> VGGHead:
+        return cls(in_channels, stage.head_width, num_classes)
+
+
+# Head types by the name stored in specs and plans.
+HEADS: dict[str, type[nn.Module]] = {"aux": AuxHead, "vgg": VGGHead}
