@@ -1,0 +1,109 @@
+"""Activation memory of each greedy stage against end-to-end training, and one step's peak RSS.
+
+For a plan (default: the paper's k=2 CIFAR-10 net, full width), batch B of random 32x32 images, fp32:
+  saved     bytes per training sample that autograd keeps for backward (prunegreedy.memory): for
+            stage j, block j + head j on blocks 1..j-1 frozen under no_grad; for end-to-end, all
+            blocks trained jointly under the plan's last head. Input, targets and BN batch
+            statistics included; parameters, buffers, gradients and optimizer state are not.
+  rss       resident memory of a fresh process for the same configuration: after it built the
+            modules, batch and optimizer (`build`), and its peak during one training step (forward,
+            backward, SGD step). The difference is the step's own peak on top of what was built:
+            saved activations plus transient buffers, gradients, momentum and the CPU backend's
+            workspaces, page-granular and coarse. Linux only: the peak is VmHWM, reset after the
+            build through /proc/self/clear_refs; ru_maxrss cannot serve, since a child inherits
+            its parent's peak across fork and exec and torch's import peak would hide the step.
+Prints a CSV and a summary line against the issue's target: each greedy stage <= 35% of end-to-end.
+
+    python benchmarks/memory.py [--plan cifar10-k2] [--width-mult 1] [--batch 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from common import bare_step_fn, stage_modules
+from torch import nn
+
+from prunegreedy import models, runtime
+from prunegreedy.config import TrainConfig
+from prunegreedy.memory import saved_activation_bytes
+
+E2E = "end-to-end"
+TARGET = 0.35
+CFG = TrainConfig(amp="off")  # SGD with momentum and weight decay, as in training
+
+
+def modules(plan: list[models.StageSpec], name: str) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(frozen prefix, trained blocks, head) of greedy stage `name` ("1".."J") or of end-to-end training."""
+    if name != E2E:
+        return stage_modules(plan, [s.width for s in plan], int(name) - 1)
+    blocks, c = [], 3
+    for s in plan:
+        blocks.append(models.make_block(c, s))
+        c = s.width
+    body = nn.Sequential(*blocks).to(memory_format=torch.channels_last)
+    return nn.Sequential(), body, models.make_head(c, plan[-1], 10).to(memory_format=torch.channels_last)
+
+
+def status_mib(field: str) -> float:
+    kib = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1)
+    return int(kib) / 1024
+
+
+def child(plan: list[models.StageSpec], name: str, batch: int) -> None:
+    step = bare_step_fn(*modules(plan, name), batch, CFG)
+    build = status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak (VmHWM) := current RSS
+    step()
+    print(json.dumps({"build": build, "peak": status_mib("VmHWM")}))
+
+
+def measure(args: argparse.Namespace, plan: list[models.StageSpec], name: str) -> tuple[float, int, float, float]:
+    """Saved bytes per sample and saved storages (here), RSS after build and step peak in MiB (fresh process)."""
+    prefix, body, head = modules(plan, name)
+    params = [t for m in (prefix, body, head) for t in m.state_dict().values()]
+    saved, count = saved_activation_bytes(bare_step_fn(prefix, body, head, args.batch, CFG), params)
+    cmd = [sys.executable, __file__, "--child", name, "--plan", args.plan, "--width-mult", str(args.width_mult),
+           "--batch", str(args.batch)] + (["--threads", str(args.threads)] if args.threads else [])
+    rss = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    return saved / args.batch, count, rss["build"], rss["peak"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", default="cifar10-k2")
+    ap.add_argument("--width-mult", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--child", metavar="1..J|end-to-end", help="internal: one training step in this process")
+    args = ap.parse_args()
+
+    runtime.setup(torch.device("cpu"), args.threads)  # the allocator settings training runs with
+    plan = models.make_plan(args.plan, args.width_mult)
+    if args.child:
+        child(plan, args.child, args.batch)
+        return
+    names = [str(j) for j in range(1, len(plan) + 1)] + [E2E]
+    rows = {name: measure(args, plan, name) for name in names}
+    e2e_saved, _, e2e_build, e2e_peak = rows[E2E]
+    print("config,saved_bytes_per_sample,saved_ratio,saved_storages,saved_mib_batch,rss_build_mib,rss_step_peak_mib,"
+          "step_extra_mib,step_extra_ratio")
+    for name, (saved, count, build, peak) in rows.items():
+        print(f"{name},{saved:.0f},{saved / e2e_saved:.3f},{count},{saved * args.batch / 2**20:.1f},{build:.1f},"
+              f"{peak:.1f},{peak - build:.1f},{(peak - build) / (e2e_peak - e2e_build):.3f}")
+    ratios = [rows[n][0] / e2e_saved for n in names[:-1]]
+    over = [n for n, r in zip(names, ratios) if r > TARGET]
+    verdict = f"missed by stage {', '.join(over)}" if over else "met"
+    extra = [(rows[n][3] - rows[n][2]) / (e2e_peak - e2e_build) for n in names[:-1]]
+    print(f"summary: a greedy stage keeps max {max(ratios):.1%}, mean {sum(ratios) / len(ratios):.1%} of "
+          f"end-to-end's saved activations per sample (target <= {TARGET:.0%}: {verdict}); one step's peak RSS "
+          f"above the built model: max {max(extra):.1%}, mean {sum(extra) / len(extra):.1%} of end-to-end's "
+          f"({args.plan}, width x{args.width_mult:g}, batch {args.batch}, fp32, {torch.get_num_threads()} threads)")
+
+if __name__ == "__main__":
+    main()
