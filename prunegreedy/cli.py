@@ -6,6 +6,7 @@ the traceback instead.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,46 +181,56 @@ def run(
     _run(cfg, recipe, ui)
 
 
+def _start(cfg, ui: ConsoleUI):
+    """Device, process group (under torchrun) and CPU threads; ranks other than 0 stay silent."""
+    from . import distributed, pipeline, runtime
+
+    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
+    runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+    return dist, dev, (ui if dist.is_main else pipeline.NullUI())
+
+
 def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
-    from . import data, runtime, trainers
-    from .records import RunDir
+    from . import data, trainers
+    from .records import ReadOnlyRunDir, RunDir
 
     trainer = trainers.get_trainer(cfg)
-    dev = runtime.resolve_device(cfg.run.device)
-    runtime.setup(dev, cfg.run.threads)
+    dist, dev, ui = _start(cfg, ui)
     path = _run_dir_path(cfg, recipe)
-    RunDir.ensure_free(path)  # before minutes go into reading data
+    dist.on_main(lambda: RunDir.ensure_free(path))  # before minutes go into reading data
     t0 = time.perf_counter()
     ds = data.load_dataset(cfg.data)
     ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
-    run_dir = RunDir.create(path)
+    dist.on_main(lambda: RunDir.create(path))
+    run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
     ui.run_dir = run_dir
-    ui.log(f"run folder: {run_dir.path}  device: {dev}  plan: {cfg.model.plan}  hook: {cfg.compress.hook}")
-    _train(trainer(cfg, run_dir, ds, dev, ui), ui)
+    procs = f" x {dist.world} processes" if dist.enabled else ""
+    ui.log(f"run folder: {run_dir.path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
+           f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
+    _train(trainer(cfg, run_dir, ds, dev, ui, dist), ui, dist)
 
 
 def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
-    from . import data, runtime, trainers
-    from .records import RunDir, read_yaml
+    from . import data, trainers
+    from .records import ReadOnlyRunDir, RunDir, read_yaml
 
     if not RunDir.is_run(path):
         raise config_mod.ConfigError(f"{path} is not a run folder (no run.json)")
     cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
     if data_dir is not None:  # the data may have moved since; the check below compares them
         cfg.data.data_dir = str(data_dir)
-    dev = runtime.resolve_device(cfg.run.device)
-    runtime.setup(dev, cfg.run.threads)
+    dist, dev, ui = _start(cfg, ui)
     ds = data.load_dataset(cfg.data)
-    run_dir = RunDir(path)
+    run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
     ui.run_dir = run_dir
-    run = trainers.get_trainer(cfg).resume(run_dir, ds, dev, ui)
+    run = trainers.get_trainer(cfg).resume(run_dir, ds, dev, ui, dist)
     ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
-    _train(run, ui)
+    _train(run, ui, dist)
 
 
-def _train(run, ui: ConsoleUI) -> None:
-    """Run the greedy loop; Ctrl-C keeps the finished stages and says how to go on."""
+def _train(run, ui: ConsoleUI, dist) -> None:
+    """Run the training loop; Ctrl-C keeps the finished stages and says how to go on."""
     run_dir = run.run_dir
     resume_hint = f"prunegreedy run --resume {run_dir.path}"
     try:
@@ -230,7 +241,11 @@ def _train(run, ui: ConsoleUI) -> None:
         raise typer.Exit(130)
     except RunError as e:  # e.g. the disk filled up: finished stages stay loadable
         raise RunError(f"{e}; {run.meta['stages_done']} finished stage(s) kept, resume with: {resume_hint}") from None
+    finally:
+        dist.close()
     ui.log(f"records: {run_dir.path / 'stages.csv'}")
+    if not dist.is_main:
+        return
     from . import report as reporting
 
     reporting.write_report(reporting.load_runs([run_dir.path]), run_dir.path)

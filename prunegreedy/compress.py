@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,8 @@ from .blocks import Psi
 from .config import CompressConfig, TrainConfig
 from .data import Dataset, Normalize
 from .errors import ConfigError
-from .train import StepCallback, autocast, autocast_dtype, eval_mode, train_stage
+from .distributed import Dist
+from .train import SINGLE, StepCallback, autocast, autocast_dtype, eval_mode, train_stage
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageContext:
     device: torch.device
     generator: torch.Generator
     ratio: float
+    dist: Dist = SINGLE
 
 
 class Recorder(Protocol):
@@ -116,9 +118,12 @@ def _check_importance(importance: str, gradients: Callable[[], None] | None) -> 
         raise ConfigError(f"importance '{importance}' needs training batches for gradients")
 
 
+Agree = Callable[[Any], Any]  # every rank gets rank 0's decision (Dist.broadcast); identity alone
+
+
 def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int], ratio: float,
                 importance: str, round_to: int = 1,
-                gradients: Callable[[], None] | None = None) -> list[int]:
+                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> list[int]:
     """Remove the least important output filters of block.conv in place; return their indices.
 
     block + head are traced together so the BN and the head's input shrink with the conv.
@@ -131,7 +136,7 @@ def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, 
     graph, group = _trace_filters(block, head, input_shape)
     if importance in NEEDS_GRADIENTS:
         gradients()
-    removed = _lowest(group, importance, n - keep)
+    removed = agree(_lowest(group, importance, n - keep))
     graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=removed).prune()
     for p in list(block.parameters()) + list(head.parameters()):
         p.grad = None
@@ -140,7 +145,7 @@ def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, 
 
 def prune_network(blocks: list[nn.Module], head: nn.Module, input_shape: tuple[int, int, int],
                   ratios: list[float], importance: str, round_to: int = 1,
-                  gradients: Callable[[], None] | None = None) -> dict[int, list[int]]:
+                  gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> dict[int, list[int]]:
     """Prune-after-training: cut every block's filters in one shot; return {block index: removed}.
 
     All scores are taken on the trained network before any cut. Block j's filters are scored on
@@ -160,6 +165,7 @@ def prune_network(blocks: list[nn.Module], head: nn.Module, input_shape: tuple[i
         plans.append((graph, _lowest(group, importance, n - keep) if keep < n else []))
         with torch.no_grad(), eval_mode(block):
             shape = tuple(block(torch.zeros(1, *shape, device=next(block.parameters()).device)).shape[1:])
+    plans = list(zip([g for g, _ in plans], agree([r for _, r in plans])))
     for j, (block, (graph, removed)) in enumerate(zip(blocks, plans)):
         if not removed:
             continue
@@ -185,15 +191,17 @@ def prune_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tupl
     before = block.conv.out_channels
     start = time.perf_counter()
     removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
-                          gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches))
+                          gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
+                          agree=ctx.dist.broadcast)
     if not removed:
         return block, head  # ratio 0 (or rounding kept everything): the model is unchanged
     prune_s = time.perf_counter() - start
+    ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
     record("pruned", block, head, prune_s, width_before=before, removed=removed)
     if cfg.finetune_epochs > 0:
         stats = train_stage(ctx.prefix, block, head, ctx.ds, ctx.norm, ctx.train_cfg, cfg.finetune_epochs,
                             cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,
-                            on_step=record.progress("fine-tune"))
+                            on_step=record.progress("fine-tune"), dist=ctx.dist)
         record("finetuned", block, head, stats.seconds, stats=stats, epochs=cfg.finetune_epochs)
     return block, head
 

@@ -139,8 +139,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
@@ -223,8 +223,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"--set: '{key}' conflicts with another --set")
         parsed = yaml.safe_load(value) if value.strip() else None
-        # Keep lists given as "a,b" as strings: _coerce splits them against the annotation.
-        node[parts[-1]] = value if isinstance(parsed, (dict, list)) or "," in value else parsed
+        # Keep lists given as "a,b" and YAML booleans ("off") as strings: _coerce types them against
+        # the annotation, so `train.amp=off` stays the string it names.
+        node[parts[-1]] = value if isinstance(parsed, (dict, list, bool)) or "," in value else parsed
     return out
 
 

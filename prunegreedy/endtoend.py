@@ -81,17 +81,19 @@ class EndToEndRun(GreedyRun):
 
     def _train(self, prefix, body, head, epochs, lr, schedule, gen, rec, desc, **kw) -> train.StageStats:
         return train.train_stage(prefix, body, head, self.ds, self.norm, self.cfg.train, epochs, lr, schedule,
-                                 self.device, gen, on_step=rec.progress(desc), **kw)
+                                 self.device, gen, on_step=rec.progress(desc), dist=self.dist, **kw)
 
     def _prune_after_training(self, empty, blocks, body, head, ratios, gen, rec) -> None:
         cfg = self.cfg.compress
         before = blocks[-1].conv.out_channels
         ctx = compress.StageContext(len(blocks) - 1, empty, body, head, self.ds.image_shape, self.ds, self.norm,
-                                    self.cfg.train, self.device, gen, max(ratios))
+                                    self.cfg.train, self.device, gen, max(ratios), self.dist)
         t0 = time.perf_counter()
         removed = compress.prune_network(
             blocks, head, self.ds.image_shape, ratios, cfg.importance, cfg.round_to,
-            gradients=lambda: compress.accumulate_gradients(ctx, body, head, cfg.taylor_batches))
+            gradients=lambda: compress.accumulate_gradients(ctx, body, head, cfg.taylor_batches),
+            agree=self.dist.broadcast)
+        self.dist.check_same([body, head], "pruned weights")
         rec("pruned", body, head, time.perf_counter() - t0, width_before=before, removed=removed)
         if cfg.finetune_epochs > 0:
             stats = self._train(empty, body, head, cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_schedule,

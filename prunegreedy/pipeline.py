@@ -17,6 +17,7 @@ from torch import nn
 
 from . import compress, data, models, train
 from .config import Config
+from .distributed import Dist
 from .errors import ConfigError, PrunegreedyError
 from .metrics import count_macs, count_params, output_shape
 from .records import RunDir, read_yaml
@@ -136,8 +137,9 @@ class GreedyRun:
     """Greedy layerwise training: one stage per block of the plan, the compression hook after each."""
     stage_label = "stage"
 
-    def __init__(self, cfg: Config, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None):
-        self.cfg, self.run_dir, self.ds, self.device = cfg, run_dir, ds.to(device), device
+    def __init__(self, cfg: Config, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None,
+                 dist: Dist = train.SINGLE):
+        self.cfg, self.run_dir, self.ds, self.device, self.dist = cfg, run_dir, ds.to(device), device, dist
         self.ui = ui or NullUI()
         self.norm = data.Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
         self.amp = train.autocast_dtype(cfg.train.amp, device)
@@ -147,7 +149,7 @@ class GreedyRun:
         self.net = models.GreedyNet()
         self.meta: dict = {
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
-            "device": str(device), "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
+            "device": str(device), "processes": dist.world, "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
             "dataset": {"name": ds.name, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
                         "image_shape": list(ds.image_shape), "train_images": ds.num_train,
                         "test_images": len(ds.test_y)},
@@ -160,7 +162,8 @@ class GreedyRun:
                              plan=self.cfg.model.plan)
 
     @classmethod
-    def resume(cls, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None) -> "GreedyRun":
+    def resume(cls, run_dir: RunDir, ds: data.Dataset, device: torch.device, ui: UI | None = None,
+               dist: Dist = train.SINGLE) -> "GreedyRun":
         """Continue a run from its last finished stage, with its saved config.
 
         The interrupted stage continues from its last end-of-epoch checkpoint (or its beginning).
@@ -178,9 +181,9 @@ class GreedyRun:
         if saved.get("train_images") != ds.num_train or saved.get("classes") != ds.classes:
             raise PrunegreedyError(f"the data given to resume {run_dir.path} differ from the run's "
                                    f"({saved.get('name')}, {saved.get('train_images')} training images)")
-        run = cls(cfg, run_dir, ds, device, ui)
+        run = cls(cfg, run_dir, ds, device, ui, dist)
         done = int(meta.get("stages_done", 0))
-        run.meta.update({k: v for k, v in meta.items() if k not in ("versions", "device", "amp")})
+        run.meta.update({k: v for k, v in meta.items() if k not in ("versions", "device", "processes", "amp")})
         run.meta["removed_filters"] = {k: v for k, v in meta.get("removed_filters", {}).items() if int(k) <= done}
         run.meta["resumed"] = int(meta.get("resumed", 0)) + 1
         if done:
@@ -238,10 +241,10 @@ class GreedyRun:
             stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
                                       cfg.train.schedule, self.device, gen, on_step=rec.progress("train"),
                                       on_epoch=lambda st: self.run_dir.save_partial(j + 1, block, head, st),
-                                      resume=partial[2] if partial is not None else None)
+                                      resume=partial[2] if partial is not None else None, dist=self.dist)
             rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
             ctx = compress.StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
-                                        self.device, gen, ratio)
+                                        self.device, gen, ratio, self.dist)
             block, head = compress.get_hook(cfg.compress.hook)(ctx, cfg.compress, rec)
         except train.NonFiniteLoss as e:
             self._fail(f"stage {j + 1} stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")

@@ -224,3 +224,12 @@ class RunDir:
     def log(self, line: str) -> None:
         with open(self.path / "log.txt", "a") as f:
             f.write(line.rstrip("\n") + "\n")
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run folder as ranks other than 0 see it under torchrun: read (resume), never written."""
+
+    def _skip(self, *args, **kwargs) -> None:
+        return None
+
+    write_config = write_meta = write_stages = save_checkpoint = save_partial = clear_partial = log = _skip

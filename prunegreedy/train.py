@@ -18,7 +18,10 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Dataset, Normalize
+from .distributed import Dist
 from .errors import ConfigError
+
+SINGLE = Dist()  # one process: every distributed step is a no-op
 
 
 def _step(t: float, cfg: TrainConfig) -> float:
@@ -143,16 +146,19 @@ StepCallback = Callable[[int, int, float, float], None]  # (step, total_steps, l
 def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, norm: Normalize,
                 cfg: TrainConfig, epochs: float, lr: float, schedule: str, device: torch.device,
                 generator: torch.Generator, on_step: StepCallback | None = None,
-                on_epoch: Callable[[dict], None] | None = None, resume: dict | None = None) -> StageStats:
+                on_epoch: Callable[[dict], None] | None = None, resume: dict | None = None,
+                dist: Dist = SINGLE) -> StageStats:
     """Train block + head against the auxiliary loss; `prefix` (blocks 1..j-1) stays frozen.
 
     `on_epoch` receives the loop state after every epoch (step, running sums, generator state,
     momentum buffers); passing such a state back as `resume` (with block and head restored)
-    continues exactly where it was taken.
+    continues exactly where it was taken. Under torchrun (`dist`), block + head are wrapped in
+    DistributedDataParallel and each rank trains on its share of every global batch.
     """
     freeze(prefix)
     block.train()
     head.train()
+    model = dist.wrap(nn.Sequential(block, head), device)
     opt = make_optimizer([block, head], lr, cfg)  # built here: pruning replaces parameter objects
     params = [p for g in opt.param_groups for p in g["params"]]
     amp = autocast_dtype(cfg.amp, device)
@@ -167,7 +173,7 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
                 opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
     start = time.perf_counter() - elapsed
     while step < total:
-        for xb, yb in ds.train_batches(cfg.batch_size, norm, generator):
+        for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard):
             if step >= total:
                 break
             for g in opt.param_groups:
@@ -175,10 +181,10 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
             with autocast(device, amp):
                 with torch.no_grad():
                     feats = prefix(xb)
-                logits = head(block(feats))
+                logits = model(feats)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss.item()} at step {step} of {total}")
+            if not dist.all_true(bool(torch.isfinite(loss)), device):
+                raise NonFiniteLoss(f"loss became non-finite at step {step} of {total}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,7 +200,9 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
                       "seconds": time.perf_counter() - start, "generator": generator.get_state(),
                       "momentum": [opt.state[p].get("momentum_buffer") for p in params]})
     seconds = time.perf_counter() - start
-    return StageStats(loss_sum / seen, 100.0 * correct / seen, seen, seconds)
+    dist.sync_buffers(block, head)
+    loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen], device)  # every rank's share
+    return StageStats(loss_sum / seen, 100.0 * correct / seen, int(seen), seconds)
 
 
 @torch.no_grad()

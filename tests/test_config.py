@@ -33,12 +33,14 @@ def test_wrong_type_is_an_error():
 
 def test_set_overrides_are_typed():
     over = config.parse_set(["train.lr=0.05", "train.epochs=3,2,2,2", "model.widths=8,8,16,16",
-                             "data.data_dir=null", "train.nesterov=true"])
+                             "data.data_dir=null", "train.nesterov=true", "train.amp=off",
+                             "train.channels_last=off"])
     cfg = config.load("quick", over)
     assert cfg.train.lr == 0.05
     assert cfg.train.epochs == [3.0, 2.0, 2.0, 2.0]
     assert cfg.model.widths == [8, 8, 16, 16]
     assert cfg.data.data_dir is None and cfg.train.nesterov is True
+    assert cfg.train.amp == "off" and cfg.train.channels_last is False  # YAML's `off` is a string here
     assert config.load("quick", config.parse_set(["train.epochs=1.5"])).train.epochs == 1.5
     with pytest.raises(ConfigError, match="--set expects key.sub=value"):
         config.parse_set(["train.lr"])
