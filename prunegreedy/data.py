@@ -4,6 +4,7 @@ Images are decoded once (both cores), stored as uint8 tensors in a cache keyed b
 folder's file list, sizes and mtimes, and read back in a fraction of a second. Training batches
 are slices of a permutation; crop and flip are done on the whole batch with tensor indexing, so
 there are no per-sample transforms and no worker processes.
+Datasets too large to hold as tensors (imagenet) are streamed from disk instead: prunegreedy.stream.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import json
 import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from safetensors.torch import load_file
 from .config import DataConfig
 from .errors import DataError, RunError
 from .records import atomic_write
+
+if TYPE_CHECKING:
+    from .stream import StreamDataset
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Per-channel statistics of the CIFAR-10 training images (0..1 scale).
@@ -62,6 +66,11 @@ class Dataset:
         move = lambda t: t.to(device)  # noqa: E731
         return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
                        self.classes, self.mean, self.std)
+
+    def limit(self, train_limit: int | None, test_limit: int | None) -> "Dataset":
+        """The first `train_limit` / `test_limit` images of each split (None: all)."""
+        return replace(self, train_x=self.train_x[:train_limit], train_y=self.train_y[:train_limit],
+                       test_x=self.test_x[:test_limit], test_y=self.test_y[:test_limit])
 
     def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
                       shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -274,23 +283,26 @@ def load_imagefolder(cfg: DataConfig, cache_dir: Path) -> Dataset:
                    mean, std)  # type: ignore[arg-type]
 
 
-DATASETS: dict[str, Callable[[DataConfig, Path], Dataset]] = {
+def load_imagenet(cfg: DataConfig, cache_dir: Path) -> StreamDataset:
+    """Streamed from disk by prunegreedy.stream, which builds on this module: imported on use."""
+    from .stream import load_imagenet
+
+    return load_imagenet(cfg, cache_dir)
+
+
+DATASETS: dict[str, Callable[[DataConfig, Path], Dataset | StreamDataset]] = {
     "cifar10": load_cifar10,
     "cifar10-sample": load_cifar10_sample,
     "imagefolder": load_imagefolder,
+    "imagenet": load_imagenet,
 }
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def load_dataset(cfg: DataConfig) -> Dataset | StreamDataset:
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset '{cfg.name}'; valid: {', '.join(DATASETS)}")
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    ds = DATASETS[cfg.name](cfg, cache_dir)
-    if cfg.train_limit is not None:
-        ds.train_x, ds.train_y = ds.train_x[: cfg.train_limit], ds.train_y[: cfg.train_limit]
-    if cfg.test_limit is not None:
-        ds.test_x, ds.test_y = ds.test_x[: cfg.test_limit], ds.test_y[: cfg.test_limit]
-    return ds
+    return DATASETS[cfg.name](cfg, cache_dir).limit(cfg.train_limit, cfg.test_limit)
 
 
 # ---------------------------------------------------------------------------------------------
