@@ -183,8 +183,10 @@ def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Datase
                     feats = prefix(xb)
                 logits = model(feats)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            if not dist.all_true(bool(torch.isfinite(loss)), device):
-                raise NonFiniteLoss(f"loss became non-finite at step {step} of {total}")
+            finite = bool(torch.isfinite(loss))
+            if not dist.all_true(finite, device):  # every rank stops together
+                value = loss.item() if not finite else "non-finite on another process"
+                raise NonFiniteLoss(f"loss became {value} at step {step} of {total}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
