@@ -1,13 +1,14 @@
 """Shared pieces of the benchmark scripts: a frozen prefix + block + head per stage, timers."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunegreedy import models, train
+from prunegreedy import endtoend, models, train
 
 
 def stage_modules(plan: list[models.StageSpec], widths_in: list[int], j: int, classes: int = 10,
@@ -15,12 +16,19 @@ def stage_modules(plan: list[models.StageSpec], widths_in: list[int], j: int, cl
     """Frozen blocks 1..j-1 (input widths as given, e.g. pruned), and block j + head j to train."""
     blocks, c = [], 3
     for s, w in zip(plan[:j], widths_in[:j]):
-        blocks.append(models.make_block(c, models.StageSpec(w, s.psi, s.bn, s.k, s.head_width)))
+        blocks.append(models.make_block(c, dataclasses.replace(s, width=w)))
         c = w
     prefix = train.freeze(nn.Sequential(*blocks).to(memory_format=memory_format))
     block = models.make_block(c, plan[j]).to(memory_format=memory_format)
     head = models.make_head(plan[j].width, plan[j], classes).to(memory_format=memory_format)
     return prefix, block, head
+
+
+def end_to_end_modules(plan: list[models.StageSpec], classes: int = 10, memory_format=torch.channels_last):
+    """Empty prefix, every block of the plan as one trained body, the last head: endtoend's network."""
+    blocks, head = endtoend.build_plan_net(plan, 3, classes)
+    body = nn.Sequential(*blocks).to(memory_format=memory_format)
+    return nn.Sequential(), body, head.to(memory_format=memory_format)
 
 
 def bare_step_fn(prefix, block, head, batch: int, cfg):

@@ -148,3 +148,14 @@ def render_html(summary: pd.DataFrame, stages: pd.DataFrame, plots: list[Plot]) 
         "<h2>Plots</h2>", '<div class="plots">' + "".join(_figure(p) for p in plots) + "</div>",
         "<h2>Runs</h2>", *(_run_section(r, stages) for _, r in summary.iterrows()), "</body></html>",
     ]) + "\n"
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table of raw strings (e.g. a CSV as written), escaped; cells that read as numbers align right."""
+    def is_num(c: str) -> bool:
+        try:
+            float(c)
+        except ValueError:
+            return False
+        return True
+    return _table(header, [([(esc(c), not is_num(c)) for c in r], "") for r in rows])
