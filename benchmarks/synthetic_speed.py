@@ -25,11 +25,16 @@ from prunegreedy.endtoend import build_plan_net
 
 
 def configs(plan: list[models.StageSpec], stages: list[int], classes: int):
-    """(name, frozen prefix, trained body, head) for each chosen greedy stage, then end-to-end."""
-    blocks, head = build_plan_net(plan, 3, classes)
+    """(name, frozen prefix, trained body, head) for each chosen greedy stage, then end-to-end.
+
+    Every configuration gets freshly built modules: a block frozen as some stage's prefix must
+    not stay frozen when end-to-end trains it.
+    """
     for j in stages:
+        blocks, _ = build_plan_net(plan[:j], 3, classes)
         head_j = models.make_head(plan[j - 1].width, plan[j - 1], classes)
         yield f"stage {j}", nn.Sequential(*blocks[: j - 1]), blocks[j - 1], head_j
+    blocks, head = build_plan_net(plan, 3, classes)
     yield "end-to-end", nn.Sequential(), nn.Sequential(*blocks), head
 
 
@@ -38,6 +43,7 @@ def measure(prefix, body, head, x, y, steps: int, device, amp) -> tuple[float, f
     prefix, body, head = (m.to(device, memory_format=torch.channels_last) for m in (prefix, body, head))
     train.freeze(prefix)
     opt = train.make_optimizer([body, head], 0.01, TrainConfig())
+    assert all(p.requires_grad for p in list(body.parameters()) + list(head.parameters()))
 
     def step():
         with train.autocast(device, amp):
