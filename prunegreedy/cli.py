@@ -103,7 +103,7 @@ def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, u
 
 
 def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out, name,
-               quiet, sets) -> dict:
+               quiet, sets, trainer=None) -> dict:
     over = config_mod.parse_set(sets or [])
     put = lambda sec, key, v: over.setdefault(sec, {}).__setitem__(key, v)  # noqa: E731
     if dataset is not None:
@@ -116,6 +116,8 @@ def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importan
         put("model", "plan", f"cifar10-k{k}")
     if epochs is not None:
         put("train", "epochs", epochs)
+    if trainer is not None:
+        put("train", "trainer", trainer)
     if prune_ratio is not None or prune_ratios is not None:
         over.setdefault("compress", {}).setdefault("hook", "prune")
     if prune_ratio is not None:
@@ -149,13 +151,15 @@ def _run_dir_path(cfg, recipe: str) -> Path:
 @user_errors
 def run(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
-    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample or imagefolder."),
+    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample, imagefolder or imagenet."),
     data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
     k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
     prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
     prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
     importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
+    trainer: Optional[str] = typer.Option(None, help="greedy (default) or end-to-end (the baseline; with "
+                                                    "pruning: prune-after-training)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     seed: Optional[int] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
@@ -170,12 +174,12 @@ def run(
     if resume is not None:
         given = [n for n, v in dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
                                     prune_ratios=prune_ratios, importance=importance, device=device, seed=seed,
-                                    out=out, name=name, set=set_).items() if v not in (None, [])]
+                                    out=out, name=name, set=set_, trainer=trainer).items() if v not in (None, [])]
         if given:
             raise config_mod.ConfigError(f"--resume continues with the run's saved config; drop --{given[0]}")
         return _resume(resume, data_dir, ui)
     over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
-                      name, quiet, set_)
+                      name, quiet, set_, trainer)
     recipe = _choose_recipe(config, dataset, device or "auto", ui)
     cfg = config_mod.load(recipe, over)
     _run(cfg, recipe, ui)
@@ -305,11 +309,13 @@ def sweep(
                                                "(hook none)."),
     out: Path = typer.Option(..., help="Sweep folder: one run per ratio in ratio-<r>/, the report beside them."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
-    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample or imagefolder."),
+    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample, imagefolder or imagenet."),
     data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
     k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
     importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
+    trainer: Optional[str] = typer.Option(None, help="greedy (default) or end-to-end (the baseline; with "
+                                                    "pruning: prune-after-training)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     seed: Optional[int] = typer.Option(None),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
@@ -329,7 +335,7 @@ def sweep(
     for r in _sweep_ratios(prune_ratios):
         path = out / f"ratio-{r:g}"
         over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
-                          set_)
+                          set_, trainer)
         over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
         if r == 0:
             over["compress"]["hook"] = "none"
