@@ -60,3 +60,29 @@ def test_resume_refuses_a_finished_run_and_extra_options(tmp_path, cache_dir):
     res = CliRunner().invoke(app, ["run", "--resume", str(out), "--seed", "3"])
     assert res.exit_code == 2
     assert res.stderr.strip() == "error: --resume continues with the run's saved config; drop --seed"
+
+
+def test_end_to_end_run_killed_mid_training_resumes_to_the_same_result(tmp_path, cache_dir):
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir)}
+    args = ["--trainer", "end-to-end", "--set", "train.total_epochs=2", *ARGS[2:]]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "prunegreedy", "run", "--out", str(killed), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = killed / "checkpoints" / "partial-stage-4.safetensors"  # the whole network is "stage" 4
+    deadline = time.time() + 120
+    while time.time() < deadline and not partial.exists():  # the first of two epochs is done
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = CliRunner().invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "continuing from step 10 (end-of-epoch checkpoint)" in res.output
+
+    whole = tmp_path / "whole"
+    assert CliRunner().invoke(app, ["run", "--out", str(whole), *args]).exit_code == 0
+    a, b = (pd.read_csv(p / "stages.csv").drop(columns=TIMING) for p in (killed, whole))
+    pd.testing.assert_frame_equal(a, b)
+    ma, mb = (json.loads((p / "run.json").read_text()) for p in (killed, whole))
+    for key in ("status", "final_acc", "params", "widths", "removed_filters"):
+        assert ma[key] == mb[key], key
