@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import bare_step_fn, stage_modules
+from common import bare_step_fn, end_to_end_modules, stage_modules
 from torch import nn
 
 from prunegreedy import models, runtime
@@ -42,12 +42,7 @@ def modules(plan: list[models.StageSpec], name: str) -> tuple[nn.Module, nn.Modu
     """(frozen prefix, trained blocks, head) of greedy stage `name` ("1".."J") or of end-to-end training."""
     if name != E2E:
         return stage_modules(plan, [s.width for s in plan], int(name) - 1)
-    blocks, c = [], 3
-    for s in plan:
-        blocks.append(models.make_block(c, s))
-        c = s.width
-    body = nn.Sequential(*blocks).to(memory_format=torch.channels_last)
-    return nn.Sequential(), body, models.make_head(c, plan[-1], 10).to(memory_format=torch.channels_last)
+    return end_to_end_modules(plan)
 
 
 def status_mib(field: str) -> float:
