@@ -59,15 +59,11 @@ class EndToEndRun(GreedyRun):
         ratios = [stage_ratio(cfg, j, n) for j in range(n)]
         rec = _StageRecorder(self, n - 1, [], self.ds.image_shape, max(ratios))
         epochs = total_epochs(cfg, n)
-        partial = self.run_dir.load_partial(n)
-        if partial is not None:
-            body.load_state_dict(partial[0])
-            head.load_state_dict(partial[1])
-            self.ui.log(f"continuing from step {partial[2]['step']} (end-of-epoch checkpoint)")
+        loop_state = self._continue(n, body, head, "")
         try:
             stats = self._train(empty, body, head, epochs, cfg.train.lr, cfg.train.schedule, gen, rec, "train",
                                 on_epoch=lambda st: self.run_dir.save_partial(n, body, head, st),
-                                resume=partial[2] if partial is not None else None)
+                                resume=loop_state)
             rec("trained", body, head, stats.seconds, stats=stats, epochs=epochs)
             if cfg.compress.hook == "prune" and any(ratios):
                 self._prune_after_training(empty, blocks, body, head, ratios, gen, rec)

@@ -232,16 +232,12 @@ class GreedyRun:
         ratio = stage_ratio(cfg, j, len(plan))
         rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
         epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
-        partial = self.run_dir.load_partial(j + 1)  # left by an interrupted run: continue from that epoch
-        if partial is not None:
-            block.load_state_dict(partial[0])
-            head.load_state_dict(partial[1])
-            self.ui.log(f"stage {j + 1}: continuing from step {partial[2]['step']} (end-of-epoch checkpoint)")
+        loop_state = self._continue(j + 1, block, head, f"stage {j + 1}: ")
         try:
             stats = train.train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
                                       cfg.train.schedule, self.device, gen, on_step=rec.progress("train"),
                                       on_epoch=lambda st: self.run_dir.save_partial(j + 1, block, head, st),
-                                      resume=partial[2] if partial is not None else None, dist=self.dist)
+                                      resume=loop_state, dist=self.dist)
             rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
             ctx = compress.StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
                                         self.device, gen, ratio, self.dist)
@@ -251,6 +247,17 @@ class GreedyRun:
         self.net.blocks.append(train.freeze(block))
         self.net.heads.append(train.freeze(head))
         return output_shape(block, in_shape)
+
+    def _continue(self, stage: int, block: nn.Module, head: nn.Module, label: str) -> dict | None:
+        """Restore block + head from the end-of-epoch checkpoint an interrupted run left for `stage`;
+        return its loop state for train_stage(resume=...), or None to start the stage afresh."""
+        partial = self.run_dir.load_partial(stage)
+        if partial is None:
+            return None
+        block.load_state_dict(partial[0])
+        head.load_state_dict(partial[1])
+        self.ui.log(f"{label}continuing from step {partial[2]['step']} (end-of-epoch checkpoint)")
+        return partial[2]
 
     def _finish(self, plan: list[models.StageSpec], seconds: float) -> dict:
         per_head = [r["test_acc"] for r in self._final_rows()]
