@@ -28,8 +28,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from prunegreedy import config, data, pipeline, report, runtime, trainers
-from prunegreedy.records import RunDir, read_json
+from prunegreedy import config
+from prunegreedy.data import registry as data_registry
+from prunegreedy.trainers import greedy as pipeline
+from prunegreedy.report import tables as report_tables
+from prunegreedy.train import runtime
+from prunegreedy.trainers import registry as trainers_registry
+from prunegreedy.records import RunDir
+from prunegreedy.fileio import read_json
 
 
 class PrintUI:
@@ -58,7 +64,7 @@ def run(name: str, recipe: str, over: dict, base: dict, out: Path, ds, device, u
         path.rename(path.with_name(f"{name}.partial-{time.strftime('%Y%m%d-%H%M%S')}"))
     cfg = config.load(recipe, config._merge(base, over))
     ui.log(f"{name}: {recipe} {json.dumps(over)}")
-    return trainers.get_trainer(cfg)(cfg, RunDir.create(path), ds, device, ui).run()
+    return trainers_registry.get_trainer(cfg)(cfg, RunDir.create(path), ds, device, ui).run()
 
 
 def rows(path: Path) -> pd.DataFrame:
@@ -89,7 +95,7 @@ def main() -> None:
     ui = PrintUI()
     base = config._merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)},
                           "run": {"device": args.device, "quiet": True}}, config.parse_set(args.set))
-    ds = data.load_dataset(config.load("cifar10-cpu", base).data)
+    ds = data_registry.load_dataset(config.load("cifar10-cpu", base).data)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     e2e = {"train": {"trainer": "end-to-end"}}
@@ -111,7 +117,7 @@ def main() -> None:
                                 config._merge(pat, {"train": {"total_epochs": pat_epochs}}))]:
         metas[name] = run(name, recipe, over, base, out, ds, device, ui)
     names = list(metas)
-    report.write_report(report.load_runs([out / n for n in names]), out)
+    report_tables.write_report(report_tables.load_runs([out / n for n in names]), out)
     table = []
     for n in names:
         m, r = metas[n], rows(out / n)

@@ -15,8 +15,10 @@ import csv
 import time
 from pathlib import Path
 
-from prunegreedy.records import write_text
-from prunegreedy.report_html import CSS, esc, text_table
+from prunegreedy.fileio import write_text
+from prunegreedy.report.html import CSS
+from prunegreedy.report.html import esc
+from prunegreedy.report.html import text_table
 
 
 def section(path: Path) -> str:

@@ -8,23 +8,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunegreedy import endtoend, models, train
+from prunegreedy.trainers import endtoend
+from prunegreedy.nn import net as models_net
+from prunegreedy.nn import spec as models_spec
+from prunegreedy.train import loop as train_loop
+from prunegreedy.train import modes as train_modes
 
 
-def stage_modules(plan: list[models.StageSpec], widths_in: list[int], j: int, classes: int = 10,
+def stage_modules(plan: list[models_spec.StageSpec], widths_in: list[int], j: int, classes: int = 10,
                   memory_format=torch.channels_last):
     """Frozen blocks 1..j-1 (input widths as given, e.g. pruned), and block j + head j to train."""
     blocks, c = [], 3
     for s, w in zip(plan[:j], widths_in[:j]):
-        blocks.append(models.make_block(c, dataclasses.replace(s, width=w)))
+        blocks.append(models_net.make_block(c, dataclasses.replace(s, width=w)))
         c = w
-    prefix = train.freeze(nn.Sequential(*blocks).to(memory_format=memory_format))
-    block = models.make_block(c, plan[j]).to(memory_format=memory_format)
-    head = models.make_head(plan[j].width, plan[j], classes).to(memory_format=memory_format)
+    prefix = train_modes.freeze(nn.Sequential(*blocks).to(memory_format=memory_format))
+    block = models_net.make_block(c, plan[j]).to(memory_format=memory_format)
+    head = models_net.make_head(plan[j].width, plan[j], classes).to(memory_format=memory_format)
     return prefix, block, head
 
 
-def end_to_end_modules(plan: list[models.StageSpec], classes: int = 10, memory_format=torch.channels_last):
+def end_to_end_modules(plan: list[models_spec.StageSpec], classes: int = 10, memory_format=torch.channels_last):
     """Empty prefix, every block of the plan as one trained body, the last head: endtoend's network."""
     blocks, head = endtoend.build_plan_net(plan, 3, classes)
     body = nn.Sequential(*blocks).to(memory_format=memory_format)
@@ -35,7 +39,7 @@ def bare_step_fn(prefix, block, head, batch: int, cfg):
     """One training step on random tensors: the compute bound of the stage (no data pipeline)."""
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    opt = train.make_optimizer([block, head], 0.01, cfg)
+    opt = train_loop.make_optimizer([block, head], 0.01, cfg)
 
     def step():
         with torch.no_grad():

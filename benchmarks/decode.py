@@ -10,7 +10,7 @@ import tempfile
 import time
 
 from prunegreedy.config import DataConfig
-from prunegreedy.data import load_dataset
+from prunegreedy.data.registry import load_dataset
 
 
 def main() -> None:

@@ -23,14 +23,22 @@ from pathlib import Path
 
 import torch
 
-from prunegreedy.bench import time_alternating, torch_threads
-from prunegreedy.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from prunegreedy.deployed import open_export
+from prunegreedy.deploy.bench import time_alternating
+from prunegreedy.deploy.bench import torch_threads
+from prunegreedy.data.registry import CIFAR10_CLASSES
+from prunegreedy.data.registry import CIFAR10_MEAN
+from prunegreedy.data.registry import CIFAR10_STD
+from prunegreedy.deploy.deployed import open_export
 from prunegreedy.errors import PrunegreedyError
-from prunegreedy.export import WRITERS, export_network, load_run_network
-from prunegreedy.fold import fold_network
-from prunegreedy.metrics import count_macs
-from prunegreedy.models import GreedyNet, make_block, make_head, make_plan
+from prunegreedy.deploy.export import WRITERS
+from prunegreedy.deploy.export import export_network
+from prunegreedy.deploy.export import load_run_network
+from prunegreedy.deploy.fold import fold_network
+from prunegreedy.measure.size import count_macs
+from prunegreedy.nn.net import GreedyNet
+from prunegreedy.nn.net import make_block
+from prunegreedy.nn.net import make_head
+from prunegreedy.nn.plans import make_plan
 
 INPUT_SHAPE = (3, 32, 32)
 # fvcore (MAC counts) scripts a function at import, which current torch flags as deprecated.

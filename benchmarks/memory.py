@@ -29,16 +29,18 @@ import torch
 from common import bare_step_fn, end_to_end_modules, stage_modules
 from torch import nn
 
-from prunegreedy import models, runtime
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.nn import spec as models_spec
+from prunegreedy.train import runtime
 from prunegreedy.config import TrainConfig
-from prunegreedy.memory import saved_activation_bytes
+from prunegreedy.measure.memory import saved_activation_bytes
 
 E2E = "end-to-end"
 TARGET = 0.35
 CFG = TrainConfig(amp="off")  # SGD with momentum and weight decay, as in training
 
 
-def modules(plan: list[models.StageSpec], name: str) -> tuple[nn.Module, nn.Module, nn.Module]:
+def modules(plan: list[models_spec.StageSpec], name: str) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(frozen prefix, trained blocks, head) of greedy stage `name` ("1".."J") or of end-to-end training."""
     if name != E2E:
         return stage_modules(plan, [s.width for s in plan], int(name) - 1)
@@ -50,7 +52,7 @@ def status_mib(field: str) -> float:
     return int(kib) / 1024
 
 
-def child(plan: list[models.StageSpec], name: str, batch: int) -> None:
+def child(plan: list[models_spec.StageSpec], name: str, batch: int) -> None:
     step = bare_step_fn(*modules(plan, name), batch, CFG)
     build = status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # peak (VmHWM) := current RSS
@@ -58,7 +60,7 @@ def child(plan: list[models.StageSpec], name: str, batch: int) -> None:
     print(json.dumps({"build": build, "peak": status_mib("VmHWM")}))
 
 
-def measure(args: argparse.Namespace, plan: list[models.StageSpec], name: str) -> tuple[float, int, float, float]:
+def measure(args: argparse.Namespace, plan: list[models_spec.StageSpec], name: str) -> tuple[float, int, float, float]:
     """Saved bytes per sample and saved storages (here), RSS after build and step peak in MiB (fresh process)."""
     prefix, body, head = modules(plan, name)
     params = [t for m in (prefix, body, head) for t in m.state_dict().values()]
@@ -79,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
 
     runtime.setup(torch.device("cpu"), args.threads)  # the allocator settings training runs with
-    plan = models.make_plan(args.plan, args.width_mult)
+    plan = models_plans.make_plan(args.plan, args.width_mult)
     if args.child:
         child(plan, args.child, args.batch)
         return

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from prunegreedy import config, data, probe, records, runtime
+from prunegreedy import config
+from prunegreedy.data import base as data_base
+from prunegreedy.data import registry as data_registry
+from prunegreedy.measure import probe
+from prunegreedy import records
+from prunegreedy.train import runtime
 
 
 def last_checkpoint(run: Path) -> Path:
@@ -49,11 +54,11 @@ def main() -> None:
         section = records.read_yaml(run / "config.yaml")["data"]
         section.update({"train_limit": None, "test_limit": None})
         section.update({k: v for k, v in (("name", args.dataset), ("data_dir", args.data_dir)) if v is not None})
-        ds = data.load_dataset(config.from_dict({"data": section}).data)
+        ds = data_registry.load_dataset(config.from_dict({"data": section}).data)
         pick = torch.randperm(len(ds.train_x), generator=torch.Generator().manual_seed(0))[:args.train_limit]
         ds.train_x, ds.train_y = ds.train_x[pick], ds.train_y[pick]
         meta = records.read_json(run / records.RUN_FILE)["dataset"]  # the statistics the net was trained with
-        norm = data.Normalize(meta["mean"], meta["std"], torch.device("cpu"), channels_last=True)
+        norm = data_base.Normalize(meta["mean"], meta["std"], torch.device("cpu"), channels_last=True)
         rows = probe.separability(net.blocks, ds, norm, args.weight_decay)
         for r in rows:
             print(f"{run},{r['block']},{r['dim']},{r['train_acc']:.2f},{r['test_acc']:.2f}")

@@ -25,8 +25,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common import stage_modules, time_it
-from prunegreedy import data, models, runtime, train
-from prunegreedy.config import DataConfig, TrainConfig
+from prunegreedy.data import base as data_base
+from prunegreedy.data import registry as data_registry
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.train import runtime
+from prunegreedy.train import loop as train_loop
+from prunegreedy.config import DataConfig
+from prunegreedy.config import TrainConfig
 
 CROP = 224
 
@@ -45,8 +50,8 @@ def make_folder(source: Path, out: Path, images: int, size: int) -> None:
 
 
 def loader_rate(root: Path, workers: int, batch: int, steps: int, warmup: int = 3) -> float:
-    ds = data.load_dataset(DataConfig(name="imagenet", data_dir=str(root), image_size=CROP, workers=workers))
-    norm = data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+    ds = data_registry.load_dataset(DataConfig(name="imagenet", data_dir=str(root), image_size=CROP, workers=workers))
+    norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
     batches = ds.train_batches(batch, norm, torch.Generator().manual_seed(0))
     for _ in range(warmup):  # worker start-up and the first prefetch
         next(batches)
@@ -57,11 +62,11 @@ def loader_rate(root: Path, workers: int, batch: int, steps: int, warmup: int = 
 
 
 def training_rate(batch: int, steps: int) -> float:
-    plan = models.make_plan("vgg11")
+    plan = models_plans.make_plan("vgg11")
     prefix, block, head = stage_modules(plan, [s.width for s in plan], 0, classes=1000)
     x = torch.randn(batch, 3, CROP, CROP).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,))
-    opt = train.make_optimizer([block, head], 0.01, TrainConfig())
+    opt = train_loop.make_optimizer([block, head], 0.01, TrainConfig())
 
     def step():
         loss = F.cross_entropy(head(block(prefix(x))), y)
@@ -94,7 +99,7 @@ def main() -> None:
         loader = {w: loader_rate(root, w, args.batch, args.steps) for w in sorted({args.workers, 0})}
     trained = training_rate(args.batch, max(2, args.steps // 4))
 
-    s, cores = models.make_plan("vgg11")[0], os.cpu_count()
+    s, cores = models_plans.make_plan("vgg11")[0], os.cpu_count()
     print(f"# {cores} cores, {torch.get_num_threads()} torch threads; loader and training measured one after the "
           f"other: in a real run they share the cores")
     print("what,workers,batch,images_per_s")

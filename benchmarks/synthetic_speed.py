@@ -19,12 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunegreedy import models, runtime, train
+from prunegreedy.nn import net as models_net
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.nn import spec as models_spec
+from prunegreedy.train import runtime
+from prunegreedy.train import loop as train_loop
+from prunegreedy.train import modes as train_modes
 from prunegreedy.config import TrainConfig
-from prunegreedy.endtoend import build_plan_net
+from prunegreedy.trainers.endtoend import build_plan_net
 
 
-def configs(plan: list[models.StageSpec], stages: list[int], classes: int):
+def configs(plan: list[models_spec.StageSpec], stages: list[int], classes: int):
     """(name, frozen prefix, trained body, head) for each chosen greedy stage, then end-to-end.
 
     Every configuration gets freshly built modules: a block frozen as some stage's prefix must
@@ -32,7 +37,7 @@ def configs(plan: list[models.StageSpec], stages: list[int], classes: int):
     """
     for j in stages:
         blocks, _ = build_plan_net(plan[:j], 3, classes)
-        head_j = models.make_head(plan[j - 1].width, plan[j - 1], classes)
+        head_j = models_net.make_head(plan[j - 1].width, plan[j - 1], classes)
         yield f"stage {j}", nn.Sequential(*blocks[: j - 1]), blocks[j - 1], head_j
     blocks, head = build_plan_net(plan, 3, classes)
     yield "end-to-end", nn.Sequential(), nn.Sequential(*blocks), head
@@ -41,12 +46,12 @@ def configs(plan: list[models.StageSpec], stages: list[int], classes: int):
 def measure(prefix, body, head, x, y, steps: int, device, amp) -> tuple[float, float | None]:
     """Seconds per training step (after warm-up) and the peak accelerator memory in MiB."""
     prefix, body, head = (m.to(device, memory_format=torch.channels_last) for m in (prefix, body, head))
-    train.freeze(prefix)
-    opt = train.make_optimizer([body, head], 0.01, TrainConfig())
+    train_modes.freeze(prefix)
+    opt = train_loop.make_optimizer([body, head], 0.01, TrainConfig())
     assert all(p.requires_grad for p in list(body.parameters()) + list(head.parameters()))
 
     def step():
-        with train.autocast(device, amp):
+        with train_modes.autocast(device, amp):
             with torch.no_grad():
                 f = prefix(x)
             loss = F.cross_entropy(head(body(f)).float(), y)
@@ -86,8 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     device = runtime.resolve_device(args.device)
     runtime.setup(device, None)
-    amp = train.autocast_dtype("auto", device)
-    plan = models.make_plan(args.plan, args.width_mult)
+    amp = train_modes.autocast_dtype("auto", device)
+    plan = models_plans.make_plan(args.plan, args.width_mult)
     stages = list(range(1, len(plan) + 1)) if args.stages == "all" else [int(s) for s in args.stages.split(",")]
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)

@@ -22,8 +22,14 @@ from pathlib import Path
 import torch
 from common import bare_step_fn, end_to_end_modules, stage_modules, time_it
 
-from prunegreedy import data, models, records, runtime, train
-from prunegreedy.config import DataConfig, TrainConfig
+from prunegreedy.data import base as data_base
+from prunegreedy.data import registry as data_registry
+from prunegreedy.nn import plans as models_plans
+from prunegreedy import records
+from prunegreedy.train import runtime
+from prunegreedy.train import loop as train_loop
+from prunegreedy.config import DataConfig
+from prunegreedy.config import TrainConfig
 
 E2E = "end-to-end"
 COLUMNS = "stage,width,bound_img_s,train_img_s,train_vs_bound,data_ms_per_batch,step_ms,data_overhead_pct,epoch_s"
@@ -42,16 +48,16 @@ def main() -> None:
 
     runtime.setup(torch.device("cpu"), args.threads)
     name = "cifar10" if args.data_dir else "cifar10-sample"
-    ds = data.load_dataset(DataConfig(name=name, data_dir=args.data_dir))
+    ds = data_registry.load_dataset(DataConfig(name=name, data_dir=args.data_dir))
     cfg = TrainConfig(batch_size=args.batch, amp="off", schedule="constant")
-    norm = data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
-    plan = models.make_plan(args.plan, args.width_mult)
+    norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+    plan = models_plans.make_plan(args.plan, args.width_mult)
     widths = [s.width for s in plan]
     steps_per_epoch = math.ceil(len(ds.train_x) / args.batch)
 
     def fetch():
         gen = torch.Generator().manual_seed(0)
-        for i, _ in enumerate(data.train_batches(ds.train_x, ds.train_y, args.batch, norm, gen)):
+        for i, _ in enumerate(data_base.train_batches(ds.train_x, ds.train_y, args.batch, norm, gen)):
             if i + 1 >= args.steps:
                 break
     data_s = time_it(fetch, 1, warmup=1) / args.steps
@@ -60,9 +66,9 @@ def main() -> None:
         """(bound images/s, train images/s, train seconds per step) of one set of trained modules."""
         bound_s = time_it(bare_step_fn(prefix, block, head, args.batch, cfg), args.steps)
         gen = torch.Generator().manual_seed(0)
-        train.train_stage(prefix, block, head, ds, norm, cfg, 2 / steps_per_epoch, 0.01, "constant",
+        train_loop.train_stage(prefix, block, head, ds, norm, cfg, 2 / steps_per_epoch, 0.01, "constant",
                           torch.device("cpu"), gen)  # warm-up
-        stats = train.train_stage(prefix, block, head, ds, norm, cfg, args.steps / steps_per_epoch, 0.01,
+        stats = train_loop.train_stage(prefix, block, head, ds, norm, cfg, args.steps / steps_per_epoch, 0.01,
                                   "constant", torch.device("cpu"), gen)
         return args.batch / bound_s, stats.images_per_s, stats.seconds / args.steps
 

@@ -51,7 +51,7 @@ class ConsoleUI:
             self.run_dir.log(f"{time.strftime('%H:%M:%S')} {msg}")
 
     def progress(self, desc: str):
-        if self.quiet:
+        if self.quiet or not self.console.is_terminal:  # a log file or CI gets the phase rows alone
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -94,7 +94,7 @@ def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, u
     if config is not None:
         return config
     if dataset == "cifar10":
-        from .runtime import resolve_device
+        from .train.runtime import resolve_device
 
         recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-cpu"
         ui.log(f"recipe: {recipe} - {RECIPE_NOTES[recipe]} (choose another with --config)")
@@ -187,37 +187,45 @@ def run(
 
 def _start(cfg, ui: ConsoleUI):
     """Device, process group (under torchrun) and CPU threads; ranks other than 0 stay silent."""
-    from . import distributed, pipeline, runtime
+    from .train import distributed, runtime
+    from .trainers.common import NullUI
 
     dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
     runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
-    return dist, dev, (ui if dist.is_main else pipeline.NullUI())
+    return dist, dev, (ui if dist.is_main else NullUI())
 
 
 def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
-    from . import data, trainers
+    from .data.registry import load_dataset
     from .records import ReadOnlyRunDir, RunDir
+    from .trainers.registry import get_trainer
 
-    trainer = trainers.get_trainer(cfg)
+    trainer = get_trainer(cfg)
     dist, dev, ui = _start(cfg, ui)
     path = _run_dir_path(cfg, recipe)
     dist.on_main(lambda: RunDir.ensure_free(path))  # before minutes go into reading data
     t0 = time.perf_counter()
-    ds = data.load_dataset(cfg.data)
+    ds = load_dataset(cfg.data)
     ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
     dist.on_main(lambda: RunDir.create(path))
     run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
-    ui.run_dir = run_dir
-    procs = f" x {dist.world} processes" if dist.enabled else ""
-    ui.log(f"run folder: {run_dir.path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
-           f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
-    _train(trainer(cfg, run_dir, ds, dev, ui, dist), ui, dist)
+    dist.on_main(run_dir.hold)
+    try:
+        ui.run_dir = run_dir
+        procs = f" x {dist.world} processes" if dist.enabled else ""
+        ui.log(f"run folder: {run_dir.path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
+               f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
+        _train(trainer(cfg, run_dir, ds, dev, ui, dist), ui, dist)
+    finally:
+        run_dir.release()
 
 
 def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
-    from . import data, trainers
-    from .records import ReadOnlyRunDir, RunDir, read_yaml
+    from .data.registry import load_dataset
+    from .fileio import read_yaml
+    from .records import ReadOnlyRunDir, RunDir
+    from .trainers.registry import get_trainer
 
     if not RunDir.is_run(path):
         raise config_mod.ConfigError(f"{path} is not a run folder (no run.json)")
@@ -225,12 +233,16 @@ def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
     if data_dir is not None:  # the data may have moved since; the check below compares them
         cfg.data.data_dir = str(data_dir)
     dist, dev, ui = _start(cfg, ui)
-    ds = data.load_dataset(cfg.data)
     run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
-    ui.run_dir = run_dir
-    run = trainers.get_trainer(cfg).resume(run_dir, ds, dev, ui, dist)
-    ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
-    _train(run, ui, dist)
+    dist.on_main(run_dir.hold)  # before minutes go into reading data
+    try:
+        ds = load_dataset(cfg.data)
+        ui.run_dir = run_dir
+        run = get_trainer(cfg).resume(run_dir, ds, dev, ui, dist)
+        ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
+        _train(run, ui, dist)
+    finally:
+        run_dir.release()
 
 
 def _train(run, ui: ConsoleUI, dist) -> None:
@@ -250,9 +262,9 @@ def _train(run, ui: ConsoleUI, dist) -> None:
     ui.log(f"records: {run_dir.path / 'stages.csv'}")
     if not dist.is_main:
         return
-    from . import report as reporting
+    from .report.tables import load_runs, write_report
 
-    reporting.write_report(reporting.load_runs([run_dir.path]), run_dir.path)
+    write_report(load_runs([run_dir.path]), run_dir.path)
     ui.log(f"report: {run_dir.path / 'report.html'}")
 
 
@@ -264,9 +276,9 @@ def report(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Compare runs: summary.csv, stages.csv and one self-contained report.html."""
-    from . import report as reporting
+    from .report.tables import load_runs, write_report
 
-    written = reporting.write_report(reporting.load_runs(runs), out)
+    written = write_report(load_runs(runs), out)
     for path in written:
         typer.echo(str(path))
 
@@ -283,8 +295,13 @@ def _sweep_ratios(text: str) -> list[float]:
 
 
 def _sweep_slot_done(path: Path, ui: ConsoleUI) -> bool:
-    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted."""
-    from .records import RUN_FILE, RunDir, read_json
+    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted.
+
+    A slot that another process is writing (locked) stops the sweep: moving it would break that run."""
+    from .fileio import read_json
+    from .records import RUN_FILE, RunDir, RunLock
+
+    RunLock.check_free(path)
 
     if RunDir.is_run(path):
         try:
@@ -326,8 +343,8 @@ def sweep(
 
     Ratios whose run already finished are skipped, so rerunning the same command resumes a sweep.
     """
-    from . import trainers
-    from . import report as reporting
+    from .report.tables import load_runs, write_report
+    from .trainers.registry import get_trainer
 
     ui = ConsoleUI(quiet)
     recipe = _choose_recipe(config, dataset, device or "auto", ui)
@@ -340,7 +357,7 @@ def sweep(
         if r == 0:
             over["compress"]["hook"] = "none"
         cfg = config_mod.load(recipe, over)
-        trainers.get_trainer(cfg)  # every ratio's config is checked before hours go into the first one
+        get_trainer(cfg)  # every ratio's config is checked before hours go into the first one
         jobs.append((r, path, cfg))
     for r, path, cfg in jobs:
         ui.run_dir = None  # sweep lines belong to no run's log.txt
@@ -354,7 +371,7 @@ def sweep(
             raise PrunegreedyError(f"ratio {r:g}: {e}; run the same sweep again to resume "
                                    "(finished ratios are skipped)") from None
     ui.run_dir = None
-    reporting.write_report(reporting.load_runs([path for _, path, _ in jobs]), out)
+    write_report(load_runs([path for _, path, _ in jobs]), out)
     ui.log(f"report: {out / 'report.html'}")
 
 
@@ -368,7 +385,7 @@ def export_cmd(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Export a run's network for inference: BatchNorm folded, outputs checked on real images."""
-    from .export import export_run
+    from .deploy.export import export_run
 
     r = export_run(run_dir, out, format_, with_head)
     what = "network with head" if r["with_head"] else "backbone (features only)"
@@ -388,8 +405,8 @@ def eval_cmd(
 ) -> None:
     """Test accuracy of an exported model, run in its own runtime."""
     from .config import DataConfig
-    from .data import load_dataset
-    from .deployed import evaluate, open_export, require_head
+    from .data.registry import load_dataset
+    from .deploy.deployed import evaluate, open_export, require_head
 
     if batch_size < 1:
         raise config_mod.ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -414,7 +431,7 @@ def bench_cmd(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """CPU inference latency (batch 1) and throughput (batch 64); saved as bench.json in that folder."""
-    from .bench import bench_path
+    from .deploy.bench import bench_path
 
     r, path = bench_path(target, threads, repeats, with_head)
     head = " with head" if r["with_head"] else ""

@@ -24,7 +24,7 @@ RECIPE_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10-sample"  # a key of data.DATASETS
+    name: str = "cifar10-sample"  # a key of data.registry.DATASETS
     data_dir: str | None = None  # local copy; None = bundled sample / torchvision cache
     cache_dir: str | None = None  # decoded uint8 tensors; None = ~/.cache/prunegreedy
     image_size: int = 32  # imagefolder images are resized to this square size; imagenet: crop size
@@ -35,14 +35,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    plan: str = "cifar10-k2"  # a key of models.PLANS
+    plan: str = "cifar10-k2"  # a key of nn.plans.PLANS
     width_mult: float = 1.0  # scales block and head widths of the plan
     widths: list[int] | None = None  # explicit block widths; overrides plan widths * width_mult
 
 
 @dataclass
 class TrainConfig:
-    trainer: str = "greedy"  # a key of trainers.TRAINERS: greedy | end-to-end
+    trainer: str = "greedy"  # a key of trainers.registry.TRAINERS: greedy | end-to-end
     epochs: Union[float, list[float]] = 50.0  # per stage: one value for all, or one per stage
     total_epochs: float | None = None  # end-to-end only; None = the sum of the per-stage epochs
     batch_size: int = 128
@@ -51,7 +51,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     wd_on_bn_bias: bool = True  # the paper decays every parameter; False skips BN and biases
-    schedule: str = "step"  # a key of train.SCHEDULES
+    schedule: str = "step"  # a key of train.schedules.SCHEDULES
     milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # fractions of a stage
     gamma: float = 0.2  # step schedule: lr multiplier at each milestone (paper: / 5)
     warmup: float = 0.0  # fraction of the stage spent in linear warm-up
@@ -63,10 +63,10 @@ class TrainConfig:
 
 @dataclass
 class CompressConfig:
-    hook: str = "none"  # a key of compress.HOOKS
+    hook: str = "none"  # a key of compress.hooks.HOOKS
     ratio: float = 0.0  # fraction of each new block's filters to remove, 0 <= r < 1
     ratios: list[float] | None = None  # one ratio per stage; overrides `ratio`
-    importance: str = "l1"  # a key of compress.IMPORTANCES
+    importance: str = "l1"  # a key of compress.importance.IMPORTANCES
     round_to: int = 1  # kept filter count is a multiple of this
     taylor_batches: int = 4  # batches used to estimate first-order Taylor importance
     finetune_epochs: float = 1.0

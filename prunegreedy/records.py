@@ -7,84 +7,26 @@
     <run>/checkpoints/stage-J.{json,safetensors}   architecture spec + weights after stage J
     <run>/model.{json,safetensors}                 the latest finished network (blocks + heads)
 
-Every file is written to a temporary file, fsynced and renamed, so a crash never leaves a
-half-written file behind for a later command to read.
+Files are written atomically (prunegreedy.fileio).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import tempfile
+import socket
+import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
 
 import pandas as pd
 import torch
 import yaml
 
 from .errors import RunError, SpecError
+from .fileio import atomic_write, read_json, write_json, write_text
+from .nn.net import build_from_spec
 
 RUN_FILE = "run.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through a temporary file, fsync, rename: readers see the old file or the new one.
-
-    A failure (disk full, permissions) leaves the old file untouched and raises RunError.
-    """
-    path = Path(path)
-    try:
-        _atomic_write(path, write)
-    except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}; the previous version is untouched") from None
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunError(f"missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunError(f"{path} is not valid JSON (damaged or tampered)") from None
-
-
-def read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunError(f"missing file {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise RunError(f"{path} is not valid YAML (damaged or tampered)") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} is not a config mapping (damaged or tampered)")
-    return data
 
 
 def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
@@ -101,7 +43,6 @@ def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .models import build_from_spec
 
     spec = read_json(stem.with_suffix(".json"))
     net = build_from_spec(spec)
@@ -123,6 +64,49 @@ def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
     return net, spec
 
 
+class RunLock:
+    """An OS lock (flock) on the run folder itself, held while a process writes the folder.
+
+    The kernel drops it when the process ends, however it ends, so a killed run never leaves a
+    stale lock behind, and no lock file is added to the folder. The holder names itself in
+    run.json ("writer") so that a refused second process can say who holds the folder.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, run: Path) -> "RunLock":
+        """Take the lock or raise RunError naming the process that holds it."""
+        try:
+            fd = os.open(run, os.O_RDONLY)
+        except OSError as e:
+            raise RunError(f"cannot lock run folder {run}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunError(f"{run} is in use by {cls.holder(run)}; wait for it to end or stop it") from None
+        return cls(fd)
+
+    @staticmethod
+    def holder(run: Path) -> str:
+        try:
+            return str(json.loads((Path(run) / RUN_FILE).read_text())["writer"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    @classmethod
+    def check_free(cls, run: Path) -> None:
+        """Raise RunError if another process holds the lock of an existing run folder."""
+        if Path(run).is_dir():
+            cls.acquire(run).release()
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
 class RunDir:
     """A run folder being written by the pipeline."""
 
@@ -130,6 +114,19 @@ class RunDir:
         self.path = Path(path)
         self.ckpt = self.path / "checkpoints"
         self._log = None
+        self._lock: RunLock | None = None
+        self._writer: str | None = None
+
+    def hold(self) -> None:
+        """Lock the folder for this process until it ends (RunLock); a second writer is refused."""
+        if self._lock is None:
+            self._lock = RunLock.acquire(self.path)
+            self._writer = f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @staticmethod
     def is_run(path: Path) -> bool:
@@ -159,7 +156,7 @@ class RunDir:
         write_text(self.path / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
     def write_meta(self, meta: dict) -> None:
-        write_json(self.path / RUN_FILE, meta)
+        write_json(self.path / RUN_FILE, {**meta, "writer": self._writer} if self._writer else meta)
 
     def write_stages(self, rows: list[dict]) -> None:
         text = pd.DataFrame(rows).to_csv(index=False)
@@ -232,4 +229,4 @@ class ReadOnlyRunDir(RunDir):
     def _skip(self, *args, **kwargs) -> None:
         return None
 
-    write_config = write_meta = write_stages = save_checkpoint = save_partial = clear_partial = log = _skip
+    write_config = write_meta = write_stages = save_checkpoint = save_partial = clear_partial = log = hold = release = _skip

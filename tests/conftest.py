@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prunegreedy.config import DataConfig
-from prunegreedy.data import load_dataset
+from prunegreedy.data.registry import load_dataset
 
 # Tests use only the bundled sample and small tensors: one thread keeps them quick and repeatable.
 torch.set_num_threads(1)

@@ -2,22 +2,24 @@
 import torch
 from torch import nn
 
-from prunegreedy import data, models
+from prunegreedy.data import base as data_base
+from prunegreedy.nn import net as models_net
+from prunegreedy.nn import plans as models_plans
 from prunegreedy.config import TrainConfig
 
 
-def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0) -> models.GreedyNet:
+def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0) -> models_net.GreedyNet:
     torch.manual_seed(seed)
     blocks, heads, c = [], [], 3
-    for s in models.make_plan(plan, widths=list(widths)):
-        blocks.append(models.make_block(c, s))
-        heads.append(models.make_head(s.width, s, 10))
+    for s in models_plans.make_plan(plan, widths=list(widths)):
+        blocks.append(models_net.make_block(c, s))
+        heads.append(models_net.make_head(s.width, s, 10))
         c = s.width
-    return models.GreedyNet(blocks, heads)
+    return models_net.GreedyNet(blocks, heads)
 
 
-def cpu_norm(ds) -> data.Normalize:
-    return data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+def cpu_norm(ds) -> data_base.Normalize:
+    return data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
 
 
 def quick_train_cfg(**kw) -> TrainConfig:

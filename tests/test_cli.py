@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from prunegreedy import data
+from prunegreedy.data import registry as data_registry
 from prunegreedy.cli import app
 
 runner = CliRunner()
@@ -35,6 +35,15 @@ def test_smoke_run_with_pruning(tmp_path, cache_dir):
     assert f"report: {out / 'report.html'}" in res.output
 
 
+def test_output_to_a_file_has_no_blank_lines_between_phase_rows(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    args = [a for a in TINY if a != "--quiet"]  # progress bars on, but the output is not a terminal
+    res = runner.invoke(app, ["run", "--out", str(out), "--epochs", "0.2", "--prune-ratio", "0.5", *args])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "" not in lines and sum(" finetuned " in line for line in lines) == 4
+
+
 def test_same_seed_same_records(tmp_path, cache_dir):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
@@ -49,7 +58,7 @@ def test_same_seed_same_records(tmp_path, cache_dir):
 
 def _corrupt_copy(tmp_path):
     root = tmp_path / "corrupt"
-    shutil.copytree(data.SAMPLE_DIR, root)
+    shutil.copytree(data_registry.SAMPLE_DIR, root)
     (root / "train" / "dog" / "0000.jpg").write_bytes(b"not a jpeg")
     return root
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from prunegreedy import config
-from prunegreedy.config import ConfigError
+from prunegreedy.errors import ConfigError
 
 
 def test_recipes_load_and_paper_recipe_is_unchanged():

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from prunegreedy.data import SAMPLE_DIR
-from prunegreedy.distributed import Dist
+from prunegreedy.data.registry import SAMPLE_DIR
+from prunegreedy.train.distributed import Dist
 
 ARGS = ["run", "--dataset", "imagefolder", "--prune-ratio", "0.5", "--epochs", "2", "--device", "cpu", "--quiet",
         "--set", "model.widths=8,8,16,16", "--set", "train.batch_size=64", "--set", "train.lr=0.05",

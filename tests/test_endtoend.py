@@ -5,10 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from prunegreedy import compress, config, models, trainers
-from prunegreedy.endtoend import build_plan_net, total_epochs
+from prunegreedy.compress import prune as compress_prune
+from prunegreedy import config
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.trainers import registry as trainers_registry
+from prunegreedy.trainers.endtoend import build_plan_net
+from prunegreedy.trainers.endtoend import total_epochs
 from prunegreedy.errors import ConfigError
-from prunegreedy.records import RunDir, load_model
+from prunegreedy.records import RunDir
+from prunegreedy.records import load_model
 
 from helpers import snapshot
 
@@ -26,14 +31,14 @@ def _cfg(tmp_path, **over):
 def _run(cfg, sample, tmp_path, name="run"):
     ds = sample.__class__(sample.name, sample.train_x[:256], sample.train_y[:256], sample.test_x[:100],
                           sample.test_y[:100], sample.classes, sample.mean, sample.std)
-    run = trainers.get_trainer(cfg)(cfg, RunDir.create(tmp_path / name), ds, torch.device("cpu"))
+    run = trainers_registry.get_trainer(cfg)(cfg, RunDir.create(tmp_path / name), ds, torch.device("cpu"))
     return run, run.run()
 
 
 def test_end_to_end_updates_every_block_and_records_one_stage(sample, tmp_path):
     cfg = _cfg(tmp_path)
     torch.manual_seed(0)  # the run seeds its init the same way: seed * 1000
-    blocks, head = build_plan_net(models.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), 3, 10)
+    blocks, head = build_plan_net(models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), 3, 10)
     init = snapshot(nn.Sequential(*blocks, head))
     run, meta = _run(cfg, sample, tmp_path)
     net, _ = load_model(run.run_dir.ckpt / "stage-4")
@@ -57,7 +62,7 @@ def test_total_epochs_budget(tmp_path):
 
 def test_unknown_trainer_names_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown trainer 'layerwise'; valid: greedy, end-to-end"):
-        trainers.get_trainer(_cfg(tmp_path, train={"trainer": "layerwise"}))
+        trainers_registry.get_trainer(_cfg(tmp_path, train={"trainer": "layerwise"}))
 
 
 def test_prune_after_training_gives_the_greedy_widths(sample, tmp_path):
@@ -72,7 +77,7 @@ def test_prune_after_training_gives_the_greedy_widths(sample, tmp_path):
 def test_prune_network_equals_zeroing_the_cut_filters():
     """Cutting filters (through psi too) computes exactly what the full net computes with them zeroed."""
     torch.manual_seed(1)
-    plan = models.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
+    plan = models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
     blocks, head = build_plan_net(plan, 3, 10)
     full = nn.Sequential(*blocks, head)
     with torch.no_grad():
@@ -82,7 +87,7 @@ def test_prune_network_equals_zeroing_the_cut_filters():
                 m.running_var.uniform_(0.5, 2)
     full.eval()
     reference = copy.deepcopy(full)
-    removed = compress.prune_network(blocks, head, (3, 32, 32), [0.5, 0.25, 0.5, 0.5], "l1")
+    removed = compress_prune.prune_network(blocks, head, (3, 32, 32), [0.5, 0.25, 0.5, 0.5], "l1")
     assert [b.conv.out_channels for b in blocks] == [4, 6, 8, 8]
     assert blocks[2].conv.in_channels == 4 * 6  # psi: four inputs per kept filter of block 2
     hooks = [reference[j].register_forward_hook(

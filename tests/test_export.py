@@ -10,13 +10,17 @@ import torch
 from typer.testing import CliRunner
 
 import prunegreedy
-from prunegreedy.backbone import SPEC_FILE
+from prunegreedy.deploy.backbone import SPEC_FILE
 from prunegreedy.cli import app
-from prunegreedy.data import Normalize
-from prunegreedy.deployed import evaluate, open_export
-from prunegreedy.errors import ExportError, SpecError
-from prunegreedy.export import check_images, export_run, load_run_network
-from prunegreedy.fold import fold_network
+from prunegreedy.data.base import Normalize
+from prunegreedy.deploy.deployed import evaluate
+from prunegreedy.deploy.deployed import open_export
+from prunegreedy.errors import ExportError
+from prunegreedy.errors import SpecError
+from prunegreedy.deploy.export import check_images
+from prunegreedy.deploy.export import export_run
+from prunegreedy.deploy.export import load_run_network
+from prunegreedy.deploy.fold import fold_network
 
 # The CLI's main() silences these; CliRunner calls the app directly (fvcore scripts at import).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -111,7 +115,7 @@ def test_tampered_spec_is_refused_before_weights_load(exports, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.nn.Module, "load_state_dict", forbidden)
     if before_build:
-        monkeypatch.setattr("prunegreedy.backbone.build_backbone", forbidden)
+        monkeypatch.setattr("prunegreedy.deploy.backbone.build_backbone", forbidden)
     with pytest.raises(SpecError) as err:
         prunegreedy.load_backbone(folder, with_head=True)
     assert message in str(err.value)
@@ -214,6 +218,6 @@ def _delete(folder: Path, name: str) -> Path:
 
 def test_import_stays_light():
     subprocess.run([sys.executable, "-c", "import sys, prunegreedy; assert 'torch' not in sys.modules"], check=True)
-    from prunegreedy.backbone import load_backbone
+    from prunegreedy.deploy.backbone import load_backbone
 
     assert prunegreedy.load_backbone is load_backbone

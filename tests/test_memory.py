@@ -1,8 +1,10 @@
 import torch
 from torch import nn
 
-from prunegreedy import models, train
-from prunegreedy.memory import saved_activation_bytes
+from prunegreedy.nn import net as models_net
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.train import modes as train_modes
+from prunegreedy.measure.memory import saved_activation_bytes
 
 F32 = 4  # bytes
 
@@ -25,9 +27,9 @@ def test_saved_bytes_of_a_tiny_net_match_a_hand_count():
 
 def test_frozen_prefix_under_no_grad_adds_nothing():
     torch.manual_seed(0)
-    plan = models.make_plan("cifar10-k2", widths=[4, 4, 8, 8])
-    prefix = train.freeze(models.make_block(3, plan[0]))
-    block = models.make_block(4, plan[1])
+    plan = models_plans.make_plan("cifar10-k2", widths=[4, 4, 8, 8])
+    prefix = train_modes.freeze(models_net.make_block(3, plan[0]))
+    block = models_net.make_block(4, plan[1])
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         feats = prefix(x)

@@ -4,9 +4,10 @@ import json
 
 from typer.testing import CliRunner
 
-from prunegreedy import records
+from prunegreedy import fileio
 from prunegreedy.cli import app
-from prunegreedy.records import RunDir, load_model
+from prunegreedy.records import RunDir
+from prunegreedy.records import load_model
 
 runner = CliRunner()
 TINY = ["--epochs", "0.3", "--set", "model.widths=8,8,16,16", "--set", "data.train_limit=300",
@@ -21,7 +22,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_finished_stages(tmp_path, ca
 
     def save_then_fill_disk(self, net, spec, stage, probs):
         if stage == 2:
-            monkeypatch.setattr(records.os, "fsync", enospc)
+            monkeypatch.setattr(fileio.os, "fsync", enospc)
         return real(self, net, spec, stage, probs)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", save_then_fill_disk)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from prunegreedy import report
+from prunegreedy.report import tables as report_tables
 from prunegreedy.cli import app
-from prunegreedy.report_plots import PLOTS
+from prunegreedy.report.plots import PLOTS
 
 # The CLI's main() silences this; CliRunner calls the app directly. fvcore traces with TorchScript.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -153,7 +153,7 @@ def test_bench_numbers_are_shown(sweep, tmp_path):
 
 
 def test_pareto_front():
-    assert report.pareto_front([1, 2, 3, 2, 5], [10, 20, 15, 20, 30]) == [0, 1, 4]
+    assert report_tables.pareto_front([1, 2, 3, 2, 5], [10, 20, 15, 20, 30]) == [0, 1, 4]
 
 
 @pytest.mark.parametrize("case, message", [

@@ -86,3 +86,29 @@ def test_end_to_end_run_killed_mid_training_resumes_to_the_same_result(tmp_path,
     ma, mb = (json.loads((p / "run.json").read_text()) for p in (killed, whole))
     for key in ("status", "final_acc", "params", "widths", "removed_filters"):
         assert ma[key] == mb[key], key
+
+
+def test_a_run_folder_being_written_refuses_a_second_writer(tmp_path, cache_dir):
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir)}
+    busy = tmp_path / "sweep" / "ratio-0.5"
+    proc = _start(busy, env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (busy / "run.json").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.02)
+        before = sorted(p.name for p in busy.iterdir())
+        holder = f"{busy} is in use by process {proc.pid} on "
+        res = CliRunner().invoke(app, ["run", "--resume", str(busy), "--quiet"])
+        assert res.exit_code == 2 and res.stderr.startswith(f"error: {holder}"), res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+        res = CliRunner().invoke(app, ["sweep", "--prune-ratios", "0.5", "--out", str(busy.parent), *ARGS[4:]])
+        assert res.exit_code == 2 and res.stderr.startswith(f"error: {holder}"), res.output
+        assert busy.exists() and not list(busy.parent.glob("*.partial-*"))  # not moved aside
+        assert set(before) <= {p.name for p in busy.iterdir()}
+    finally:
+        proc.kill()
+        proc.wait()
+    # The kernel dropped the lock with the process: the folder resumes.
+    res = CliRunner().invoke(app, ["run", "--resume", str(busy), "--quiet"])
+    assert res.exit_code == 0, res.output

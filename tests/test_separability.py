@@ -1,7 +1,8 @@
 import torch
 from helpers import tiny_net
 
-from prunegreedy import data, probe
+from prunegreedy.data import base as data_base
+from prunegreedy.measure import probe
 
 
 def test_probe_separates_linearly_separable_features():
@@ -20,8 +21,8 @@ def test_feature_dims_are_four_per_channel_and_probe_rows_per_block():
     net = tiny_net(widths=(4, 4, 8, 8))
     x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(20) % 10
-    ds = data.Dataset("synthetic", x, y, x[:10], y[:10], [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3)
-    norm = data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+    ds = data_base.Dataset("synthetic", x, y, x[:10], y[:10], [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3)
+    norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
     feats = probe.block_features(net.blocks, x, norm, batch_size=7)  # batches of 7, 7, 6 concatenate
     assert [tuple(f.shape) for f in feats] == [(20, 16), (20, 16), (20, 32), (20, 32)]
     whole = torch.nn.functional.adaptive_avg_pool2d(net.eval().features(norm(x)), 2)

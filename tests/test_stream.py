@@ -4,15 +4,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from prunegreedy import data, train
-from prunegreedy.blocks import ConvBlock
-from prunegreedy.config import DataConfig, TrainConfig
+from prunegreedy.data import base as data_base
+from prunegreedy.data import registry as data_registry
+from prunegreedy.train import evaluate as train_evaluate
+from prunegreedy.train import loop as train_loop
+from prunegreedy.nn.blocks import ConvBlock
+from prunegreedy.config import DataConfig
+from prunegreedy.config import TrainConfig
 from prunegreedy.errors import DataError
-from prunegreedy.heads import AuxHead
+from prunegreedy.nn.heads import AuxHead
 
 CLASSES = ["n01", "n02", "n03"]
 # mean 0, std 1/255: batches come back as the raw pixel values, as floats
-RAW = data.Normalize((0, 0, 0), (1 / 255,) * 3, torch.device("cpu"), channels_last=False)
+RAW = data_base.Normalize((0, 0, 0), (1 / 255,) * 3, torch.device("cpu"), channels_last=False)
 
 
 def make_folder(root, split_names=("train", "val"), counts=(6, 3), classes=CLASSES):
@@ -34,7 +38,7 @@ def make_folder(root, split_names=("train", "val"), counts=(6, 3), classes=CLASS
 
 
 def load(root, **kw):
-    return data.load_dataset(DataConfig(name="imagenet", data_dir=str(root), image_size=32, **dict({"workers": 0}, **kw)))
+    return data_registry.load_dataset(DataConfig(name="imagenet", data_dir=str(root), image_size=32, **dict({"workers": 0}, **kw)))
 
 
 def ids(x):
@@ -63,7 +67,7 @@ def test_batches_shapes_labels_and_eval_order(folder):
         assert x.device.type == "cpu" and y.device.type == "cpu"
         assert torch.equal((x[:, 2].mean(dim=(1, 2)) - 30) / 60, y.float())  # labels match the class folders
     assert sorted(i for x, _ in batches for i in ids(x)) == list(range(18))  # every image once
-    norm = data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+    norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
     assert next(iter(ds.train_batches(4, norm, torch.Generator())))[0].is_contiguous(memory_format=torch.channels_last)
 
     evals = list(ds.eval_batches(4, RAW))
@@ -108,18 +112,18 @@ def test_train_stage_and_evaluate_run_on_the_stream(folder):
     ds = load(folder)
     torch.manual_seed(0)
     block, head = ConvBlock(3, 4), AuxHead(4, 4, 2, ds.num_classes)
-    norm = data.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
+    norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
     cfg = TrainConfig(batch_size=4, lr=0.05, schedule="linear", amp="off")
-    stats = train.train_stage(nn.Sequential(), block, head, ds, norm, cfg, 1 / 5, 0.05, "linear",
+    stats = train_loop.train_stage(nn.Sequential(), block, head, ds, norm, cfg, 1 / 5, 0.05, "linear",
                               torch.device("cpu"), torch.Generator().manual_seed(0))
     assert stats.images == 4 and 0 < stats.train_loss < 5  # one step of 4 images
-    acc, probs = train.evaluate(nn.Sequential(), block, head, ds, norm, 4, torch.device("cpu"))
+    acc, probs = train_evaluate.evaluate(nn.Sequential(), block, head, ds, norm, 4, torch.device("cpu"))
     assert probs.shape == (9, 3) and 0 <= acc <= 100
 
 
 def test_layout_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(DataError, match=r"the imagenet dataset needs --data-dir PATH \(expected DATA_DIR/train/"):
-        data.load_dataset(DataConfig(name="imagenet"))
+        data_registry.load_dataset(DataConfig(name="imagenet"))
     with pytest.raises(DataError, match="data folder .*nowhere does not exist"):
         load(tmp_path / "nowhere")
     only_val = make_folder(tmp_path / "only-val", ["val"], [1])

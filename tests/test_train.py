@@ -2,7 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from prunegreedy import train
+from prunegreedy.train import evaluate as train_evaluate
+from prunegreedy.train import loop as train_loop
+from prunegreedy.train import modes as train_modes
+from prunegreedy.train import schedules as train_schedules
 from prunegreedy.config import TrainConfig
 from prunegreedy.errors import ConfigError
 
@@ -11,20 +14,20 @@ from helpers import cpu_norm, quick_train_cfg, same, snapshot, tiny_net
 
 def test_step_schedule_is_the_papers_at_any_length():
     cfg = TrainConfig()  # milestones 0.3, 0.6, 0.9 of a stage, gamma 0.2
-    lrs = [train.lr_at(e * 100, 5000, 0.1, "step", cfg) for e in (0, 14, 15, 29, 30, 45, 49)]
+    lrs = [train_schedules.lr_at(e * 100, 5000, 0.1, "step", cfg) for e in (0, 14, 15, 29, 30, 45, 49)]
     assert lrs == pytest.approx([0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008])
     # 5 epochs instead of 50: the same shape, scaled
-    assert train.lr_at(150, 500, 0.1, "step", cfg) == pytest.approx(0.02)
-    assert train.lr_at(149, 500, 0.1, "step", cfg) == pytest.approx(0.1)
+    assert train_schedules.lr_at(150, 500, 0.1, "step", cfg) == pytest.approx(0.02)
+    assert train_schedules.lr_at(149, 500, 0.1, "step", cfg) == pytest.approx(0.1)
 
 
 def test_linear_schedule_with_warmup():
     cfg = TrainConfig(warmup=0.1)
-    assert train.lr_at(0, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 1.0 * 1 / 10)
-    assert train.lr_at(9, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 0.91)
-    assert train.lr_at(50, 100, 0.1, "linear", cfg) == pytest.approx(0.05)
+    assert train_schedules.lr_at(0, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 1.0 * 1 / 10)
+    assert train_schedules.lr_at(9, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 0.91)
+    assert train_schedules.lr_at(50, 100, 0.1, "linear", cfg) == pytest.approx(0.05)
     with pytest.raises(ConfigError, match="unknown schedule 'exp'; valid: step, linear, cosine, constant"):
-        train.lr_at(0, 10, 0.1, "exp", cfg)
+        train_schedules.lr_at(0, 10, 0.1, "exp", cfg)
 
 
 def test_stage_freezes_prefix_bit_identically_and_trains_the_block(sample):
@@ -33,7 +36,7 @@ def test_stage_freezes_prefix_bit_identically_and_trains_the_block(sample):
     prefix.train()  # the trainer must put it in eval mode itself
     block, head = net.blocks[2], net.heads[2]
     before_prefix, before_block = snapshot(prefix), snapshot(block)
-    stats = train.train_stage(prefix, block, head, sample, cpu_norm(sample), quick_train_cfg(), 0.5, 0.05,
+    stats = train_loop.train_stage(prefix, block, head, sample, cpu_norm(sample), quick_train_cfg(), 0.5, 0.05,
                               "linear", torch.device("cpu"), torch.Generator().manual_seed(0))
     assert same(before_prefix, snapshot(prefix))  # weights and BN running statistics untouched
     assert not prefix.training and all(not p.requires_grad for p in prefix.parameters())
@@ -46,7 +49,7 @@ def test_stage_freezes_prefix_bit_identically_and_trains_the_block(sample):
 
 def test_evaluate_and_ensemble(sample):
     net = tiny_net().eval()
-    acc, probs = train.evaluate(nn.Sequential(*net.blocks[:3]), net.blocks[3], net.heads[3], sample,
+    acc, probs = train_evaluate.evaluate(nn.Sequential(*net.blocks[:3]), net.blocks[3], net.heads[3], sample,
                                 cpu_norm(sample), 128, torch.device("cpu"))
     assert probs.shape == (500, 10) and torch.allclose(probs.sum(1), torch.ones(500))
     with torch.no_grad():
@@ -57,14 +60,14 @@ def test_evaluate_and_ensemble(sample):
     one_hot = torch.nn.functional.one_hot(sample.test_y, 10).float()
     wrong = torch.roll(one_hot, 1, dims=1)
     # weights 2/6 and 4/6: the later head wins
-    assert train.ensemble_accuracy([wrong, one_hot], sample.test_y) == 100.0
-    assert train.ensemble_accuracy([one_hot, wrong], sample.test_y) == 0.0
+    assert train_evaluate.ensemble_accuracy([wrong, one_hot], sample.test_y) == 100.0
+    assert train_evaluate.ensemble_accuracy([one_hot, wrong], sample.test_y) == 0.0
 
 
 def test_evaluate_restores_each_modules_own_mode(sample):
     net = tiny_net()
-    frozen = [train.freeze(b) for b in net.blocks[:3]]
+    frozen = [train_modes.freeze(b) for b in net.blocks[:3]]
     block, head = net.blocks[3].train(), net.heads[3].train()
-    train.evaluate(nn.Sequential(*frozen), block, head, sample, cpu_norm(sample), 250, torch.device("cpu"))
+    train_evaluate.evaluate(nn.Sequential(*frozen), block, head, sample, cpu_norm(sample), 250, torch.device("cpu"))
     assert not any(m.training for b in frozen for m in b.modules())  # the fresh wrapper did not unfreeze them
     assert block.training and head.training

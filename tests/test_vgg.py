@@ -7,11 +7,14 @@ import torch
 import torchvision
 
 import prunegreedy
-from prunegreedy import compress, models
-from prunegreedy.backbone import SPEC_FILE
-from prunegreedy.blocks import VGGBlock
-from prunegreedy.export import export_network
-from prunegreedy.heads import AuxHead, VGGHead
+from prunegreedy.compress import prune as compress_prune
+from prunegreedy.nn import net as models_net
+from prunegreedy.nn import plans as models_plans
+from prunegreedy.deploy.backbone import SPEC_FILE
+from prunegreedy.nn.blocks import VGGBlock
+from prunegreedy.deploy.export import export_network
+from prunegreedy.nn.heads import AuxHead
+from prunegreedy.nn.heads import VGGHead
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
@@ -21,19 +24,19 @@ def _shapes(module: torch.nn.Module) -> list[tuple[int, ...]]:
 
 
 def _vgg11_features() -> torch.nn.Sequential:
-    plan, blocks, c = models.make_plan("vgg11"), [], 3
+    plan, blocks, c = models_plans.make_plan("vgg11"), [], 3
     for s in plan:
-        blocks.append(models.make_block(c, s))
+        blocks.append(models_net.make_block(c, s))
         c = s.width
     return torch.nn.Sequential(*blocks)
 
 
 def test_vgg11_plan_is_torchvision_vgg11_bn():
-    plan = models.make_plan("vgg11")
+    plan = models_plans.make_plan("vgg11")
     with torch.device("meta"):  # shapes only: 133M parameters, nothing initialised
-        features, head = _vgg11_features(), models.make_head(512, plan[-1], 1000)
+        features, head = _vgg11_features(), models_net.make_head(512, plan[-1], 1000)
         ref = torchvision.models.vgg11_bn(weights=None)
-        head_types = [type(models.make_head(s.width, s, 1000)) for s in plan]
+        head_types = [type(models_net.make_head(s.width, s, 1000)) for s in plan]
     assert sum(p.numel() for p in features.parameters()) == sum(p.numel() for p in ref.features.parameters()) \
         == 9_225_984
     assert _shapes(features) == _shapes(ref.features)  # same tensors in the same order, BN buffers included
@@ -78,7 +81,7 @@ def test_prune_vgg_block_before_an_aux_head():
     x = torch.randn(2, 8, 12, 12)
     with torch.no_grad():
         full = block(x)
-    removed = compress.prune_block(block, head, (8, 12, 12), 0.25, "l1")
+    removed = compress_prune.prune_block(block, head, (8, 12, 12), 0.25, "l1")
     kept = [c for c in range(32) if c not in set(removed)]
     assert len(removed) == 8
     assert block.conv.weight.shape == (24, 8, 3, 3) and block.conv.bias.shape == (24,)
@@ -96,7 +99,7 @@ def test_prune_last_vgg_block_cuts_49_classifier_inputs_per_filter():
     x = torch.randn(2, 8, 28, 28)  # pooled to 14x14, then averaged to 7x7
     with torch.no_grad():
         full = block(x)
-    removed = compress.prune_block(block, head, (8, 28, 28), 0.5, "l1")
+    removed = compress_prune.prune_block(block, head, (8, 28, 28), 0.5, "l1")
     kept = [c for c in range(16) if c not in set(removed)]
     assert len(removed) == 8
     assert block.conv.weight.shape == (8, 8, 3, 3) and block.bn.num_features == 8
@@ -110,18 +113,18 @@ def test_prune_last_vgg_block_cuts_49_classifier_inputs_per_filter():
         assert torch.allclose(head(block(x)), unpruned_head(zeroed), atol=1e-6, rtol=0)
 
 
-def _tiny_vgg() -> models.GreedyNet:
+def _tiny_vgg() -> models_net.GreedyNet:
     """56x56 -> 28 -> 14 -> 14 -> 7: the classifier's 7x7 pool is exact, so ONNX can export it."""
     torch.manual_seed(0)
     blocks = [VGGBlock(3, 4, pool=True), VGGBlock(4, 8, pool=True), VGGBlock(8, 8), VGGBlock(8, 8, pool=True)]
-    return models.GreedyNet([_trained(b, i) for i, b in enumerate(blocks)], [VGGHead(8, 16, 10)]).eval()
+    return models_net.GreedyNet([_trained(b, i) for i, b in enumerate(blocks)], [VGGHead(8, 16, 10)]).eval()
 
 
 @pytest.mark.parametrize("fmt", ["native", "torchscript", "onnx"])
 def test_export_folds_a_vgg_network(tmp_path, fmt):
     net = _tiny_vgg()
     model_spec = net.spec(input_shape=[3, 56, 56], mean=[0.5] * 3, std=[0.25] * 3, classes=[str(i) for i in range(10)])
-    models.validate_spec(model_spec)
+    models_net.validate_spec(model_spec)
     summary = export_network(net, model_spec, tmp_path / "e", fmt, with_head=True)
     assert summary["fold_max_diff"] <= 1e-5 and summary["export_max_diff"] <= 1e-5
     spec = json.loads((tmp_path / "e" / SPEC_FILE).read_text())

@@ -1,0 +1,1 @@
+"""Compression: importance criteria, pruning operations, the hooks run after each stage."""

@@ -1,0 +1,41 @@
+"""What a compression hook is given (the stage's modules, data, settings) and how it records phases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from ..config import CompressConfig, TrainConfig
+from ..data.base import Dataset, Normalize
+from ..train.distributed import SINGLE, Dist
+from ..train.loop import StepCallback
+
+
+@dataclass
+class StageContext:
+    """What a hook may use: the stage's modules, the frozen prefix, the data and settings."""
+    stage: int  # 0-based
+    prefix: nn.Module
+    block: nn.Module
+    head: nn.Module
+    input_shape: tuple[int, int, int]  # block input (C, H, W)
+    ds: Dataset
+    norm: Normalize
+    train_cfg: TrainConfig
+    device: torch.device
+    generator: torch.Generator
+    ratio: float
+    dist: Dist = SINGLE
+
+
+class Recorder(Protocol):
+    """Measures and records one phase of the stage (the pipeline provides it)."""
+
+    def __call__(self, phase: str, block: nn.Module, head: nn.Module, seconds: float, **extra) -> None: ...
+
+    def progress(self, desc: str) -> StepCallback | None: ...
+
+
+Hook = Callable[[StageContext, CompressConfig, Recorder], "tuple[nn.Module, nn.Module]"]

@@ -1,0 +1,106 @@
+"""The dataset interface and what every dataset shares: batches, batched augmentation, normalisation.
+
+Training batches are slices of a permutation; crop and flip are done on the whole batch with
+tensor indexing, so there are no per-sample transforms and no worker processes. Both kinds of
+dataset (cached uint8 tensors here, streamed folders in data.stream) hand out uint8 batches that
+`Normalize` turns into float on the training device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def to(self, device: torch.device) -> "Dataset":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
+                       self.classes, self.mean, self.std)
+
+    def limit(self, train_limit: int | None, test_limit: int | None) -> "Dataset":
+        """The first `train_limit` / `test_limit` images of each split (None: all)."""
+        return replace(self, train_x=self.train_x[:train_limit], train_y=self.train_y[:train_limit],
+                       test_x=self.test_x[:test_limit], test_y=self.test_y[:test_limit])
+
+    def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard)
+
+    def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return eval_batches(self.test_x, self.test_y, batch_size, norm)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding `pad` and horizontal flip, for a whole uint8 batch at once."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2)
+
+
+class Normalize:
+    """uint8 (N, C, H, W) -> float, normalised by the dataset's mean and std."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool):
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
+
+
+def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize, generator: torch.Generator,
+                  augment: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented, normalised batches (the last partial batch included).
+
+    `shard = (rank, world)`: every rank draws the same global batch and augmentation (same
+    generator state), then keeps images rank, rank + world, ...; so N processes see exactly the
+    batches one process would. A last batch smaller than `world` is dropped on every rank alike.
+    """
+    rank, world = shard
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    for start in range(0, len(x), batch_size):
+        idx = perm[start:start + batch_size]
+        if len(idx) < world:
+            return
+        xb = x[idx]
+        if augment:
+            xb = random_crop_flip(xb, 4, generator)
+        yield norm(xb[rank::world]), y[idx][rank::world]
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize):
+    for start in range(0, len(x), batch_size):
+        yield norm(x[start:start + batch_size]), y[start:start + batch_size]

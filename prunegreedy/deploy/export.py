@@ -1,0 +1,163 @@
+"""Export a run's network for deployment: fold BatchNorm, write one format, check its outputs.
+
+Two checks guard every export, both on real images (the bundled CIFAR-10 sample's test split,
+resized to the model's input if needed): the folded network must match the trained one within
+TOLERANCE, and the written file, opened the way users will open it, must match the folded
+network (bit for bit for the native format, within TOLERANCE for TorchScript and ONNX).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import ARTIFACTS, SPEC_FILE, Backbone, sha256, validate_backbone_spec
+from ..config import DataConfig
+from ..data.base import Normalize
+from ..data.registry import load_dataset
+from .deployed import open_export, require_onnx
+from ..errors import ExportError, RunError, SpecError
+from .fold import fold_network
+from ..nn.net import GreedyNet
+from ..fileio import atomic_write, read_json, write_json
+from ..records import RUN_FILE, load_model
+
+TOLERANCE = 1e-4  # max abs difference of outputs (features or logits)
+CHECK_IMAGES = 64
+
+
+def _write_native(model: Backbone, x: torch.Tensor, path: Path) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: f.write(save(state)))
+
+
+def _write_torchscript(model: Backbone, x: torch.Tensor, path: Path) -> None:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # current torch marks TorchScript as deprecated on every call
+        torch.jit.save(torch.jit.trace(model, x[:2]), buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _write_onnx(model: Backbone, x: torch.Tensor, path: Path) -> None:
+    onnx, _ = require_onnx()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The TorchScript-based exporter: the dynamo one needs onnxscript, which [deploy] leaves out.
+            torch.onnx.export(model, (x[:2],), buf, dynamo=False, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17)
+        onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
+    except Exception as e:  # exporter and checker errors have many types; all mean "no valid file"
+        raise ExportError(f"ONNX export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:160]}") from None
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+# Export format -> writer(folded model, example batch, artifact path).
+WRITERS: dict[str, Callable[[Backbone, torch.Tensor, Path], None]] = {
+    "native": _write_native, "torchscript": _write_torchscript, "onnx": _write_onnx,
+}
+
+
+def _check_request(fmt: str, out: Path) -> None:
+    """Everything that can be refused before the run is read."""
+    if fmt not in WRITERS:
+        raise ExportError(f"unknown export format '{fmt}'; valid: {', '.join(WRITERS)}")
+    if fmt == "onnx":
+        require_onnx()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty folder; choose another --out")
+
+
+def load_run_network(run: Path) -> tuple[GreedyNet, dict, dict]:
+    """The latest finished network of a run folder (eval mode), its spec, and run.json."""
+    run = Path(run)
+    if not (run / RUN_FILE).exists():
+        raise RunError(f"{run} is not a run folder (no {RUN_FILE})")
+    meta = read_json(run / RUN_FILE)
+    done = meta.get("stages_done") if isinstance(meta, dict) else None
+    if not isinstance(done, int) or done < 1 or not (run / "model.json").exists():
+        raise RunError(f"{run} has no finished stage yet; nothing to export")
+    net, spec = load_model(run / "model")
+    missing = [k for k in ("input_shape", "mean", "std", "classes") if k not in spec]
+    if missing:
+        raise SpecError(f"{run / 'model.json'} lacks {', '.join(missing)}")
+    return net.eval(), spec, meta
+
+
+def check_images(input_shape, n: int = CHECK_IMAGES) -> torch.Tensor:
+    """Real uint8 images for output checks: the sample's test split, every class, at the model's size."""
+    test_x = load_dataset(DataConfig(name="cifar10-sample")).test_x
+    x = test_x[torch.linspace(0, len(test_x) - 1, n).long()]
+    if input_shape[0] != x.shape[1]:
+        raise ExportError(f"cannot check a model taking {input_shape[0]}-channel input with RGB images")
+    if list(x.shape[2:]) != list(input_shape[1:]):
+        x = F.interpolate(x.float(), size=tuple(input_shape[1:]), mode="bilinear", align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "native", with_head: bool = False,
+                   images: torch.Tensor | None = None, source: dict | None = None) -> dict:
+    """Fold `net` (described by `model_spec`, a GreedyNet spec with input_shape/mean/std/classes),
+    write it to the empty or new folder `out` in format `fmt`, check it, and summarise."""
+    out = Path(out)
+    _check_request(fmt, out)
+    shape = model_spec["input_shape"]
+    model = fold_network(net, shape, with_head)
+    spec = model.spec(fmt, shape, model_spec["mean"], model_spec["std"], model_spec["classes"], source)
+    x = Normalize(spec["mean"], spec["std"], torch.device("cpu"), channels_last=False)(
+        images if images is not None else check_images(shape))
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        ref = net(x) if with_head else net.features(x)
+        folded = model(x)
+    net.train(was_training)
+    fold_diff = _max_diff(ref, folded)
+    if not fold_diff <= TOLERANCE:  # also catches NaN
+        raise ExportError(f"folding BatchNorm changed the outputs by {fold_diff:.3g} (> {TOLERANCE:g}); not exported")
+    out.mkdir(parents=True, exist_ok=True)
+    path, written = out / ARTIFACTS[fmt], []
+    try:
+        written.append(path)
+        WRITERS[fmt](model, x, path)
+        spec["sha256"] = sha256(path)
+        validate_backbone_spec(spec)
+        written.append(out / SPEC_FILE)
+        write_json(out / SPEC_FILE, spec)  # last: a folder with a spec is a complete export
+        got = open_export(out)(x)
+        diff = _max_diff(folded, got)
+        if fmt == "native" and not torch.equal(folded, got):
+            raise ExportError(f"the native export reloads with different outputs (max diff {diff:.3g})")
+        if not diff <= TOLERANCE:
+            raise ExportError(f"the {fmt} export differs from PyTorch by {diff:.3g} (> {TOLERANCE:g})")
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return {"out": str(out), "format": fmt, "file": path.name, "bytes": path.stat().st_size,
+            "params": spec["params"], "with_head": with_head, "check_images": len(x),
+            "fold_max_diff": fold_diff, "export_max_diff": diff}
+
+
+def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = False,
+               images: torch.Tensor | None = None) -> dict:
+    """Export the latest finished network of run folder `run` (see export_network)."""
+    _check_request(fmt, Path(out))
+    net, model_spec, meta = load_run_network(run)
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    source = {"run": str(Path(run).resolve()), "status": meta.get("status"), "stages_done": meta.get("stages_done"),
+              "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"), "plan": model_spec.get("plan")}
+    return export_network(net, model_spec, out, fmt, with_head, images, source)

@@ -1,0 +1,98 @@
+"""BatchNorm folding: a trained GreedyNet -> the inference-only Backbone with no BatchNorm left.
+
+In eval mode BN is a per-channel affine map y = s * x + t (s = gamma / sqrt(var + eps),
+t = beta - mean * s). After a conv it folds into the conv's weight and bias. The head's BN sits
+after the average pool and before flatten + linear, so it folds into the linear layer: each
+pooled cell of channel c is scaled by s_c and shifted by t_c. Folding is computed in float64
+and stored as float32, so the only change is one rounding per weight. The VGG classifier head
+has no BN and is copied as it is.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, FoldedAuxHead, feature_size
+from ..nn.blocks import Block, ConvBlock, VGGBlock
+from ..errors import ExportError
+from ..nn.heads import AuxHead, VGGHead
+from ..nn.net import GreedyNet
+
+
+def bn_affine(bn: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 of an eval-mode BatchNorm; identity for nn.Identity."""
+    if isinstance(bn, nn.Identity):
+        return torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module, into: nn.Conv2d) -> None:
+    """Write conv followed by bn into `into` (a conv of the same shape with a bias)."""
+    scale, shift = bn_affine(bn, conv.out_channels)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    into.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
+    into.bias.copy_(bias * scale + shift)
+
+
+@torch.no_grad()
+def fold_bn_linear(bn: nn.Module, fc: nn.Linear, cells: int, into: nn.Linear) -> None:
+    """Write bn (on C channels of `cells` pooled values each, flattened channel-major) then fc into `into`."""
+    scale, shift = bn_affine(bn, fc.in_features // cells)
+    scale, shift = scale.repeat_interleave(cells), shift.repeat_interleave(cells)
+    w = fc.weight.double()
+    into.weight.copy_(w * scale)
+    into.bias.copy_(fc.bias.double() + w @ shift)
+
+
+def fold_block(block: Block) -> Block:
+    """The same block type without BN (its conv then has a bias), rebuilt from the block's spec."""
+    out = type(block).from_spec({**block.spec(), "bn": False})
+    fold_conv_bn(block.conv, block.bn, out.conv)
+    return out
+
+
+def fold_head(head: AuxHead, in_size: tuple[int, int]) -> FoldedAuxHead:
+    spec = head.spec()
+    out = FoldedAuxHead(spec["in_channels"], spec["hidden"], spec["k"], spec["num_classes"], spec["pool"], in_size)
+    convs = [m for m in head.body if isinstance(m, nn.Conv2d)]
+    bns = [m for m in head.body if isinstance(m, nn.BatchNorm2d)]
+    targets = [m for m in out.body if isinstance(m, nn.Conv2d)]
+    for conv, bn, target in zip(convs, bns, targets, strict=True):
+        fold_conv_bn(conv, bn, target)
+    fold_bn_linear(head.bn, head.fc, head.pool_size ** 2, out.fc)
+    return out
+
+
+# Folding by module type; a block or head type without an entry cannot be exported.
+BLOCK_FOLDERS: dict[type, Callable[[nn.Module], nn.Module]] = {ConvBlock: fold_block, VGGBlock: fold_block}
+HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {
+    AuxHead: fold_head, VGGHead: lambda head, in_size: copy.deepcopy(head)}
+
+
+def _folder(table: dict, module: nn.Module) -> Callable:
+    if type(module) not in table:
+        raise ExportError(f"cannot fold a {type(module).__name__}; foldable: "
+                          f"{', '.join(t.__name__ for t in table)}")
+    return table[type(module)]
+
+
+def fold_network(net: GreedyNet, input_shape, with_head: bool = False) -> Backbone:
+    """The eval-mode, BN-free copy of `net`'s blocks (and its last head if `with_head`)."""
+    if not len(net.blocks):
+        raise ExportError("the network has no blocks to export")
+    blocks = [_folder(BLOCK_FOLDERS, b)(b) for b in net.blocks]
+    head = None
+    if with_head:
+        if not len(net.heads):
+            raise ExportError("the network has no head to export")
+        last = net.heads[-1]
+        head = _folder(HEAD_FOLDERS, last)(last, feature_size(input_shape, [b.spec() for b in blocks]))
+    return Backbone(blocks, head).eval().requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Measurements of a network: parameters and MACs, activation memory, linear probes."""

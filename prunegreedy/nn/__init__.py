@@ -1,0 +1,1 @@
+"""Network pieces: stage specs, blocks, auxiliary heads, the paper's plans, the greedy net."""

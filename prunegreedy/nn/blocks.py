@@ -1,0 +1,103 @@
+"""Network pieces: psi (invertible downsampling), the paper's conv block and the VGG block.
+
+`nn.net.make_block` picks a block class from BLOCKS by the stage's `block` name. Every block has
+a `conv` (pruning cuts its filters) and a `bn` (export folds it), and declares `FIELDS`: its
+spec's fields and their types, checked before a spec is built.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import StageSpec
+
+
+class Psi(nn.Module):
+    """Space-to-depth by 2: (C, H, W) -> (4C, H/2, W/2). No parameters, no information lost."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, 2)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(y, 2)
+
+
+class Block(nn.Module):
+    """What the blocks share: FIELDS are also the constructor's arguments, and the ones past the
+    two widths are StageSpec attributes of the same name, so building needs no per-type code."""
+
+    FIELDS: ClassVar[dict[str, type]] = {}
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Block:
+        return cls(**{name: spec[name] for name in cls.FIELDS})
+
+    @classmethod
+    def for_stage(cls, in_channels: int, stage: StageSpec) -> Block:
+        options = {name: getattr(stage, name) for name in cls.FIELDS if name not in ("in_channels", "out_channels")}
+        return cls(in_channels, stage.width, **options)
+
+
+class ConvBlock(Block):
+    """One greedy stage's block: optional psi, conv3x3, optional BN, ReLU.
+
+    `in_channels` counts channels before psi, so the spec reads the same as the stage plan.
+    """
+
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "out_channels": int, "psi": bool, "bn": bool}
+
+    def __init__(self, in_channels: int, out_channels: int, psi: bool = False, bn: bool = True):
+        super().__init__()
+        self.psi = Psi() if psi else nn.Identity()
+        conv_in = in_channels * 4 if psi else in_channels
+        self.conv = nn.Conv2d(conv_in, out_channels, 3, padding=1, bias=not bn)
+        self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(self.psi(x))))
+
+    def spec(self) -> dict:
+        """Architecture as JSON-able data, read from the (possibly pruned) layers."""
+        psi = isinstance(self.psi, Psi)
+        return {
+            "type": "conv",
+            "in_channels": self.conv.in_channels // (4 if psi else 1),
+            "out_channels": self.conv.out_channels,
+            "psi": psi,
+            "bn": isinstance(self.bn, nn.BatchNorm2d),
+        }
+
+
+class VGGBlock(Block):
+    """One VGG layer as a greedy stage: conv3x3 (with bias, as torchvision's VGG), BN, ReLU, optional 2x2 max-pool.
+
+    `bn` is a spec field so the BN-folded export can say the BN is gone (a folded block has bn False).
+    """
+
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "out_channels": int, "pool": bool, "bn": bool}
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool = False, bn: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+    def spec(self) -> dict:
+        return {"type": "vgg", "in_channels": self.conv.in_channels, "out_channels": self.conv.out_channels,
+                "pool": isinstance(self.pool, nn.MaxPool2d), "bn": isinstance(self.bn, nn.BatchNorm2d)}
+
+
+# Block types by the name stored in specs and plans; export and checkpoints rebuild through this.
+BLOCKS: dict[str, type[Block]] = {"conv": ConvBlock, "vgg": VGGBlock}

@@ -1,0 +1,31 @@
+"""StageSpec: the plan's description of one stage, read by blocks, heads, plans and the net.
+
+It sits below them all so that none of them imports another to learn what a stage is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import SpecError
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    width: int  # output filters of the block before pruning
+    psi: bool = False  # space-to-depth before the conv (halves resolution, x4 channels)
+    bn: bool = True
+    k: int = 2  # hidden layers of the auxiliary problem
+    head_width: int = 128  # width of the head's k-1 hidden convs (the vgg head: its hidden Linear width)
+    block: str = "conv"  # a key of nn.blocks.BLOCKS
+    pool: bool = False  # 2x2 max-pool after the block (vgg blocks)
+    head: str = "aux"  # a key of nn.heads.HEADS
+
+
+def check_fields(d: dict, fields: dict[str, type], where: str) -> None:
+    for name, tp in fields.items():
+        v = d.get(name)
+        if type(v) is not tp or (tp is int and v < 1):
+            raise SpecError(f"{where}: field '{name}' must be a {'positive integer' if tp is int else tp.__name__}, "
+                            f"got {v!r}")

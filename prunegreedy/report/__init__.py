@@ -1,0 +1,1 @@
+"""Reports: tables of runs (pandas), plots (matplotlib), the self-contained HTML page."""

@@ -1,0 +1,1 @@
+"""Training mechanics for one module set: the stage loop, schedules, evaluation, modes, processes."""

@@ -1,0 +1,45 @@
+"""Learning-rate schedules: pure functions of training progress t in [0, 1) within a stage.
+
+A stage can be any (fractional) number of epochs and milestones scale with it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+
+def _step(t: float, cfg: TrainConfig) -> float:
+    """Multiply by gamma at each milestone (fractions of the stage); the paper: / 5 at 15, 30, 45 of 50."""
+    return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+
+
+def _linear(t: float, cfg: TrainConfig) -> float:
+    """Linear decay to zero at the end of the stage."""
+    return max(0.0, 1.0 - t)
+
+
+def _cosine(t: float, cfg: TrainConfig) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _constant(t: float, cfg: TrainConfig) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
+    "step": _step, "linear": _linear, "cosine": _cosine, "constant": _constant,
+}
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` of `total_steps`, with linear warm-up over cfg.warmup."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
+    t = step / max(1, total_steps)
+    factor = SCHEDULES[schedule](t, cfg)
+    if cfg.warmup > 0 and t < cfg.warmup:
+        factor *= (step + 1) / (cfg.warmup * total_steps)
+    return base_lr * factor
