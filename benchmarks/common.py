@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunegreedy.measure.size import output_shape
 from prunegreedy.trainers import endtoend
 from prunegreedy.nn import net as models_net
 from prunegreedy.nn import spec as models_spec
@@ -18,19 +19,20 @@ from prunegreedy.train import modes as train_modes
 def stage_modules(plan: list[models_spec.StageSpec], widths_in: list[int], j: int, classes: int = 10,
                   memory_format=torch.channels_last):
     """Frozen blocks 1..j-1 (input widths as given, e.g. pruned), and block j + head j to train."""
-    blocks, c = [], 3
+    blocks, shape = [], (3, 32, 32)
     for s, w in zip(plan[:j], widths_in[:j]):
-        blocks.append(models_net.make_block(c, dataclasses.replace(s, width=w)))
-        c = w
+        blocks.append(models_net.make_block(shape[0], dataclasses.replace(s, width=w)))
+        shape = output_shape(blocks[-1], shape)
     prefix = train_modes.freeze(nn.Sequential(*blocks).to(memory_format=memory_format))
-    block = models_net.make_block(c, plan[j]).to(memory_format=memory_format)
-    head = models_net.make_head(plan[j].width, plan[j], classes).to(memory_format=memory_format)
+    block = models_net.make_block(shape[0], plan[j]).to(memory_format=memory_format)
+    size = output_shape(block, shape)[1:]
+    head = models_net.make_head(plan[j].width, plan[j], classes, size).to(memory_format=memory_format)
     return prefix, block, head
 
 
 def end_to_end_modules(plan: list[models_spec.StageSpec], classes: int = 10, memory_format=torch.channels_last):
     """Empty prefix, every block of the plan as one trained body, the last head: endtoend's network."""
-    blocks, head = endtoend.build_plan_net(plan, 3, classes)
+    blocks, head = endtoend.build_plan_net(plan, (3, 32, 32), classes)
     body = nn.Sequential(*blocks).to(memory_format=memory_format)
     return nn.Sequential(), body, head.to(memory_format=memory_format)
 

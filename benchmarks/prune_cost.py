@@ -43,7 +43,7 @@ def main() -> None:
     pruned = [compress_prune.kept_filters(w, args.ratio, cfg.compress.round_to) for w in full]
     tcfg = TrainConfig(batch_size=cfg.train.batch_size, amp="off")
     steps_per_epoch = math.ceil(TRAIN_IMAGES / tcfg.batch_size)
-    ft_epochs = cfg.compress.finetune_epochs
+    ft_epochs = cfg.compress.finetune()
 
     print("stage,width,kept,prune_s,params_before,params_after,epoch_s_unpruned,epoch_s_pruned,finetune_epoch_s")
     total_u = total_p = 0.0

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunegreedy.nn import net as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.nn import spec as models_spec
 from prunegreedy.train import runtime
@@ -29,17 +28,16 @@ from prunegreedy.config import TrainConfig
 from prunegreedy.trainers.endtoend import build_plan_net
 
 
-def configs(plan: list[models_spec.StageSpec], stages: list[int], classes: int):
+def configs(plan: list[models_spec.StageSpec], stages: list[int], classes: int, size: int):
     """(name, frozen prefix, trained body, head) for each chosen greedy stage, then end-to-end.
 
     Every configuration gets freshly built modules: a block frozen as some stage's prefix must
     not stay frozen when end-to-end trains it.
     """
     for j in stages:
-        blocks, _ = build_plan_net(plan[:j], 3, classes)
-        head_j = models_net.make_head(plan[j - 1].width, plan[j - 1], classes)
+        blocks, head_j = build_plan_net(plan[:j], (3, size, size), classes)
         yield f"stage {j}", nn.Sequential(*blocks[: j - 1]), blocks[j - 1], head_j
-    blocks, head = build_plan_net(plan, 3, classes)
+    blocks, head = build_plan_net(plan, (3, size, size), classes)
     yield "end-to-end", nn.Sequential(), nn.Sequential(*blocks), head
 
 
@@ -100,7 +98,7 @@ def main() -> None:
     lines = ["config,step_ms,images_per_s,peak_mem_mib"]
     print(lines[0])
     results = {}
-    for name, prefix, body, head in configs(plan, stages, args.classes):
+    for name, prefix, body, head in configs(plan, stages, args.classes, args.size):
         try:
             seconds, peak = measure(prefix, body, head, x, y, args.steps, device, amp)
         except torch.OutOfMemoryError:

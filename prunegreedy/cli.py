@@ -103,8 +103,9 @@ def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, u
 
 
 def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out, name,
-               quiet, sets, trainer=None) -> dict:
+               quiet, sets, trainer=None, target_macs=None, target_params=None) -> dict:
     over = config_mod.parse_set(sets or [])
+    _budget_overrides(over, prune_ratio, prune_ratios, target_macs, target_params)
     put = lambda sec, key, v: over.setdefault(sec, {}).__setitem__(key, v)  # noqa: E731
     if dataset is not None:
         put("data", "name", dataset)
@@ -139,10 +140,30 @@ def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importan
     return over
 
 
+def _budget_overrides(over: dict, prune_ratio, prune_ratios, target_macs, target_params) -> None:
+    """--target-macs / --target-params: the budget replaces the recipe's ratios, never a ratio given here."""
+    targets = [(n, v) for n, v in (("--target-macs", target_macs), ("--target-params", target_params)) if v is not None]
+    if not targets:
+        return
+    if len(targets) == 2:
+        raise config_mod.ConfigError("give one budget: --target-macs or --target-params, not both")
+    option, value = targets[0]
+    given = [o for o, v in (("--prune-ratio", prune_ratio), ("--prune-ratios", prune_ratios)) if v is not None]
+    given += [f"--set compress.{k}" for k in ("ratio", "ratios") if k in over.get("compress", {})]
+    if given:
+        raise config_mod.ConfigError(f"{option} chooses every stage's prune ratio itself; drop {given[0]}")
+    compress = over.setdefault("compress", {})
+    compress.setdefault("hook", "prune")
+    compress.update({"ratio": 0.0, "ratios": None, option[2:].replace("-", "_"): value})
+
+
 def _run_dir_path(cfg, recipe: str) -> Path:
     if cfg.run.out:
         return Path(cfg.run.out)
     ratio = ",".join(f"{r:g}" for r in cfg.compress.ratios) if cfg.compress.ratios else f"{cfg.compress.ratio:g}"
+    budget = cfg.compress.target_macs or cfg.compress.target_params
+    if budget is not None:
+        ratio = f"{'macs' if cfg.compress.target_macs else 'params'}{budget}"
     name = cfg.run.name or f"{Path(recipe).stem}-r{ratio}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path("runs") / name
 
@@ -157,8 +178,11 @@ def run(
     epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
     prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
     prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
+    target_macs: Optional[str] = typer.Option(None, help="Budget: final backbone MACs, a count (40M) or a fraction "
+                                                         "of the unpruned plan (0.25x); the ratios are chosen."),
+    target_params: Optional[str] = typer.Option(None, help="Budget: final backbone parameters (100K, 0.25x)."),
     importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
-    trainer: Optional[str] = typer.Option(None, help="greedy (default) or end-to-end (the baseline; with "
+    trainer: Optional[str] = typer.Option(None, help="greedy (default), decoupled (every block at once) or end-to-end (the baseline; with "
                                                     "pruning: prune-after-training)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     seed: Optional[int] = typer.Option(None),
@@ -174,12 +198,13 @@ def run(
     if resume is not None:
         given = [n for n, v in dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
                                     prune_ratios=prune_ratios, importance=importance, device=device, seed=seed,
-                                    out=out, name=name, set=set_, trainer=trainer).items() if v not in (None, [])]
+                                    out=out, name=name, set=set_, trainer=trainer, target_macs=target_macs,
+                                    target_params=target_params).items() if v not in (None, [])]
         if given:
             raise config_mod.ConfigError(f"--resume continues with the run's saved config; drop --{given[0]}")
         return _resume(resume, data_dir, ui)
     over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
-                      name, quiet, set_, trainer)
+                      name, quiet, set_, trainer, target_macs, target_params)
     recipe = _choose_recipe(config, dataset, device or "auto", ui)
     cfg = config_mod.load(recipe, over)
     _run(cfg, recipe, ui)
@@ -198,6 +223,7 @@ def _start(cfg, ui: ConsoleUI):
 def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
     from .data.registry import load_dataset
     from .records import ReadOnlyRunDir, RunDir
+    from .trainers.decisions import check_data as check_holdout
     from .trainers.registry import get_trainer
 
     trainer = get_trainer(cfg)
@@ -208,6 +234,7 @@ def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
     ds = load_dataset(cfg.data)
     ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
+    check_holdout(cfg, ds)  # a budget's held-out slice must leave training images (before the folder)
     dist.on_main(lambda: RunDir.create(path))
     run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
     dist.on_main(run_dir.hold)
@@ -319,12 +346,27 @@ def _sweep_slot_done(path: Path, ui: ConsoleUI) -> bool:
     return False
 
 
+def _sweep_budgets(text: str, kind: str) -> list[str]:
+    from .compress.budget import parse_budget
+
+    budgets = [t.strip() for t in text.split(",") if t.strip()]
+    for b in budgets:
+        parse_budget(b, kind)
+    if not budgets or len(set(budgets)) != len(budgets):
+        raise config_mod.ConfigError(f"--target-{kind} needs distinct budgets separated by commas, got '{text}'")
+    return budgets
+
+
 @app.command()
 @user_errors
 def sweep(
-    prune_ratios: str = typer.Option(..., help="Ratios to compare, comma separated; 0 is the unpruned reference "
-                                               "(hook none)."),
-    out: Path = typer.Option(..., help="Sweep folder: one run per ratio in ratio-<r>/, the report beside them."),
+    out: Path = typer.Option(..., help="Sweep folder: one run per ratio in ratio-<r>/ (per budget in macs-<b>/ or "
+                                       "params-<b>/), the report beside them."),
+    prune_ratios: Optional[str] = typer.Option(None, help="Ratios to compare, comma separated; 0 is the unpruned "
+                                                          "reference (hook none)."),
+    target_macs: Optional[str] = typer.Option(None, help="MACs budgets to compare instead, comma separated "
+                                                         "(0.5x,0.25x,0.1x or 40M,20M)."),
+    target_params: Optional[str] = typer.Option(None, help="Parameter budgets to compare instead (0.5x,100K)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
     dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample, imagefolder or imagenet."),
     data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
@@ -339,39 +381,60 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
-    """Run the recipe once per prune ratio into OUT/ratio-<r>, then compare them in OUT/report.html.
+    """Run the recipe once per prune ratio (or budget) into OUT, then compare them in OUT/report.html.
 
     Ratios whose run already finished are skipped, so rerunning the same command resumes a sweep.
     """
     from .report.tables import load_runs, write_report
     from .trainers.registry import get_trainer
 
+    given = [(o, v) for o, v in (("prune_ratios", prune_ratios), ("target_macs", target_macs),
+                                 ("target_params", target_params)) if v is not None]
+    if len(given) != 1:
+        raise config_mod.ConfigError("sweep needs exactly one of --prune-ratios, --target-macs, --target-params")
     ui = ConsoleUI(quiet)
     recipe = _choose_recipe(config, dataset, device or "auto", ui)
     jobs = []
-    for r in _sweep_ratios(prune_ratios):
-        path = out / f"ratio-{r:g}"
-        over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
-                          set_, trainer)
-        over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
-        if r == 0:
-            over["compress"]["hook"] = "none"
-        cfg = config_mod.load(recipe, over)
-        get_trainer(cfg)  # every ratio's config is checked before hours go into the first one
-        jobs.append((r, path, cfg))
-    for r, path, cfg in jobs:
+    if prune_ratios is not None:
+        for r in _sweep_ratios(prune_ratios):
+            path = out / f"ratio-{r:g}"
+            over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
+                              set_, trainer)
+            over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
+            if r == 0:
+                over["compress"]["hook"] = "none"
+            jobs.append((f"ratio {r:g}", path, over))
+    else:
+        kind = "macs" if target_macs is not None else "params"
+        for b in _sweep_budgets(given[0][1], kind):
+            path = out / f"{kind}-{b}"
+            targets = {"target_macs": b} if kind == "macs" else {"target_params": b}
+            over = _overrides(dataset, data_dir, k, epochs, None, None, importance, device, seed, path, None, quiet,
+                              set_, trainer, **targets)
+            jobs.append((f"{kind} {b}", path, over))
+    jobs = [(label, path, config_mod.load(recipe, over)) for label, path, over in jobs]
+    for _, _, cfg in jobs:
+        get_trainer(cfg)  # every run's config is checked before hours go into the first one
+    for label, path, cfg in jobs:
         ui.run_dir = None  # sweep lines belong to no run's log.txt
         if _sweep_slot_done(path, ui):
-            ui.log(f"ratio {r:g}: {path} already finished, skipped")
+            ui.log(f"{label}: {path} already finished, skipped")
             continue
-        ui.log(f"ratio {r:g}: training into {path}")
+        ui.log(f"{label}: training into {path}")
         try:
             _run(cfg, recipe, ui)
         except PrunegreedyError as e:
-            raise PrunegreedyError(f"ratio {r:g}: {e}; run the same sweep again to resume "
-                                   "(finished ratios are skipped)") from None
+            raise PrunegreedyError(f"{label}: {e}; run the same sweep again to resume "
+                                   "(finished runs are skipped)") from None
     ui.run_dir = None
-    write_report(load_runs([path for _, path, _ in jobs]), out)
+    runs = load_runs([path for _, path, _ in jobs])
+    write_report(runs, out)
+    if prune_ratios is None:
+        for (label, _, _), r in zip(jobs, runs):  # the accuracy-versus-budget table, also in summary.csv
+            b = r.meta.get("budget") or {}
+            ui.log(f"{label}: final test acc {r.meta.get('final_acc', float('nan')):.2f}%  {b.get('kind')} "
+                   f"{b.get('final', 0):,} of the target {b.get('target', 0):,} "
+                   f"({'met' if b.get('met') else 'NOT met'})  ratios {b.get('ratios')}")
     ui.log(f"report: {out / 'report.html'}")
 
 
@@ -382,16 +445,35 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="New or empty folder for the export."),
     format_: str = typer.Option("native", "--format", help="native (safetensors + JSON spec), torchscript or onnx."),
     with_head: bool = typer.Option(False, "--with-head", help="Keep the final classifier head (default: features)."),
+    int8: bool = typer.Option(False, "--int8", help="ONNX only: int8 static quantization (ONNX Runtime, QDQ, "
+                                                   "per-channel weights), checked against fp32."),
+    calibration: Optional[int] = typer.Option(None, help="--int8: training images to calibrate on (default 1,000)."),
+    data_dir: Optional[Path] = typer.Option(None, help="--int8: the run's dataset folder, if it moved since training."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Export a run's network for inference: BatchNorm folded, outputs checked on real images."""
     from .deploy.export import export_run
+    from .deploy.quantize import DEFAULT_CALIBRATION
+    from .errors import ExportError
 
-    r = export_run(run_dir, out, format_, with_head)
+    if not int8 and (calibration is not None or data_dir is not None):
+        raise ExportError(f"--{'calibration' if calibration is not None else 'data-dir'} applies to --int8 exports")
+    n = (DEFAULT_CALIBRATION if calibration is None else calibration) if int8 else None
+    r = export_run(run_dir, out, format_, with_head, calibration=n, data_dir=data_dir)
     what = "network with head" if r["with_head"] else "backbone (features only)"
     typer.echo(f"exported {r['format']} {what} to {r['out']}: {r['file']} {r['bytes']:,} bytes, "
                f"{r['params']:,} params; max abs diff vs trained {r['fold_max_diff']:.2g}, "
-               f"vs PyTorch {r['export_max_diff']:.2g} on {r['check_images']} images")
+               f"{'fp32 ONNX ' if r['quantization'] else ''}vs PyTorch {r['export_max_diff']:.2g} on "
+               f"{r['check_images']} images")
+    q = r["quantization"]
+    if q is not None:
+        c, cal = q["check"], q["calibration"]
+        vs = (f"top-1 agreement {100 * c['top1_agreement']:.2f} %, test acc {c['test_acc_int8']:.2f} % "
+              f"(fp32 {c['test_acc_fp32']:.2f} %), " if "top1_agreement" in c
+              else f"mean relative diff {c['mean_rel_diff']:.3g}, ")
+        typer.echo(f"int8: calibrated on {cal['images']:,} {cal['dataset']} training images; "
+                   f"{q['bytes'] / q['fp32_bytes']:.2f}x the fp32 file; vs fp32 on {c['images']:,} test images: "
+                   f"{vs}max abs diff {c['max_abs_diff']:.3g}")
 
 
 @app.command("eval")

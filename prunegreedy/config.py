@@ -31,6 +31,9 @@ class DataConfig:
     workers: int = 8  # imagenet: DataLoader worker processes decoding JPEGs (per process under torchrun)
     train_limit: int | None = None  # use only the first N training images (smoke tests)
     test_limit: int | None = None
+    # Training images held out (stratified, seeded with run.seed) for the decisions a run takes from
+    # data: budgets and sensitivity. Only such runs hold them out; every other run trains on all.
+    holdout: int = 5000
 
 
 @dataclass
@@ -38,11 +41,13 @@ class ModelConfig:
     plan: str = "cifar10-k2"  # a key of nn.plans.PLANS
     width_mult: float = 1.0  # scales block and head widths of the plan
     widths: list[int] | None = None  # explicit block widths; overrides plan widths * width_mult
+    head: str | None = None  # a key of nn.heads.HEADS replacing the plan's aux heads; None = the plan's
+    head_pool: int | None = None  # pooled / mlp-sr heads pool the map to this side first; None = a quarter
 
 
 @dataclass
 class TrainConfig:
-    trainer: str = "greedy"  # a key of trainers.registry.TRAINERS: greedy | end-to-end
+    trainer: str = "greedy"  # a key of trainers.registry.TRAINERS: greedy | decoupled | end-to-end
     epochs: Union[float, list[float]] = 50.0  # per stage: one value for all, or one per stage
     total_epochs: float | None = None  # end-to-end only; None = the sum of the per-stage epochs
     batch_size: int = 128
@@ -69,9 +74,25 @@ class CompressConfig:
     importance: str = "l1"  # a key of compress.importance.IMPORTANCES
     round_to: int = 1  # kept filter count is a multiple of this
     taylor_batches: int = 4  # batches used to estimate first-order Taylor importance
-    finetune_epochs: float = 1.0
+    at: float = 1.0  # when to cut, as a fraction of the block's training schedule; 1 = after training
+    finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
+    # Budgets (issue 15): the final backbone's MACs or parameters, an absolute count with an optional
+    # K/M/G suffix ("40M") or a fraction of the unpruned plan ("0.25x"). The per-stage ratios are then
+    # chosen during training from each stage's sensitivity (compress.budget); ratio/ratios stay unset.
+    target_macs: str | None = None
+    target_params: str | None = None
+    sensitivity: bool = False  # measure sensitivity.csv without a budget too (holds out data.holdout)
+    sensitivity_ratios: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
+
+
+    def finetune(self) -> float:
+        """Fine-tuning epochs after the cut. By default one after training, and none when the cut is
+        made inside the schedule: the schedule's remaining epochs then train the pruned block."""
+        if self.finetune_epochs is not None:
+            return self.finetune_epochs
+        return 1.0 if self.at >= 1 else 0.0
 
 
 @dataclass
@@ -280,14 +301,23 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"prune ratios must each be in [0, 1), got {r}")
     if cfg.compress.round_to < 1:
         raise ConfigError(f"compress.round_to must be >= 1, got {cfg.compress.round_to}")
+    sens = cfg.compress.sensitivity_ratios
+    if not sens or any(not (0 < r < 1) for r in sens) or len(set(sens)) != len(sens):
+        raise ConfigError(f"compress.sensitivity_ratios must be distinct ratios in (0, 1), got {sens}")
+    if cfg.data.holdout < 1:
+        raise ConfigError(f"data.holdout must be at least 1 image, got {cfg.data.holdout}")
     epochs = cfg.train.epochs if isinstance(cfg.train.epochs, list) else [cfg.train.epochs]
     if not epochs or any(not (e > 0) or math.isinf(e) for e in epochs):
         raise ConfigError(f"train.epochs must be positive numbers, got {cfg.train.epochs}")
     total = cfg.train.total_epochs
     if total is not None and (not (total > 0) or math.isinf(total)):
         raise ConfigError(f"train.total_epochs must be a positive number, got {total}")
-    if not (cfg.compress.finetune_epochs >= 0) or math.isinf(cfg.compress.finetune_epochs):
-        raise ConfigError(f"compress.finetune_epochs must be >= 0, got {cfg.compress.finetune_epochs}")
+    ft = cfg.compress.finetune_epochs
+    if ft is not None and (not (ft >= 0) or math.isinf(ft)):
+        raise ConfigError(f"compress.finetune_epochs must be >= 0, got {ft}")
+    if not (0 < cfg.compress.at <= 1):
+        raise ConfigError(f"compress.at must be in (0, 1] (a fraction of a block's training schedule; 1 = after "
+                          f"training), got {cfg.compress.at}")
     if cfg.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {cfg.train.batch_size}")
     if not (cfg.train.lr > 0):

@@ -27,6 +27,7 @@ from .fileio import atomic_write, read_json, write_json, write_text
 from .nn.net import build_from_spec
 
 RUN_FILE = "run.json"
+SENSITIVITY_FILE = "sensitivity.csv"  # runs that decide from held-out data (trainers.decisions)
 
 
 def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
@@ -162,6 +163,10 @@ class RunDir:
         text = pd.DataFrame(rows).to_csv(index=False)
         write_text(self.path / "stages.csv", text)
 
+    def write_table(self, name: str, rows: list[dict]) -> None:
+        """Another CSV of the run (e.g. sensitivity.csv), one row per dict."""
+        write_text(self.path / name, pd.DataFrame(rows).to_csv(index=False))
+
     def save_checkpoint(self, net: torch.nn.Module, spec: dict, stage: int, probs: torch.Tensor) -> None:
         """Weights + spec after `stage`, and its head's test softmax (the ensemble needs it on resume)."""
         from safetensors.torch import save
@@ -180,6 +185,7 @@ class RunDir:
         tensors["generator"] = state["generator"]
         tensors.update({f"momentum.{i}": m for i, m in enumerate(state["momentum"]) if m is not None})
         scalars = {k: state[k] for k in ("step", "loss_sum", "correct", "seen", "seconds")}
+        scalars["cut"] = state.get("cut")  # a cut made inside the schedule: its filters and rows, replayed on resume
         scalars["momentum_count"] = len(state["momentum"])
         blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                     metadata={"state": json.dumps(scalars)})
@@ -229,4 +235,4 @@ class ReadOnlyRunDir(RunDir):
     def _skip(self, *args, **kwargs) -> None:
         return None
 
-    write_config = write_meta = write_stages = save_checkpoint = save_partial = clear_partial = log = hold = release = _skip
+    write_config = write_meta = write_stages = write_table = save_checkpoint = save_partial = clear_partial = log = hold = release = _skip

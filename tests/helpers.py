@@ -3,18 +3,19 @@ import torch
 from torch import nn
 
 from prunegreedy.data import base as data_base
+from prunegreedy.measure.size import output_shape
 from prunegreedy.nn import net as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.config import TrainConfig
 
 
-def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0) -> models_net.GreedyNet:
+def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0, head=None) -> models_net.GreedyNet:
     torch.manual_seed(seed)
-    blocks, heads, c = [], [], 3
-    for s in models_plans.make_plan(plan, widths=list(widths)):
-        blocks.append(models_net.make_block(c, s))
-        heads.append(models_net.make_head(s.width, s, 10))
-        c = s.width
+    blocks, heads, shape = [], [], (3, 32, 32)
+    for s in models_plans.make_plan(plan, widths=list(widths), head=head):
+        blocks.append(models_net.make_block(shape[0], s))
+        shape = output_shape(blocks[-1], shape)
+        heads.append(models_net.make_head(s.width, s, 10, shape[1:]))
     return models_net.GreedyNet(blocks, heads)
 
 

@@ -74,7 +74,7 @@ BAD = [
     (["--prune-ratios", "0.5,0.5"], "prune ratios list 2 values but the plan has 4 stages"),
     (["--importance", "fpgm"], "unknown importance 'fpgm'; valid: l1, l2, bn, taylor, random"),
     (["--set", "compress.hook=magic"], "unknown compression hook 'magic'; valid: none, prune"),
-    (["--trainer", "layerwise"], "unknown trainer 'layerwise'; valid: greedy, end-to-end"),
+    (["--trainer", "layerwise"], "unknown trainer 'layerwise'; valid: greedy, decoupled, end-to-end"),
     (["--set", "train.total_epochs=-1"], "train.total_epochs must be a positive number, got -1.0"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys: trainer, epochs"),
     (["--set", "train.batch_size=big"], "train.batch_size: expected an integer, got 'big'"),

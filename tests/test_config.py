@@ -57,5 +57,5 @@ def test_invalid_yaml_and_unknown_recipe(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         config.load(str(bad))
-    with pytest.raises(ConfigError, match="recipes: cifar10-cpu, cifar10-cpu-compress"):
+    with pytest.raises(ConfigError, match="recipes: cifar10-cpu, cifar10-cpu-aux, cifar10-cpu-compress"):
         config.load("nonesuch")

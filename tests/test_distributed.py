@@ -30,19 +30,21 @@ def tiny_folder(tmp_path_factory):
     return root
 
 
-def _run(cmd: list[str], out: Path, data: Path, cache: Path) -> tuple[dict, pd.DataFrame]:
+def _run(cmd: list[str], out: Path, data: Path, cache: Path, extra=()) -> tuple[dict, pd.DataFrame]:
     env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd + ARGS + ["--data-dir", str(data), "--out", str(out)], env=env,
+    proc = subprocess.run(cmd + ARGS + [*extra, "--data-dir", str(data), "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "run.json").read_text()), pd.read_csv(out / "stages.csv")
 
 
-def test_two_gloo_processes_match_one_process(tiny_folder, tmp_path, cache_dir):
+@pytest.mark.parametrize("trainer", ["greedy", "decoupled"])
+def test_two_gloo_processes_match_one_process(trainer, tiny_folder, tmp_path, cache_dir):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "prunegreedy"]
-    one_meta, one = _run([sys.executable, "-m", "prunegreedy"], tmp_path / "one", tiny_folder, cache_dir)
-    two_meta, two = _run(torchrun, tmp_path / "two", tiny_folder, cache_dir)
+    extra = ["--trainer", trainer]
+    one_meta, one = _run([sys.executable, "-m", "prunegreedy"], tmp_path / "one", tiny_folder, cache_dir, extra)
+    two_meta, two = _run(torchrun, tmp_path / "two", tiny_folder, cache_dir, extra)
     assert one_meta["processes"] == 1 and two_meta["processes"] == 2
     assert one_meta["widths"] == two_meta["widths"] == [4, 4, 8, 8]
     assert one["phase"].tolist() == two["phase"].tolist()
@@ -54,7 +56,10 @@ def test_two_gloo_processes_match_one_process(tiny_folder, tmp_path, cache_dir):
     # differs slightly; on 200 test images that moves a stage by a few images.
     gap = (one["test_acc"] - two["test_acc"]).abs()
     pairs = list(zip(one["test_acc"], two["test_acc"]))
-    assert gap.mean() <= 3.0 and gap.max() <= 7.5, pairs  # 7.5 points = 15 of 200 test images
+    # Decoupled: every block trains on an input that moves with all the blocks below it, so the
+    # per-rank BN difference compounds over four blocks at once (measured: mean 3.4, max 9.5 points).
+    mean, most = (3.0, 7.5) if trainer == "greedy" else (4.5, 11.0)
+    assert gap.mean() <= mean and gap.max() <= most, pairs  # 7.5 points = 15 of 200 test images
     assert list((tmp_path / "two").glob("*.tmp*")) == []  # only rank 0 wrote, atomically
 
 

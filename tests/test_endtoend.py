@@ -38,7 +38,7 @@ def _run(cfg, sample, tmp_path, name="run"):
 def test_end_to_end_updates_every_block_and_records_one_stage(sample, tmp_path):
     cfg = _cfg(tmp_path)
     torch.manual_seed(0)  # the run seeds its init the same way: seed * 1000
-    blocks, head = build_plan_net(models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), 3, 10)
+    blocks, head = build_plan_net(models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), (3, 32, 32), 10)
     init = snapshot(nn.Sequential(*blocks, head))
     run, meta = _run(cfg, sample, tmp_path)
     net, _ = load_model(run.run_dir.ckpt / "stage-4")
@@ -61,7 +61,7 @@ def test_total_epochs_budget(tmp_path):
 
 
 def test_unknown_trainer_names_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="unknown trainer 'layerwise'; valid: greedy, end-to-end"):
+    with pytest.raises(ConfigError, match="unknown trainer 'layerwise'; valid: greedy, decoupled, end-to-end"):
         trainers_registry.get_trainer(_cfg(tmp_path, train={"trainer": "layerwise"}))
 
 
@@ -78,7 +78,7 @@ def test_prune_network_equals_zeroing_the_cut_filters():
     """Cutting filters (through psi too) computes exactly what the full net computes with them zeroed."""
     torch.manual_seed(1)
     plan = models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
-    blocks, head = build_plan_net(plan, 3, 10)
+    blocks, head = build_plan_net(plan, (3, 32, 32), 10)
     full = nn.Sequential(*blocks, head)
     with torch.no_grad():
         for m in full.modules():

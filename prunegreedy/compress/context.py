@@ -38,4 +38,14 @@ class Recorder(Protocol):
     def progress(self, desc: str) -> StepCallback | None: ...
 
 
-Hook = Callable[[StageContext, CompressConfig, Recorder], "tuple[nn.Module, nn.Module]"]
+AfterHook = Callable[[StageContext, CompressConfig, Recorder], "tuple[nn.Module, nn.Module]"]
+CutHook = Callable[[StageContext, CompressConfig, Recorder], "list[int]"]
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A compression hook. `after` runs once a stage is trained and returns its (block, head);
+    `cut`, where the hook has one, prunes in place part-way through training (compress.at < 1)
+    and returns the removed filters, so the rest of the schedule trains the pruned block."""
+    after: AfterHook
+    cut: CutHook | None = None

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..train.loop import train_stage
-from .context import Hook, Recorder, StageContext
+from .context import AfterHook, Hook, Recorder, StageContext
 from .prune import accumulate_gradients, prune_block
 
 
@@ -20,32 +20,46 @@ def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple
     return ctx.block, ctx.head
 
 
-def prune_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple[nn.Module, nn.Module]:
+def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder, replay: list[int] | None = None) -> list[int]:
+    """Remove ctx.ratio of the block's filters in place (and the head's matching inputs), record the
+    `pruned` phase, return the removed indices (none: the model is unchanged)."""
     block, head = ctx.block, ctx.head
     before = block.conv.out_channels
     start = time.perf_counter()
     removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                           gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
-                          agree=ctx.dist.broadcast)
-    if not removed:
-        return block, head  # ratio 0 (or rounding kept everything): the model is unchanged
-    prune_s = time.perf_counter() - start
-    ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
-    record("pruned", block, head, prune_s, width_before=before, removed=removed)
-    if cfg.finetune_epochs > 0:
-        stats = train_stage(ctx.prefix, block, head, ctx.ds, ctx.norm, ctx.train_cfg, cfg.finetune_epochs,
+                          agree=ctx.dist.broadcast, replay=replay)
+    if removed:
+        ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
+        record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
+    return removed
+
+
+def finetune(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> None:
+    """Train the pruned block + head for cfg.finetune() epochs against the auxiliary loss, recorded."""
+    epochs = cfg.finetune()
+    if epochs > 0:
+        stats = train_stage(ctx.prefix, ctx.block, ctx.head, ctx.ds, ctx.norm, ctx.train_cfg, epochs,
                             cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,
                             on_step=record.progress("fine-tune"), dist=ctx.dist)
-        record("finetuned", block, head, stats.seconds, stats=stats, epochs=cfg.finetune_epochs)
-    return block, head
+        record("finetuned", ctx.block, ctx.head, stats.seconds, stats=stats, epochs=epochs)
 
 
-HOOKS: dict[str, Hook] = {"none": none_hook, "prune": prune_hook}
+def prune_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple[nn.Module, nn.Module]:
+    """After training: cut, then fine-tune (a ratio that cuts nothing leaves the model unchanged)."""
+    if cut_filters(ctx, cfg, record):
+        finetune(ctx, cfg, record)
+    return ctx.block, ctx.head
 
 
-def register_hook(name: str, hook: Hook) -> None:
-    """Make a user hook selectable as compress.hook = name."""
-    HOOKS[name] = hook
+HOOKS: dict[str, Hook] = {"none": Hook(none_hook), "prune": Hook(prune_hook, cut=cut_filters)}
+
+
+def register_hook(name: str, hook: Hook | AfterHook) -> None:
+    """Make a user hook selectable as compress.hook = name: a function run after each stage is
+    trained, taking (StageContext, CompressConfig, Recorder) and returning (block, head); or a
+    Hook that can also cut inside the schedule."""
+    HOOKS[name] = hook if isinstance(hook, Hook) else Hook(hook)
 
 
 def get_hook(name: str) -> Hook:

@@ -58,49 +58,58 @@ Agree = Callable[[Any], Any]  # every rank gets rank 0's decision (Dist.broadcas
 
 def prune_block(block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int], ratio: float,
                 importance: str, round_to: int = 1,
-                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> list[int]:
+                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x,
+                replay: list[int] | None = None) -> list[int]:
     """Remove the least important output filters of block.conv in place; return their indices.
 
     block + head are traced together so the BN and the head's input shrink with the conv.
+    `replay` cuts exactly those filters instead (a resumed run repeating a recorded cut).
     """
     check_importance(importance, gradients)
     n = block.conv.out_channels
-    keep = kept_filters(n, ratio, round_to)
+    keep = kept_filters(n, ratio, round_to) if replay is None else n - len(replay)
     if keep == n:
         return []
     graph, group = _trace_filters(block, head, input_shape)
-    if importance in NEEDS_GRADIENTS:
+    if replay is None and importance in NEEDS_GRADIENTS:
         gradients()
-    removed = agree(lowest(group, importance, n - keep))
+    removed = list(replay) if replay is not None else agree(lowest(group, importance, n - keep))
     graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=removed).prune()
     for p in list(block.parameters()) + list(head.parameters()):
         p.grad = None
     return removed
 
 
-def prune_network(blocks: list[nn.Module], head: nn.Module, input_shape: tuple[int, int, int],
+def prune_network(blocks: list[nn.Module], head: nn.Module | None, input_shape: tuple[int, int, int],
                   ratios: list[float], importance: str, round_to: int = 1,
-                  gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> dict[int, list[int]]:
-    """Prune-after-training: cut every block's filters in one shot; return {block index: removed}.
+                  gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x,
+                  heads: dict[int, nn.Module] | None = None,
+                  replay: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
+    """Cut every block's filters in one shot; return {block index: removed}.
 
-    All scores are taken on the trained network before any cut. Block j's filters are scored on
-    their conv + BN (the last block's also on the head's input, as the greedy hook does); psi
+    Prune-after-training passes the last `head`; decoupled training passes `heads`, every block's
+    own head ({block index: head}). All scores are taken on the trained network before any cut.
+    Block j's filters are scored on their conv + BN and its head's input, if it has one; psi
     hides the next block's input weights from torch-pruning's tracer, so that input cut (4
-    channels per filter after psi) is made here directly.
+    channels per filter after psi) is made here directly. `replay` repeats recorded cuts.
     """
+    consumers = heads if heads is not None else {len(blocks) - 1: head}
     check_importance(importance, gradients)
-    if importance in NEEDS_GRADIENTS:
+    if replay is None and importance in NEEDS_GRADIENTS:
         gradients()
     plans, shape = [], input_shape
     for j, block in enumerate(blocks):
         n = block.conv.out_channels
         keep = kept_filters(n, ratios[j], round_to)
-        last = j == len(blocks) - 1
-        graph, group = _trace_filters(block, head if last else None, shape)
-        plans.append((graph, lowest(group, importance, n - keep) if keep < n else []))
+        graph, group = _trace_filters(block, consumers.get(j), shape)
+        if replay is not None:
+            plans.append((graph, list(replay.get(j, []))))
+        else:
+            plans.append((graph, lowest(group, importance, n - keep) if keep < n else []))
         with torch.no_grad(), eval_mode(block):
             shape = tuple(block(torch.zeros(1, *shape, device=next(block.parameters()).device)).shape[1:])
-    plans = list(zip([g for g, _ in plans], agree([r for _, r in plans])))
+    if replay is None:
+        plans = list(zip([g for g, _ in plans], agree([r for _, r in plans])))
     for j, (block, (graph, removed)) in enumerate(zip(blocks, plans)):
         if not removed:
             continue
@@ -109,6 +118,6 @@ def prune_network(blocks: list[nn.Module], head: nn.Module, input_shape: tuple[i
             nxt = blocks[j + 1]
             per = 4 if isinstance(getattr(nxt, "psi", None), Psi) else 1  # psi: filter c -> inputs 4c..4c+3
             tp.prune_conv_in_channels(nxt.conv, idxs=[c * per + i for c in removed for i in range(per)])
-    for p in [p for b in blocks for p in b.parameters()] + list(head.parameters()):
+    for p in [p for m in [*blocks, *consumers.values()] for p in m.parameters()]:
         p.grad = None
     return {j: removed for j, (_, removed) in enumerate(plans) if removed}

@@ -46,12 +46,57 @@ class Dataset:
         return replace(self, train_x=self.train_x[:train_limit], train_y=self.train_y[:train_limit],
                        test_x=self.test_x[:test_limit], test_y=self.test_y[:test_limit])
 
+    def split_holdout(self, n: int, seed: int) -> tuple["Dataset", "Holdout"]:
+        """(training part, held-out part): n training images, stratified by class, drawn with `seed`.
+
+        Each class gives its share of n (largest remainders, ties to the lower class index); which of
+        its images go is a seeded permutation. Both parts keep the original order; test is untouched.
+        """
+        total = self.num_train
+        if not 0 < n < total:
+            raise ValueError(f"holdout must be in [1, {total - 1}], got {n}")
+        y = self.train_y.cpu()
+        counts = torch.bincount(y, minlength=self.num_classes).tolist()
+        exact = [n * c / total for c in counts]
+        share = [int(e) for e in exact]
+        by_remainder = sorted(range(len(counts)), key=lambda c: (-(exact[c] - share[c]), c))
+        for c in by_remainder[:n - sum(share)]:
+            share[c] += 1
+        gen = torch.Generator().manual_seed(seed)
+        held = torch.zeros(total, dtype=torch.bool)
+        for c, k in enumerate(share):
+            idx = torch.nonzero(y == c).flatten()
+            held[idx[torch.randperm(len(idx), generator=gen)[:k]]] = True
+        keep = torch.nonzero(~held).flatten().to(self.train_y.device)
+        out = torch.nonzero(held).flatten()
+        dev = out.to(self.train_y.device)
+        train = replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+        return train, Holdout(self.train_x[dev], self.train_y[dev], out)
+
     def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
                       shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard)
 
     def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.test_x, self.test_y, batch_size, norm)
+
+
+@dataclass
+class Holdout:
+    """Training images held out of every gradient step, for the decisions a run takes from data
+    (sensitivity, budgeted ratios). uint8 like the dataset; evaluated without augmentation."""
+    x: torch.Tensor  # (n, 3, H, W) uint8
+    y: torch.Tensor  # (n,) int64
+    indices: torch.Tensor  # their indices in the (limited) training split, sorted, on the CPU
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "Holdout":
+        return Holdout(self.x.to(device), self.y.to(device), self.indices)
+
+    def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return eval_batches(self.x, self.y, batch_size, norm)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

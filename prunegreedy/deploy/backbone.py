@@ -5,6 +5,7 @@ An export folder holds `backbone.json` (the spec below) and one artifact named b
     native       backbone.safetensors   weights; the module is rebuilt from the spec (no pickle)
     torchscript  backbone.pt            torch.jit.save of a traced module
     onnx         backbone.onnx          ONNX graph (run it with onnxruntime)
+    onnx-int8    backbone.int8.onnx     the same, int8 static QDQ (deploy.quantize; `quantization` in the spec)
 
 The network takes images normalised with the spec's mean/std and returns the last block's
 features, or logits when exported with the head. The spec is checked completely before any
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..nn.blocks import BLOCKS
 from ..errors import ExportError, RunError, SpecError
-from ..nn.heads import VGGHead
+from ..nn.heads import MLPSRHead, PooledHead, VGGHead
 from ..nn.spec import check_fields
 from ..fileio import read_json
 from ..records import RUN_FILE
@@ -30,7 +31,8 @@ from ..records import RUN_FILE
 KIND = "prunegreedy-backbone"
 FORMAT_VERSION = 1
 SPEC_FILE = "backbone.json"
-ARTIFACTS = {"native": "backbone.safetensors", "torchscript": "backbone.pt", "onnx": "backbone.onnx"}
+ARTIFACTS = {"native": "backbone.safetensors", "torchscript": "backbone.pt", "onnx": "backbone.onnx",
+             "onnx-int8": "backbone.int8.onnx"}
 _DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # safetensors header names
 
 
@@ -72,7 +74,9 @@ class FoldedAuxHead(nn.Module):
 
 
 # Head types an export may carry, by the name stored in its spec; the VGG classifier has no BN to fold.
-HEADS: dict[str, type[nn.Module]] = {"aux-folded": FoldedAuxHead, "vgg": VGGHead}
+# Pooled and MLP-SR heads export as their own type with "bn": false.
+HEADS: dict[str, type[nn.Module]] = {"aux-folded": FoldedAuxHead, "pooled": PooledHead, "mlp-sr": MLPSRHead,
+                                     "vgg": VGGHead}
 
 
 class Backbone(nn.Module):
@@ -164,6 +168,8 @@ def _validate_head(head: dict, channels: int, size: tuple[int, int], num_classes
                         f"valid: {', '.join(HEADS)}")
     fields = HEADS[head["type"]].FIELDS
     check_fields(head, fields, "head")
+    if head.get("bn"):
+        raise SpecError("the head keeps a BatchNorm, but the spec says BatchNorm is folded")
     if head["in_channels"] != channels:
         raise SpecError(f"head takes {head['in_channels']} channels but the last block gives {channels}")
     if "in_size" in fields and head["in_size"] != list(size):

@@ -1,4 +1,4 @@
-"""Using an export: open it in its own runtime (PyTorch, TorchScript, onnxruntime) and test it.
+"""Using an export: open it in its own runtime (PyTorch, TorchScript, onnxruntime: fp32 or int8) and test it.
 
 Every export opens as a `Deployed`: its folder, its validated spec, and a forward function from
 a float batch (normalised with the spec's mean/std) to a float tensor. Eval and bench go through
@@ -61,8 +61,13 @@ def _open_torchscript(folder: Path, spec: dict, threads: int | None) -> Forward:
 
 
 def _open_onnx(folder: Path, spec: dict, threads: int | None) -> Forward:
+    require_onnx()
+    return onnx_forward(artifact(folder, spec), threads)
+
+
+def onnx_forward(path: Path, threads: int | None = None) -> Forward:
+    """Run the ONNX file `path` (fp32 or int8 QDQ) in onnxruntime on the CPU, all graph optimisations on."""
     _, ort = require_onnx()
-    path = artifact(folder, spec)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -77,7 +82,7 @@ def _open_onnx(folder: Path, spec: dict, threads: int | None) -> Forward:
 
 # Export format -> opener(folder, spec, threads) -> forward function.
 OPENERS: dict[str, Callable[[Path, dict, int | None], Forward]] = {
-    "native": _open_native, "torchscript": _open_torchscript, "onnx": _open_onnx,
+    "native": _open_native, "torchscript": _open_torchscript, "onnx": _open_onnx, "onnx-int8": _open_onnx,
 }
 
 

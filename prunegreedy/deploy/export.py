@@ -4,10 +4,14 @@ Two checks guard every export, both on real images (the bundled CIFAR-10 sample'
 resized to the model's input if needed): the folded network must match the trained one within
 TOLERANCE, and the written file, opened the way users will open it, must match the folded
 network (bit for bit for the native format, within TOLERANCE for TorchScript and ONNX).
+An int8 export (`int8=`, ONNX only) writes the checked fp32 ONNX file to a temporary folder,
+quantizes it (deploy.quantize) and records its agreement with fp32 in the spec's `quantization`.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -16,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import ARTIFACTS, SPEC_FILE, Backbone, sha256, validate_backbone_spec
+from . import quantize
 from ..config import DataConfig
 from ..data.base import Normalize
 from ..data.registry import load_dataset
-from .deployed import open_export, require_onnx
+from .deployed import onnx_forward, open_export, require_onnx
 from ..errors import ExportError, RunError, SpecError
 from .fold import fold_network
 from ..nn.net import GreedyNet
-from ..fileio import atomic_write, read_json, write_json
+from ..fileio import atomic_write, read_json, read_yaml, write_json
 from ..records import RUN_FILE, load_model
 
 TOLERANCE = 1e-4  # max abs difference of outputs (features or logits)
@@ -66,10 +71,15 @@ WRITERS: dict[str, Callable[[Backbone, torch.Tensor, Path], None]] = {
 }
 
 
-def _check_request(fmt: str, out: Path) -> None:
-    """Everything that can be refused before the run is read."""
+def _check_request(fmt: str, out: Path, calibration: int | None = None) -> None:
+    """Everything that can be refused before the run is read (`calibration`: images, for int8)."""
     if fmt not in WRITERS:
         raise ExportError(f"unknown export format '{fmt}'; valid: {', '.join(WRITERS)}")
+    if calibration is not None:
+        if fmt != "onnx":
+            raise ExportError(f"--int8 needs --format onnx (ONNX Runtime quantizes it), got --format {fmt}")
+        quantize.check_count(calibration)
+        quantize.require_quantization()
     if fmt == "onnx":
         require_onnx()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -109,14 +119,19 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "native", with_head: bool = False,
-                   images: torch.Tensor | None = None, source: dict | None = None) -> dict:
+                   images: torch.Tensor | None = None, source: dict | None = None,
+                   int8: quantize.Calibration | None = None) -> dict:
     """Fold `net` (described by `model_spec`, a GreedyNet spec with input_shape/mean/std/classes),
-    write it to the empty or new folder `out` in format `fmt`, check it, and summarise."""
+    write it to the empty or new folder `out` in format `fmt` (int8 ONNX if `int8` is given), check
+    it, and summarise. On any failure nothing is left in `out` (nor `out` itself, if made here)."""
     out = Path(out)
-    _check_request(fmt, out)
+    _check_request(fmt, out, None if int8 is None else len(int8.images))
     shape = model_spec["input_shape"]
+    if int8 is not None and list(int8.images.shape[1:]) != list(shape):
+        raise ExportError(f"calibration images have shape {list(int8.images.shape[1:])}, the model takes {shape}")
     model = fold_network(net, shape, with_head)
-    spec = model.spec(fmt, shape, model_spec["mean"], model_spec["std"], model_spec["classes"], source)
+    kind = fmt if int8 is None else "onnx-int8"
+    spec = model.spec(kind, shape, model_spec["mean"], model_spec["std"], model_spec["classes"], source)
     x = Normalize(spec["mean"], spec["std"], torch.device("cpu"), channels_last=False)(
         images if images is not None else check_images(shape))
     was_training = net.training
@@ -128,17 +143,22 @@ def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "nati
     fold_diff = _max_diff(ref, folded)
     if not fold_diff <= TOLERANCE:  # also catches NaN
         raise ExportError(f"folding BatchNorm changed the outputs by {fold_diff:.3g} (> {TOLERANCE:g}); not exported")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path, written = out / ARTIFACTS[fmt], []
+    path, written = out / ARTIFACTS[kind], []
     try:
         written.append(path)
-        WRITERS[fmt](model, x, path)
+        if int8 is None:
+            WRITERS[fmt](model, x, path)
+        else:
+            spec["quantization"], diff = _write_int8(model, x, folded, path, int8, spec)
         spec["sha256"] = sha256(path)
         validate_backbone_spec(spec)
         written.append(out / SPEC_FILE)
         write_json(out / SPEC_FILE, spec)  # last: a folder with a spec is a complete export
         got = open_export(out)(x)
-        diff = _max_diff(folded, got)
+        if int8 is None:
+            diff = _max_diff(folded, got)
         if fmt == "native" and not torch.equal(folded, got):
             raise ExportError(f"the native export reloads with different outputs (max diff {diff:.3g})")
         if not diff <= TOLERANCE:
@@ -146,18 +166,51 @@ def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "nati
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
         raise
-    return {"out": str(out), "format": fmt, "file": path.name, "bytes": path.stat().st_size,
+    return {"out": str(out), "format": kind, "file": path.name, "bytes": path.stat().st_size,
             "params": spec["params"], "with_head": with_head, "check_images": len(x),
-            "fold_max_diff": fold_diff, "export_max_diff": diff}
+            "fold_max_diff": fold_diff, "export_max_diff": diff, "quantization": spec.get("quantization")}
+
+
+def _write_int8(model: Backbone, x: torch.Tensor, folded: torch.Tensor, path: Path, calib: quantize.Calibration,
+                spec: dict) -> tuple[dict, float]:
+    """The fp32 ONNX file, checked against PyTorch like an onnx export, then quantized into `path`;
+    returns the spec's `quantization` and the fp32 file's max difference from PyTorch."""
+    with tempfile.TemporaryDirectory(prefix="prunegreedy-fp32-") as tmp:
+        fp32 = Path(tmp) / ARTIFACTS["onnx"]
+        _write_onnx(model, x, fp32)
+        diff = _max_diff(folded, onnx_forward(fp32)(x))
+        if not diff <= TOLERANCE:
+            raise ExportError(f"the fp32 ONNX file differs from PyTorch by {diff:.3g} (> {TOLERANCE:g}); not quantized")
+        info = quantize.quantize_onnx(fp32, path, calib, spec["mean"], spec["std"], logits=model.head is not None)
+    return info, diff
+
+
+def run_dataset(run: Path, data_dir: Path | None = None):
+    """The dataset run folder `run` trained on (its config.yaml's `data`), optionally at a new `data_dir`."""
+    data = (read_yaml(Path(run) / "config.yaml") or {}).get("data") or {}
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    cfg = DataConfig(**{k: v for k, v in data.items() if k in known})
+    if data_dir is not None:
+        cfg.data_dir = str(data_dir)
+    return load_dataset(cfg)
 
 
 def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = False,
-               images: torch.Tensor | None = None) -> dict:
-    """Export the latest finished network of run folder `run` (see export_network)."""
-    _check_request(fmt, Path(out))
+               images: torch.Tensor | None = None, calibration: int | None = None,
+               data_dir: Path | None = None, calibration_data=None) -> dict:
+    """Export the latest finished network of run folder `run` (see export_network). With
+    `calibration` (a number of images), an int8 ONNX export calibrated on the training split of
+    the dataset `calibration_data` (default: the run's own, read from `data_dir` if given)."""
+    _check_request(fmt, Path(out), calibration)
     net, model_spec, meta = load_run_network(run)
+    int8 = None
+    if calibration is not None:
+        ds = calibration_data if calibration_data is not None else run_dataset(run, data_dir)
+        int8 = quantize.calibration_from(ds, calibration)
     dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     source = {"run": str(Path(run).resolve()), "status": meta.get("status"), "stages_done": meta.get("stages_done"),
               "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"), "plan": model_spec.get("plan")}
-    return export_network(net, model_spec, out, fmt, with_head, images, source)
+    return export_network(net, model_spec, out, fmt, with_head, images, source, int8)

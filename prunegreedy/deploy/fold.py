@@ -18,7 +18,7 @@ from torch import nn
 from .backbone import Backbone, FoldedAuxHead, feature_size
 from ..nn.blocks import Block, ConvBlock, VGGBlock
 from ..errors import ExportError
-from ..nn.heads import AuxHead, VGGHead
+from ..nn.heads import AuxHead, MLPSRHead, PooledHead, VGGHead
 from ..nn.net import GreedyNet
 
 
@@ -59,22 +59,53 @@ def fold_block(block: Block) -> Block:
     return out
 
 
+@torch.no_grad()
+def fold_linear_bn(fc: nn.Linear, bn: nn.Module, into: nn.Linear) -> None:
+    """Write fc followed by a BatchNorm1d into `into` (a linear of the same shape with a bias)."""
+    scale, shift = bn_affine(bn, fc.out_features)
+    bias = fc.bias.double() if fc.bias is not None else torch.zeros_like(scale)
+    into.weight.copy_(fc.weight.double() * scale.view(-1, 1))
+    into.bias.copy_(bias * scale + shift)
+
+
+def _fold_body(body: nn.Sequential, into: nn.Sequential) -> None:
+    """Each conv + BN pair of a head's hidden layers into the matching conv of the BN-free copy."""
+    convs = [m for m in body if isinstance(m, nn.Conv2d)]
+    bns = [m for m in body if isinstance(m, nn.BatchNorm2d)]
+    targets = [m for m in into if isinstance(m, nn.Conv2d)]
+    for conv, bn, target in zip(convs, bns, targets, strict=True):
+        fold_conv_bn(conv, bn, target)
+
+
 def fold_head(head: AuxHead, in_size: tuple[int, int]) -> FoldedAuxHead:
     spec = head.spec()
     out = FoldedAuxHead(spec["in_channels"], spec["hidden"], spec["k"], spec["num_classes"], spec["pool"], in_size)
-    convs = [m for m in head.body if isinstance(m, nn.Conv2d)]
-    bns = [m for m in head.body if isinstance(m, nn.BatchNorm2d)]
-    targets = [m for m in out.body if isinstance(m, nn.Conv2d)]
-    for conv, bn, target in zip(convs, bns, targets, strict=True):
-        fold_conv_bn(conv, bn, target)
+    _fold_body(head.body, out.body)
     fold_bn_linear(head.bn, head.fc, head.pool_size ** 2, out.fc)
+    return out
+
+
+def fold_pooled_head(head: PooledHead, in_size: tuple[int, int]) -> PooledHead:
+    """The same head type with bn False: the pools stay, every BN goes into the layer next to it."""
+    out = PooledHead.from_spec({**head.spec(), "bn": False})
+    _fold_body(head.body, out.body)
+    fold_bn_linear(head.bn, head.fc, 4, out.fc)
+    return out
+
+
+def fold_mlp_sr_head(head: MLPSRHead, in_size: tuple[int, int]) -> MLPSRHead:
+    out = MLPSRHead.from_spec({**head.spec(), "bn": False})
+    _fold_body(head.body, out.body)
+    fold_linear_bn(head.fc1, head.bn1, out.fc1)
+    out.fc.load_state_dict(head.fc.state_dict())
     return out
 
 
 # Folding by module type; a block or head type without an entry cannot be exported.
 BLOCK_FOLDERS: dict[type, Callable[[nn.Module], nn.Module]] = {ConvBlock: fold_block, VGGBlock: fold_block}
 HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {
-    AuxHead: fold_head, VGGHead: lambda head, in_size: copy.deepcopy(head)}
+    AuxHead: fold_head, PooledHead: fold_pooled_head, MLPSRHead: fold_mlp_sr_head,
+    VGGHead: lambda head, in_size: copy.deepcopy(head)}
 
 
 def _folder(table: dict, module: nn.Module) -> Callable:

@@ -18,8 +18,23 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+_MACS: dict[tuple[str, tuple[int, ...]], int] = {}  # (architecture, input shape) -> MACs
+
+
 def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one input of shape (C, H, W)."""
+    """Multiply-accumulates of one forward pass on one input of shape (C, H, W).
+
+    MACs depend on the architecture alone, not on the weights: a count is kept per (module
+    structure as printed, with every layer's sizes; input shape), so each phase of each stage
+    traces fvcore once per new architecture instead of once per record (seconds on a GPU run).
+    """
+    key = (str(module), tuple(input_shape))
+    if key not in _MACS:
+        _MACS[key] = _count_macs(module, tuple(input_shape))
+    return _MACS[key]
+
+
+def _count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     from fvcore.nn import FlopCountAnalysis
 
     model = copy.deepcopy(module).float().cpu().eval()

@@ -24,8 +24,10 @@ def make_block(in_channels: int, stage: StageSpec) -> nn.Module:
     return _registered(BLOCKS, stage.block, "block").for_stage(in_channels, stage)
 
 
-def make_head(in_channels: int, stage: StageSpec, num_classes: int) -> nn.Module:
-    return _registered(HEADS, stage.head, "head").for_stage(in_channels, stage, num_classes)
+def make_head(in_channels: int, stage: StageSpec, num_classes: int,
+              in_size: tuple[int, int] | None = None) -> nn.Module:
+    """The stage's head on a block giving in_channels maps of in_size (pooled heads need the size)."""
+    return _registered(HEADS, stage.head, "head").for_stage(in_channels, stage, num_classes, in_size)
 
 
 class GreedyNet(nn.Module):

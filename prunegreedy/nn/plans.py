@@ -9,7 +9,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import ConfigError
+from .heads import HEADS
 from .spec import StageSpec
+
+POOLING_HEADS = ("pooled", "mlp-sr")  # heads that pool the map to model.head_pool first
 
 
 def _cifar_k1(m: float) -> list[StageSpec]:
@@ -82,8 +85,14 @@ PLANS: dict[str, Callable[[float], list[StageSpec]]] = {
 }
 
 
-def make_plan(name: str, width_mult: float = 1.0, widths: list[int] | None = None) -> list[StageSpec]:
-    """The stage plan `name`, scaled; explicit `widths` replace block widths (heads scale along)."""
+def make_plan(name: str, width_mult: float = 1.0, widths: list[int] | None = None, head: str | None = None,
+              head_pool: int | None = None, input_size: int | None = None) -> list[StageSpec]:
+    """The stage plan `name`, scaled; explicit `widths` replace block widths (heads scale along).
+
+    `head` replaces the plan's auxiliary (`aux`) heads, never a special last head (VGG's
+    classifier); `head_pool` is the side pooled heads shrink the map to, checked against the
+    map of every stage when `input_size` (the input's side) is given.
+    """
     if name not in PLANS:
         raise ConfigError(f"unknown model plan '{name}'; valid: {', '.join(PLANS)}")
     plan = PLANS[name](width_mult)
@@ -95,4 +104,18 @@ def make_plan(name: str, width_mult: float = 1.0, widths: list[int] | None = Non
         base = PLANS[name](1.0)
         # Heads keep the plan's head/block width ratio; width_mult does not apply on top of explicit widths.
         plan = [replace(b, width=w, head_width=_scale(b.head_width, w / b.width)) for w, b in zip(widths, base)]
+    if head is not None:
+        if head not in HEADS:
+            raise ConfigError(f"unknown model.head '{head}'; valid: {', '.join(HEADS)}")
+        plan = [replace(s, head=head) if s.head == "aux" else s for s in plan]
+    if head_pool is not None:
+        if head_pool < 1:
+            raise ConfigError(f"model.head_pool must be at least 1, got {head_pool}")
+        plan = [replace(s, head_pool=head_pool) for s in plan]
+        side = input_size
+        for j, s in enumerate(plan):
+            side = side // (2 ** (s.psi + s.pool)) if side is not None else None
+            if side is not None and s.head in POOLING_HEADS and head_pool > side:
+                raise ConfigError(f"model.head_pool {head_pool} is larger than stage {j + 1}'s {side}x{side} map; "
+                                  f"valid: 1 to {side}")
     return plan

@@ -21,6 +21,7 @@ class StageSpec:
     block: str = "conv"  # a key of nn.blocks.BLOCKS
     pool: bool = False  # 2x2 max-pool after the block (vgg blocks)
     head: str = "aux"  # a key of nn.heads.HEADS
+    head_pool: int | None = None  # pooled / mlp-sr heads: side of the map they pool to first; None = a quarter
 
 
 def check_fields(d: dict, fields: dict[str, type], where: str) -> None:

@@ -76,6 +76,17 @@ SUMMARY_VIEW = [
     ("Model size", "model_bytes", _fmt(_bytes), False), ("Time", "seconds", SECS, False),
 ]
 BENCH_HEADERS = ("Latency b1", "Throughput b64")
+# Shown after the prune ratio when summary.csv has the budget columns (a run has --target-macs/--target-params).
+BUDGET_VIEW = [("Budget", "budget", TEXT, True), ("Target", "budget_target", SI, False),
+               ("Budget met", "budget_met", _fmt(lambda v: "yes" if v else "NO"), True)]
+# Shown when summary.csv has the int8 columns (a run holds an int8 export); agreement is a fraction.
+INT8_VIEW = [
+    ("Int8 acc", "final_acc_int8", PCT, False),
+    ("Int8 top-1 agreement", "agreement_int8", _fmt(lambda v: f"{100 * v:.2f} %"), False),
+    ("Int8 latency b1", "latency_ms_batch1_int8", _fmt(lambda v: f"{v:,.2f} ms"), False),
+    ("Int8 throughput b64", "throughput_batch64_int8", _fmt(lambda v: f"{v:,.0f} img/s"), False),
+    ("Int8 size", "bytes_int8", _fmt(_bytes), False),
+]
 
 
 def _table(headers: Iterable[str], rows: Iterable[tuple[list[tuple[str, bool]], str]]) -> str:
@@ -89,6 +100,10 @@ def _table(headers: Iterable[str], rows: Iterable[tuple[list[tuple[str, bool]], 
 def _summary(summary: pd.DataFrame) -> str:
     has_bench = summary[["latency_ms_batch1", "throughput_batch64"]].notna().any().any()
     view = [v for v in SUMMARY_VIEW if has_bench or v[0] not in BENCH_HEADERS]
+    view += [v for v in INT8_VIEW if v[1] in summary.columns]
+    if "budget" in summary.columns:
+        at = next(i for i, v in enumerate(view) if v[1] == "prune_ratio") + 1
+        view[at:at] = BUDGET_VIEW
     rows = []
     for _, r in summary.assign(stages=[f"{d}/{'?' if _missing(p) else int(p)}" for d, p in
                                        zip(summary["stages_done"], summary["stages_planned"])]).iterrows():
@@ -122,6 +137,10 @@ def _run_section(r: pd.Series, stages: pd.DataFrame) -> str:
         facts.append(f"latency {esc(f'{r.latency_ms_batch1:,.2f}')} ms at batch 1")
     if not _missing(r["throughput_batch64"]):
         facts.append(f"throughput {esc(f'{r.throughput_batch64:,.0f}')} images/s at batch 64")
+    if not _missing(r.get("budget")):
+        met = {True: "met", False: "NOT met"}.get(r["budget_met"], "not finished")
+        facts.append(esc(f"budget {r['budget']} = {SI(r['budget_target'])}: {met} at {SI(r['budget_final'])} "
+                         f"({100 * r['budget_final'] / r['budget_target']:.1f} %), chosen ratios {r['prune_ratio']}"))
     tag = ' <span class="tag">partial</span>' if r["partial"] else ""
     return (f"<section><h2>{esc(r['run'])}{tag}</h2><p>{' · '.join(facts)}</p>"
             + _stage_table(stages[stages["run"] == r["run"]], int(r["stages_done"])) + "</section>")

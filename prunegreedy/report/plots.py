@@ -144,5 +144,37 @@ def to_svg(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+SENSITIVITY_CAPTION = ("Held-out accuracy of each stage's auxiliary head with a copy of the stage's new block pruned "
+                       "at each ratio, before any fine-tuning (images held out of training; test data is never "
+                       "used). Stars: the ratio the run's budget chose for the stage.")
+
+
+def _sensitivity_figure(sens: pd.DataFrame, chosen: dict[int, float]) -> Figure:
+    import numpy as np
+
+    fig, ax = _figure()
+    lines, labels = [], []
+    for stage, g in sens.sort_values(["stage", "ratio"]).groupby("stage", sort=True):
+        (line,) = ax.plot(g["ratio"], g["holdout_acc"], marker="o", markersize=4)
+        lines.append(line)
+        labels.append(f"stage {int(stage)}")
+        if int(stage) in chosen:
+            r = chosen[int(stage)]
+            ax.scatter([r], [np.interp(r, g["ratio"], g["holdout_acc"])], marker="*", s=180, zorder=3,
+                       color=line.get_color(), edgecolors="black", linewidths=0.6)
+    ax.set_xlabel("prune ratio of the stage's block")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(lines, labels, fontsize=7)
+    return fig
+
+
+def sensitivity_plots(runs: list[tuple[str, pd.DataFrame | None, dict[int, float]]]) -> list[Plot]:
+    """One plot per run that has sensitivity.csv: accuracy against ratio, a curve per stage."""
+    return [Plot(f"sensitivity-{i}", f"Sensitivity: {name}", SENSITIVITY_CAPTION,
+                 to_svg(_sensitivity_figure(sens, chosen)))
+            for i, (name, sens, chosen) in enumerate(runs) if sens is not None and len(sens)]
+
+
 def render_plots(summary: pd.DataFrame, finals: pd.DataFrame) -> list[Plot]:
     return [Plot(key, title, caption, to_svg(make(summary, finals))) for key, (title, caption, make) in PLOTS.items()]

@@ -3,11 +3,17 @@
 A run that stopped early (status running/failed, or fewer finished stages than its plan) is kept
 and marked partial: its metrics are those of its last finished stage, and its time is the sum of
 its recorded phase times. A folder without a single finished stage is an error, never skipped.
+
+Speed comes from the run folder's optional bench.json (`prunegreedy bench RUN`). An int8 ONNX
+export kept inside the run folder (`prunegreedy export RUN --out RUN/int8 --format onnx --int8`)
+adds the *_int8 columns: what the export measured, its file size, and its own bench.json.
+A run with a budget (--target-macs / --target-params) adds the budget columns (its target, final
+count, met); a run with sensitivity.csv adds a sensitivity plot (trainers.decisions).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,13 +21,19 @@ import pandas as pd
 
 from ..errors import ConfigError, RunError
 from ..fileio import read_json, read_yaml, write_text
-from ..records import RUN_FILE, RunDir
+from ..records import RUN_FILE, SENSITIVITY_FILE, RunDir
 
 STAGE_COLUMNS = ["stage", "phase", "width_in", "width_before", "width", "test_acc", "train_loss", "train_acc",
                  "epochs", "seconds", "images_per_s", "params_backbone", "macs_backbone", "params_stage",
                  "macs_stage", "params_head", "macs_head", "prune_ratio", "removed"]
 BENCH_KEYS = ("latency_ms_batch1", "throughput_batch64")  # read from the optional bench.json
 REPORT_FILES = ("summary.csv", "stages.csv", "report.html")
+SENSITIVITY_COLUMNS = ["stage", "ratio", "width", "holdout_acc", "params_backbone", "macs_backbone"]
+# Appended to summary.csv only when some run has a budget (--target-macs / --target-params, see budget_fields).
+BUDGET_COLUMNS = ("budget", "budget_target", "budget_final", "budget_met")
+# Appended to summary.csv only when some run holds an int8 export (see _read_int8).
+INT8_COLUMNS = ("final_acc_int8", "agreement_int8", "bytes_int8", "size_ratio_int8", "latency_ms_batch1_int8",
+                "throughput_batch64_int8")
 
 
 @dataclass
@@ -33,6 +45,12 @@ class Run:
     config: dict
     stages: pd.DataFrame  # stages.csv as written, every phase row
     bench: dict
+    int8: dict = field(default_factory=dict)  # INT8_COLUMNS of the run's int8 export, if it has one
+
+    @property
+    def sensitivity(self) -> pd.DataFrame | None:
+        """sensitivity.csv of the finished stages (held-out accuracy by prune ratio), if the run has one."""
+        return _read_sensitivity(self.path / SENSITIVITY_FILE, self.done)
 
     @property
     def done(self) -> int:
@@ -80,6 +98,34 @@ def _read_bench(path: Path) -> dict:
     return {k: data[k] for k in BENCH_KEYS if k in data}
 
 
+def _number(path: Path, key: str, v: Any) -> float | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise RunError(f"{path}: {key} must be a number, got {v!r}")
+    return v
+
+
+def _read_int8(run: Path) -> dict:
+    """The newest int8 ONNX export directly inside the run folder (RUN/<name>/backbone.json with format
+    onnx-int8): test accuracy and top-1 agreement its export measured, file size, and its bench.json."""
+    found = []
+    for spec_path in run.glob("*/backbone.json"):
+        spec = read_json(spec_path)
+        if isinstance(spec, dict) and spec.get("format") == "onnx-int8":
+            found.append((spec_path.stat().st_mtime, spec_path, spec))
+    if not found:
+        return {}
+    _, spec_path, spec = max(found, key=lambda t: t[0])
+    q = spec.get("quantization") if isinstance(spec.get("quantization"), dict) else {}
+    check = q.get("check") if isinstance(q.get("check"), dict) else {}
+    size, fp32 = _number(spec_path, "bytes", q.get("bytes")), _number(spec_path, "fp32_bytes", q.get("fp32_bytes"))
+    bench = _read_bench(spec_path.parent / "bench.json")
+    return {"final_acc_int8": _number(spec_path, "test_acc_int8", check.get("test_acc_int8")),
+            "agreement_int8": _number(spec_path, "top1_agreement", check.get("top1_agreement")),
+            "bytes_int8": size, "size_ratio_int8": round(size / fp32, 4) if size and fp32 else None,
+            "latency_ms_batch1_int8": bench.get("latency_ms_batch1"),
+            "throughput_batch64_int8": bench.get("throughput_batch64")}
+
+
 def load_run(path: Path) -> Run:
     path = Path(path)
     if not RunDir.is_run(path):
@@ -106,7 +152,7 @@ def load_run(path: Path) -> Run:
     absent = sorted(expected - set(stages["stage"]))
     if absent:
         raise RunError(f"{path / 'stages.csv'} has no rows for finished stage(s) {absent}")
-    return Run(name, path, meta, config, stages, _read_bench(path / "bench.json"))
+    return Run(name, path, meta, config, stages, _read_bench(path / "bench.json"), _read_int8(path))
 
 
 def _trainer(config: dict) -> str:
@@ -132,6 +178,50 @@ def ratio_text(compress: dict) -> str:
     if compress.get("ratios"):
         return ",".join(f"{float(r):g}" for r in compress["ratios"])
     return f"{float(compress.get('ratio') or 0):g}"
+
+
+def chosen_ratios(run: Run) -> dict[int, float]:
+    """{stage: prune ratio} a budgeted run chose for its finished stages (run.json "budget"); else {}."""
+    b = run.meta.get("budget")
+    stages = b.get("stages") if isinstance(b, dict) else None
+    if not isinstance(stages, dict):
+        return {}
+    try:
+        return {int(k): float(v["ratio"]) for k, v in stages.items() if int(k) <= run.done}
+    except (TypeError, ValueError, KeyError):
+        raise RunError(f"{run.path / RUN_FILE}: budget.stages is damaged") from None
+
+
+def used_ratio_text(run: Run) -> str:
+    """The ratios the run pruned with: those its budget chose, else as configured (ratio_text)."""
+    chosen = chosen_ratios(run)
+    return ",".join(f"{chosen[k]:g}" for k in sorted(chosen)) if chosen else ratio_text(_compress(run))
+
+
+def budget_fields(run: Run) -> dict:
+    """BUDGET_COLUMNS of a budgeted run: "macs 0.25x", the target count, the final count (of the last
+    finished stage for a partial run) and whether it is within the target (None until finished)."""
+    b = run.meta.get("budget")
+    if not isinstance(b, dict) or b.get("kind") not in ("macs", "params"):
+        return {}
+    kind, target = b["kind"], b.get("target")
+    final = run.metric(kind, lambda row: row[f"{kind}_backbone"])
+    met = bool(final <= target) if isinstance(target, int) and run.finished and not run.partial else None
+    return {"budget": f"{kind} {b.get('request')}", "budget_target": target, "budget_final": final,
+            "budget_met": met}
+
+
+def _read_sensitivity(path: Path, done: int) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise RunError(f"{path} is not a valid CSV table (damaged or tampered)") from None
+    missing = [c for c in SENSITIVITY_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunError(f"{path} lacks columns: {', '.join(missing)}")
+    return df[df["stage"] <= done]
 
 
 def _k(run: Run) -> int | None:
@@ -168,9 +258,9 @@ SUMMARY_FIELDS: dict[str, Callable[[Run], Any]] = {
     "stages_done": lambda r: r.done,
     "stages_planned": lambda r: r.planned,
     "hook": lambda r: _compress(r).get("hook", "none"),
-    "prune_ratio": lambda r: ratio_text(_compress(r)),
+    "prune_ratio": lambda r: used_ratio_text(r),
     "importance": lambda r: None if _compress(r).get("hook", "none") == "none" else _compress(r).get("importance"),
-    "reference": lambda r: all(float(x) == 0 for x in ratio_text(_compress(r)).split(",")),
+    "reference": lambda r: all(float(x) == 0 for x in used_ratio_text(r).split(",")),
     "final_acc": lambda r: r.metric("final_acc", lambda row: row["test_acc"]),
     "ensemble_acc": lambda r: r.meta.get("ensemble_acc") if r.finished else None,
     "params": lambda r: r.metric("params", lambda row: row["params_backbone"]),
@@ -206,6 +296,12 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         eligible = df[~df["partial"].astype(bool)]
         front = pareto_front(eligible[cost].astype(float).tolist(), eligible["final_acc"].astype(float).tolist())
         df[f"pareto_{cost}"] = df.index.isin(eligible.index[front])
+    if any(r.int8 for r in runs):
+        for col in INT8_COLUMNS:
+            df[col] = [r.int8.get(col) for r in runs]
+    if any(r.meta.get("budget") for r in runs):
+        for col in BUDGET_COLUMNS:
+            df[col] = [budget_fields(r).get(col) for r in runs]
     return df
 
 
@@ -229,7 +325,7 @@ def stage_finals(runs: list[Run]) -> pd.DataFrame:
 def write_report(runs: list[Run], out: Path) -> list[Path]:
     """Write the report files into `out`. Into a run folder, never overwrite its own stages.csv."""
     from .html import render_html
-    from .plots import render_plots
+    from .plots import render_plots, sensitivity_plots
 
     out = Path(out)
     try:
@@ -242,7 +338,9 @@ def write_report(runs: list[Run], out: Path) -> list[Path]:
     texts = {
         "summary.csv": lambda: summary.to_csv(index=False),
         "stages.csv": lambda: stages.to_csv(index=False),
-        "report.html": lambda: render_html(summary, stages, render_plots(summary, stage_finals(runs))),
+        "report.html": lambda: render_html(summary, stages, render_plots(summary, stage_finals(runs))
+                                           + sensitivity_plots([(r.name, r.sensitivity, chosen_ratios(r))
+                                                                for r in runs])),
     }
     names = [n for n in REPORT_FILES if not (n == "stages.csv" and RunDir.is_run(out))]
     for n in names:

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from torch import nn
 
-from ..compress.hooks import get_hook
+from ..compress.hooks import HOOKS, get_hook
 from ..compress.importance import IMPORTANCES
 from ..config import Config
 from ..data.registry import DATASETS
@@ -16,6 +16,7 @@ from ..nn.plans import make_plan
 from ..nn.spec import StageSpec
 from ..train.loop import StepCallback
 from ..train.schedules import SCHEDULES
+from .decisions import check_config as check_decisions
 
 
 class UI(Protocol):
@@ -36,8 +37,13 @@ def check(cfg: Config) -> list[StageSpec]:
     """Every registry name and per-stage list, checked before a folder is made or data is read."""
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"unknown dataset '{cfg.data.name}'; valid: {', '.join(DATASETS)}")
-    plan = make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths)
-    get_hook(cfg.compress.hook)
+    side = 32 if cfg.data.name.startswith("cifar10") else cfg.data.image_size  # CIFAR ignores image_size
+    plan = make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths, cfg.model.head, cfg.model.head_pool, side)
+    hook = get_hook(cfg.compress.hook)
+    if cfg.compress.at < 1 and cfg.compress.hook != "none" and hook.cut is None:
+        raise ConfigError(f"compress.at {cfg.compress.at:g} cuts inside the schedule, which hook "
+                          f"'{cfg.compress.hook}' cannot do; use compress.at 1 or a hook that can: "
+                          f"{', '.join(n for n, h in HOOKS.items() if h.cut is not None)}")
     if cfg.compress.importance not in IMPORTANCES:
         raise ConfigError(f"unknown importance '{cfg.compress.importance}'; valid: {', '.join(IMPORTANCES)}")
     for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
@@ -48,6 +54,7 @@ def check(cfg: Config) -> list[StageSpec]:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but the plan has {n} stages")
+    check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity (issue 15)
     return plan
 
 

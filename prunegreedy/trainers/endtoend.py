@@ -20,6 +20,7 @@ from torch import nn
 
 from ..compress.context import StageContext
 from ..compress.prune import accumulate_gradients, prune_network
+from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
 from ..nn.spec import StageSpec
 from ..train.loop import NonFiniteLoss, StageStats, train_stage
@@ -35,13 +36,14 @@ def total_epochs(cfg, n_stages: int) -> float:
     return sum(cfg.stage_value(cfg.train.epochs, 1.0, j, n_stages) for j in range(n_stages))
 
 
-def build_plan_net(plan: list[StageSpec], in_channels: int, num_classes: int) -> tuple[list[nn.Module], nn.Module]:
+def build_plan_net(plan: list[StageSpec], input_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[list[nn.Module], nn.Module]:
     """Every block of the plan at its plan width, and the last stage's head."""
-    blocks, c = [], in_channels
+    blocks, shape = [], input_shape
     for stage in plan:
-        blocks.append(make_block(c, stage))
-        c = stage.width
-    return blocks, make_head(c, plan[-1], num_classes)
+        blocks.append(make_block(shape[0], stage))
+        shape = output_shape(blocks[-1], shape)
+    return blocks, make_head(shape[0], plan[-1], num_classes, shape[1:])
 
 
 class EndToEndRun(GreedyRun):
@@ -58,7 +60,7 @@ class EndToEndRun(GreedyRun):
         start = time.perf_counter()
         torch.manual_seed(cfg.run.seed * 1000)
         gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
-        blocks, head = build_plan_net(plan, self.ds.image_shape[0], self.ds.num_classes)
+        blocks, head = build_plan_net(plan, self.ds.image_shape, self.ds.num_classes)
         body = nn.Sequential(*blocks).to(self.device, memory_format=self.memory_format)
         head = head.to(self.device, memory_format=self.memory_format)
         empty = nn.Sequential()  # no frozen prefix: gradients flow through every block
@@ -97,10 +99,10 @@ class EndToEndRun(GreedyRun):
             agree=self.dist.broadcast)
         self.dist.check_same([body, head], "pruned weights")
         rec("pruned", body, head, time.perf_counter() - t0, width_before=before, removed=removed)
-        if cfg.finetune_epochs > 0:
-            stats = self._train(empty, body, head, cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_schedule,
+        if cfg.finetune() > 0:
+            stats = self._train(empty, body, head, cfg.finetune(), cfg.finetune_lr, cfg.finetune_schedule,
                                 gen, rec, "fine-tune")
-            rec("finetuned", body, head, stats.seconds, stats=stats, epochs=cfg.finetune_epochs)
+            rec("finetuned", body, head, stats.seconds, stats=stats, epochs=cfg.finetune())
 
     def _ensemble(self, plan) -> None:
         return None  # one head: there is no ensemble of stage heads

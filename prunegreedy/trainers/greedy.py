@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 import torch
 from torch import nn
 
 from ..compress.context import StageContext
-from ..compress.hooks import get_hook
+from ..compress.hooks import finetune, get_hook
+from ..compress.prune import prune_block
 from ..config import Config, from_dict
 from ..data.base import Dataset, Normalize
 from ..errors import PrunegreedyError
@@ -27,6 +29,8 @@ from ..train.evaluate import ensemble_accuracy, evaluate
 from ..train.loop import NonFiniteLoss, train_stage
 from ..train.modes import autocast_dtype, freeze
 from .common import UI, NullUI, check, out_width, removed_count, stage_ratio, versions
+from .decisions import Decisions
+from .decisions import split as split_holdout
 
 
 @dataclass
@@ -84,6 +88,7 @@ class GreedyRun:
 
     def __init__(self, cfg: Config, run_dir: RunDir, ds: Dataset, device: torch.device, ui: UI | None = None,
                  dist: Dist = SINGLE):
+        ds, holdout = split_holdout(cfg, ds)  # only runs that decide from data hold images out (issue 15)
         self.cfg, self.run_dir, self.ds, self.device, self.dist = cfg, run_dir, ds.to(device), device, dist
         self.ui = ui or NullUI()
         self.norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
@@ -100,6 +105,11 @@ class GreedyRun:
                         "test_images": len(ds.test_y)},
             "plan": cfg.model.plan, "stages_done": 0,
         }
+        self.decisions = Decisions(cfg, holdout, self) if holdout is not None else None
+
+    @classmethod
+    def validate(cls, cfg: Config, plan: list[StageSpec]) -> None:
+        """Checks of this trainer's own, before a run folder is made (check() did the common ones)."""
 
     def spec(self) -> dict:
         d = self.meta["dataset"]
@@ -120,7 +130,8 @@ class GreedyRun:
         if meta.get("status") == "finished":
             raise PrunegreedyError(f"{run_dir.path} already finished; nothing to resume")
         saved = meta.get("dataset", {})
-        if saved.get("train_images") != ds.num_train or saved.get("classes") != ds.classes:
+        if saved.get("train_images", 0) + saved.get("holdout_images", 0) != ds.num_train or \
+                saved.get("classes") != ds.classes:
             raise PrunegreedyError(f"the data given to resume {run_dir.path} differ from the run's "
                                    f"({saved.get('name')}, {saved.get('train_images')} training images)")
         run = cls(cfg, run_dir, ds, device, ui, dist)
@@ -128,6 +139,8 @@ class GreedyRun:
         run.meta.update({k: v for k, v in meta.items() if k not in ("versions", "device", "processes", "amp")})
         run.meta["removed_filters"] = {k: v for k, v in meta.get("removed_filters", {}).items() if int(k) <= done}
         run.meta["resumed"] = int(meta.get("resumed", 0)) + 1
+        if run.decisions is not None:
+            run.decisions.resume(done)
         if done:
             net, _ = load_model(run_dir.ckpt / f"stage-{done}")
             run.net = net.to(device, memory_format=run.memory_format)
@@ -167,39 +180,68 @@ class GreedyRun:
         torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
         gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
         block = make_block(in_shape[0], stage).to(self.device, memory_format=self.memory_format)
-        head = make_head(stage.width, stage, self.ds.num_classes).to(
+        head = make_head(stage.width, stage, self.ds.num_classes, output_shape(block, in_shape)[1:]).to(
             self.device, memory_format=self.memory_format)
         prefix_blocks = list(self.net.blocks)
         prefix = freeze(nn.Sequential(*prefix_blocks))
         ratio = stage_ratio(cfg, j, len(plan))
         rec = _StageRecorder(self, j, prefix_blocks, in_shape, ratio)
         epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
-        loop_state = self._continue(j + 1, block, head, f"stage {j + 1}: ")
+        hook = get_hook(cfg.compress.hook)
+        ctx = StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train, self.device, gen, ratio,
+                           self.dist)
+        inside = cfg.compress.at < 1 and ratio > 0  # cut part-way through the schedule (check: hook.cut exists)
+        cut: dict = {}  # what a cut inside the schedule removed and recorded; kept in every later checkpoint
+
+        def on_cut() -> None:
+            first = len(self.rows)
+            cut.update(removed=hook.cut(ctx, cfg.compress, rec), rows=self.rows[first:])
+
+        loop_state = self._continue(j + 1, block, head, f"stage {j + 1}: ",
+                                    replay=lambda c: self._replay_cut(ctx, cfg, c, cut))
         try:
             stats = train_stage(prefix, block, head, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
-                                      cfg.train.schedule, self.device, gen, on_step=rec.progress("train"),
-                                      on_epoch=lambda st: self.run_dir.save_partial(j + 1, block, head, st),
-                                      resume=loop_state, dist=self.dist)
+                                cfg.train.schedule, self.device, gen, on_step=rec.progress("train"),
+                                on_epoch=lambda st: self.run_dir.save_partial(j + 1, block, head,
+                                                                              {**st, "cut": cut or None}),
+                                resume=loop_state, dist=self.dist, cut_at=cfg.compress.at,
+                                on_cut=on_cut if inside else None)
+            if self.decisions is not None:  # sensitivity.csv; under a budget, this stage's ratio (issue 15)
+                ctx.ratio = rec.ratio = self.decisions.after_training(ctx, ratio)
             rec("trained", block, head, stats.seconds, stats=stats, epochs=epochs)
-            ctx = StageContext(j, prefix, block, head, in_shape, self.ds, self.norm, cfg.train,
-                                        self.device, gen, ratio, self.dist)
-            block, head = get_hook(cfg.compress.hook)(ctx, cfg.compress, rec)
+            if not inside:
+                block, head = hook.after(ctx, cfg.compress, rec)
+            elif cut.get("removed"):
+                finetune(ctx, cfg.compress, rec)  # none by default: the schedule trained the pruned block
         except NonFiniteLoss as e:
             self._fail(f"stage {j + 1} stopped: {e}; stages 1..{j} are kept in {self.run_dir.path}")
         self.net.blocks.append(freeze(block))
         self.net.heads.append(freeze(head))
         return output_shape(block, in_shape)
 
-    def _continue(self, stage: int, block: nn.Module, head: nn.Module, label: str) -> dict | None:
+    def _continue(self, stage: int, block: nn.Module, head: nn.Module, label: str,
+                  replay: Callable[[dict], None] | None = None) -> dict | None:
         """Restore block + head from the end-of-epoch checkpoint an interrupted run left for `stage`;
-        return its loop state for train_stage(resume=...), or None to start the stage afresh."""
+        return its loop state for train_stage(resume=...), or None to start the stage afresh.
+        A cut the stage had made inside its schedule is replayed first, so the weights fit."""
         partial = self.run_dir.load_partial(stage)
         if partial is None:
             return None
+        if partial[2].get("cut") and replay is not None:
+            replay(partial[2]["cut"])
         block.load_state_dict(partial[0])
         head.load_state_dict(partial[1])
         self.ui.log(f"{label}continuing from step {partial[2]['step']} (end-of-epoch checkpoint)")
         return partial[2]
+
+    def _replay_cut(self, ctx: StageContext, cfg: Config, saved: dict, cut: dict) -> None:
+        """Repeat a recorded cut (the same filters) and its `pruned` row on a resumed stage."""
+        prune_block(ctx.block, ctx.head, ctx.input_shape, ctx.ratio, cfg.compress.importance, cfg.compress.round_to,
+                    replay=saved["removed"])
+        self.rows.extend(saved["rows"])
+        self.run_dir.write_stages(self.rows)
+        self.meta.setdefault("removed_filters", {})[str(ctx.stage + 1)] = saved["removed"]
+        cut.update(saved)
 
     def _finish(self, plan: list[StageSpec], seconds: float) -> dict:
         per_head = [r["test_acc"] for r in self._final_rows()]
@@ -215,6 +257,8 @@ class GreedyRun:
             "macs_with_head": last["macs_backbone"] + last["macs_head"],
             "widths": [b.conv.out_channels for b in self.net.blocks],
         })
+        if self.decisions is not None:
+            self.decisions.finish()
         self.run_dir.write_meta(self.meta)
         ens = f"  ensemble (2^j weights) {ensemble:.2f}%" if ensemble is not None else ""
         self.ui.log(f"final test acc {per_head[-1]:.2f}%{ens}  "

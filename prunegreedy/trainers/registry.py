@@ -1,18 +1,21 @@
-"""Trainers by name (`train.trainer`): the greedy pipeline and the end-to-end baselines."""
+"""Trainers by name (`train.trainer`): greedy, decoupled, and the end-to-end baselines."""
 from __future__ import annotations
 
 from ..config import Config
 from ..errors import ConfigError
 from .common import check
+from .decoupled import DecoupledRun
 from .endtoend import EndToEndRun
 from .greedy import GreedyRun
 
-TRAINERS: dict[str, type[GreedyRun]] = {"greedy": GreedyRun, "end-to-end": EndToEndRun}
+TRAINERS: dict[str, type[GreedyRun]] = {"greedy": GreedyRun, "decoupled": DecoupledRun, "end-to-end": EndToEndRun}
 
 
 def get_trainer(cfg: Config) -> type[GreedyRun]:
     """The run class of cfg.train.trainer, after every other name in the config is checked."""
-    check(cfg)
+    plan = check(cfg)
     if cfg.train.trainer not in TRAINERS:
         raise ConfigError(f"unknown trainer '{cfg.train.trainer}'; valid: {', '.join(TRAINERS)}")
-    return TRAINERS[cfg.train.trainer]
+    trainer = TRAINERS[cfg.train.trainer]
+    trainer.validate(cfg, plan)
+    return trainer

@@ -1,0 +1,169 @@
+"""What a greedy run decides from held-out data (issue 15): every stage's sensitivity
+(sensitivity.csv) and, under a budget (`--target-macs`, `--target-params`), every stage's prune ratio.
+
+Only runs that take such decisions hold out `data.holdout` training images (stratified, seeded
+with run.seed); every other run trains on the whole training split, exactly as before. Test
+accuracy is only reported, never used to choose anything.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..compress.budget import Budget, CostModel, budget_of, check_feasible, choose
+from ..compress.context import StageContext
+from ..compress.importance import NEEDS_GRADIENTS
+from ..compress.prune import accumulate_gradients
+from ..compress.sensitivity import Gradients, measure
+from ..config import Config
+from ..data.base import Dataset, Holdout
+from ..errors import ConfigError, DataError
+from ..nn.plans import make_plan
+from ..nn.spec import StageSpec
+from ..records import SENSITIVITY_FILE
+
+
+
+def takes_decisions(cfg: Config) -> bool:
+    """Does this run choose anything from data (and so hold data.holdout images out of training)?"""
+    return cfg.compress.sensitivity or budget_of(cfg.compress) is not None
+
+
+def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int]) -> None:
+    """Budgets and sensitivity, checked with the rest of the config before any folder or data."""
+    budget = budget_of(cfg.compress)  # a malformed budget is refused even when nothing else is set
+    if not takes_decisions(cfg):
+        return
+    what = f"{budget.option} {budget.text}" if budget else "compress.sensitivity"
+    if cfg.train.trainer != "greedy":
+        raise ConfigError(f"{what} needs the greedy trainer (per-stage heads measure sensitivity), "
+                          f"got --trainer {cfg.train.trainer}")
+    if cfg.data.name == "imagenet":
+        raise ConfigError(f"{what} holds out training images, which needs an in-memory dataset "
+                          f"(cifar10, cifar10-sample, imagefolder); imagenet is streamed from disk")
+    if cfg.compress.at < 1:
+        raise ConfigError(f"{what} measures the trained, unpruned block, so it needs compress.at 1 "
+                          f"(prune after training), got compress.at {cfg.compress.at:g}")
+    if budget is None:
+        return
+    if cfg.compress.hook != "prune":
+        raise ConfigError(f"{what} prunes with compress.hook prune, got '{cfg.compress.hook}'")
+    if cfg.compress.ratio != 0 or cfg.compress.ratios is not None:
+        given = (f"compress.ratios {cfg.compress.ratios}" if cfg.compress.ratios is not None
+                 else f"compress.ratio {cfg.compress.ratio:g}")
+        raise ConfigError(f"{what} chooses every stage's prune ratio itself; drop {given} "
+                          f"(--prune-ratio / --prune-ratios)")
+    check_feasible(budget, CostModel.of(plan, image_shape), cfg.compress.round_to, cfg.model.plan)
+
+
+def check_data(cfg: Config, ds) -> None:
+    """The held-out slice must leave training images (checked once the data is read, before the folder)."""
+    if takes_decisions(cfg) and cfg.data.holdout >= ds.num_train:
+        raise DataError(f"data.holdout {cfg.data.holdout:,} is not smaller than the training set "
+                        f"({ds.num_train:,} images of {ds.name}); valid: 1 to {ds.num_train - 1:,}")
+
+
+def split(cfg: Config, ds: Dataset) -> tuple[Dataset, Holdout | None]:
+    """(the images to train on, the held-out slice or None when the run takes no decision from data)."""
+    if not takes_decisions(cfg):
+        return ds, None
+    check_data(cfg, ds)
+    return ds.split_holdout(cfg.data.holdout, cfg.run.seed)
+
+
+class Decisions:
+    """Sensitivity rows and budgeted ratios of one greedy run; `run` is its GreedyRun (device, amp,
+    run folder, UI, meta), whose run.json gets "sensitivity" and, under a budget, "budget"."""
+
+    def __init__(self, cfg: Config, holdout: Holdout, run):
+        self.cfg, self.run = cfg, run
+        self.holdout = holdout.to(run.device)
+        self.rows: list[dict] = []
+        self.budget: Budget | None = budget_of(cfg.compress)
+        run.meta["dataset"]["holdout_images"] = len(holdout)
+        run.meta["sensitivity"] = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
+                                   "seconds": {}}
+        if self.budget is not None:
+            m = cfg.model
+            self.model = CostModel.of(make_plan(m.plan, m.width_mult, m.widths), run.ds.image_shape)
+            unpruned = self.model.unpruned(self.budget.kind)
+            self.target = self.budget.target(unpruned)
+            run.meta["budget"] = {"kind": self.budget.kind, "request": self.budget.text, "target": self.target,
+                                  "unpruned": unpruned, "stages": {}}
+
+    def resume(self, done: int) -> None:
+        """Keep the rows and choices of the finished stages (the interrupted one is measured again)."""
+        path = self.run.run_dir.path / SENSITIVITY_FILE
+        if path.exists():
+            self.rows = [r for r in pd.read_csv(path).to_dict("records") if r["stage"] <= done]
+        sens = self.run.meta["sensitivity"]
+        sens["seconds"] = {k: v for k, v in sens.get("seconds", {}).items() if int(k) <= done}
+        if self.budget is not None:
+            b = self.run.meta["budget"]
+            b["stages"] = {k: v for k, v in b.get("stages", {}).items() if int(k) <= done}
+
+    def after_training(self, ctx: StageContext, ratio: float) -> float:
+        """Measure stage ctx.stage's sensitivity (sensitivity.csv); return its prune ratio: the
+        budget rule's choice under a budget, else `ratio` (the configured one) unchanged."""
+        c, run, stage = self.cfg.compress, self.run, ctx.stage + 1
+        start = time.perf_counter()
+        rows = measure(list(ctx.prefix), ctx.block, ctx.head, ctx.input_shape, c.sensitivity_ratios, c.importance,
+                       c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, run.amp,
+                       self._gradients(ctx))
+        seconds = time.perf_counter() - start
+        self.rows = [r for r in self.rows if r["stage"] != stage] + [{"stage": stage, **r} for r in rows]
+        run.run_dir.write_table(SENSITIVITY_FILE, self.rows)
+        run.meta["sensitivity"]["seconds"][str(stage)] = round(seconds, 3)
+        accs = ", ".join(f"{r['ratio']:g}: {r['holdout_acc']:.1f}" for r in rows[1:])
+        run.ui.log(f"stage {stage} sensitivity: held-out acc {rows[0]['holdout_acc']:.2f}% unpruned; by ratio "
+                   f"{accs} ({len(self.holdout):,} held-out images, {seconds:.1f}s)")
+        if self.budget is None:
+            return ratio
+        fixed = [b.conv.out_channels for b in ctx.prefix]  # the kept widths of blocks 1..j-1
+        curves = [[(r["ratio"], r["holdout_acc"]) for r in self.rows if r["stage"] == s] for s in range(1, stage + 1)]
+        choice = run.dist.broadcast(choose(self.model, self.budget.kind, self.target, fixed, curves, c.round_to,
+                                           100.0 / run.ds.num_classes))
+        run.meta["budget"]["stages"][str(stage)] = {
+            "ratio": choice.ratio, "width": choice.width, "rule": choice.rule,
+            "rest_ratio": None if choice.rest_ratio is None else round(choice.rest_ratio, 4),
+            "predicted_drop": choice.predicted_drop}
+        n = ctx.block.conv.out_channels
+        if choice.rest_ratio is not None:
+            why = f"later blocks need ratio {choice.rest_ratio:.3f}"
+            if choice.predicted_drop is not None:
+                why += f", predicted held-out drop {choice.predicted_drop:.2f} points"
+        else:
+            cost = self.model.cost(self.budget.kind, fixed + [choice.width])
+            why = f"backbone {cost:,} of the target {self.target:,} {self.budget.kind}"
+        run.ui.log(f"stage {stage} budget ({choice.rule}): ratio {choice.ratio:g}, width {n}->{choice.width}; {why}")
+        return choice.ratio
+
+    def finish(self) -> None:
+        """The budget's outcome in run.json: the chosen ratios, the final count, met or not."""
+        if self.budget is None:
+            return
+        meta, kind = self.run.meta, self.budget.kind
+        b = meta["budget"]
+        final = meta[kind]
+        b.update(ratios=[b["stages"][k]["ratio"] for k in sorted(b["stages"], key=int)], final=final,
+                 met=final <= self.target, of_target=round(final / self.target, 4))
+        self.run.ui.log(f"budget {kind} <= {self.target:,} ({self.budget.text}): {final:,} "
+                        f"({100 * final / self.target:.1f} % of the target), {'met' if b['met'] else 'NOT met'}; "
+                        f"ratios {', '.join(f'{r:g}' for r in b['ratios'])}")
+
+    def _gradients(self, ctx: StageContext) -> Gradients | None:
+        """Taylor importance for a copy: the gradients of the batches the hook itself will draw."""
+        if self.cfg.compress.importance not in NEEDS_GRADIENTS:
+            return None
+        state = ctx.generator.get_state()
+
+        def fill(block: nn.Module, head: nn.Module) -> None:
+            gen = torch.Generator()
+            gen.set_state(state)
+            accumulate_gradients(replace(ctx, block=block, head=head, generator=gen), block, head,
+                                 self.cfg.compress.taylor_batches)
+        return fill
