@@ -112,8 +112,10 @@ def main() -> None:
     if args.csv:
         args.csv.write_text(text)
     acc = df.set_index("run")["final_acc"]
-    best_pruned = max(["greedy-r0.5", "greedy-r0.5-at", "dgl-r0.5-wall"], key=lambda n: acc[n])
-    best = max(["greedy-r0", "dgl-wall"], key=lambda n: acc[n])
+    seconds = df.set_index("run")["seconds"]
+    within = lambda names: [n for n in names if seconds[n] <= 1.05 * budget]  # noqa: E731  (the wall clock W)
+    best_pruned = max(within(["greedy-r0.5", "greedy-r0.5-at", "dgl-r0.5-wall"]), key=lambda n: acc[n])
+    best = max(within(["greedy-r0", "dgl-wall"]), key=lambda n: acc[n])
     drop = {n: acc[u] - acc[p] for n, u, p in [("greedy", "greedy-r0", "greedy-r0.5-at"),
                                                 ("decoupled", "dgl-wall", "dgl-r0.5-wall")]}
     print(f"summary: same wall clock ({budget / 60:.1f} min, {device}, amp {metas['greedy-r0']['amp']}): best pruned "

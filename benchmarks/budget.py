@@ -35,7 +35,7 @@ from prunegreedy.report import tables as report_tables
 from prunegreedy.train import runtime
 
 RECIPE = "cifar10-cpu"
-BUDGETS = ("0.5x", "0.25x", "0.1x")
+BUDGETS = ("0.25x", "0.5x", "0.1x")
 WITHIN = 0.02  # the issue's goal: final MACs within 2 % of the target, never above it
 
 
@@ -70,8 +70,9 @@ def main() -> None:
                          config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load(RECIPE, base).data)
     args.out.mkdir(parents=True, exist_ok=True)
+    # The comparison at uniform 0.5's MACs (0.25x) first, so an interrupted benchmark has it.
     plan = [(f"macs-{b}", {"compress": {"hook": "prune", "target_macs": b}}) for b in BUDGETS]
-    plan.append(("uniform-0.5", {"compress": {"hook": "prune", "ratio": 0.5, "sensitivity": True}}))
+    plan.insert(1, ("uniform-0.5", {"compress": {"hook": "prune", "ratio": 0.5, "sensitivity": True}}))
     metas = {name: run_once(name, RECIPE, over, base, args.out, ds, device, ui) for name, over in plan}
     report_tables.write_report(report_tables.load_runs([args.out / n for n in metas]), args.out)
 

@@ -141,6 +141,8 @@ def _cfg(**over):
     ({"compress": {"hook": "prune", "ratio": 0.5, "at": 0.0}}, "compress.at must be in (0, 1]"),
     ({"compress": {"hook": "prune", "ratio": 0.5, "at": 1.5}}, "compress.at must be in (0, 1]"),
     ({"train": {"trainer": "parallel"}}, "unknown trainer 'parallel'; valid: greedy, decoupled, end-to-end"),
+    ({"train": {"trainer": "end-to-end"}, "compress": {"hook": "prune", "ratio": 0.5, "at": 0.5}},
+     "--trainer end-to-end prunes once, after training (prune-after-training); compress.at 0.5 is for the greedy"),
 ])
 def test_bad_decoupled_and_at_settings_are_refused(over, message):
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

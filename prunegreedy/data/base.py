@@ -99,13 +99,22 @@ class Holdout:
         return eval_batches(self.x, self.y, batch_size, norm)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`. The random draws stay on the host generator (the same numbers on
+    every device); to a GPU they go through pinned memory without blocking, since a plain copy from
+    pageable memory makes the host wait for every kernel queued before it, once per batch."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding `pad` and horizontal flip, for a whole uint8 batch at once."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    dy = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
+    flip = to_device(torch.rand(n, generator=generator) < 0.5, x.device)
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (n, h)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -135,7 +144,7 @@ def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Norma
     batches one process would. A last batch smaller than `world` is dropped on every rank alike.
     """
     rank, world = shard
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    perm = to_device(torch.randperm(len(x), generator=generator), x.device)
     for start in range(0, len(x), batch_size):
         idx = perm[start:start + batch_size]
         if len(idx) < world:

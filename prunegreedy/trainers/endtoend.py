@@ -20,6 +20,7 @@ from torch import nn
 
 from ..compress.context import StageContext
 from ..compress.prune import accumulate_gradients, prune_network
+from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
 from ..nn.spec import StageSpec
@@ -48,6 +49,12 @@ def build_plan_net(plan: list[StageSpec], input_shape: tuple[int, int, int],
 
 class EndToEndRun(GreedyRun):
     stage_label = "end-to-end, blocks 1 -"
+
+    @classmethod
+    def validate(cls, cfg, plan) -> None:
+        if cfg.compress.at < 1 and cfg.compress.hook != "none":
+            raise ConfigError(f"--trainer end-to-end prunes once, after training (prune-after-training); "
+                              f"compress.at {cfg.compress.at:g} is for the greedy and decoupled trainers")
 
     def run(self) -> dict:
         cfg = self.cfg
