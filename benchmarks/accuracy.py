@@ -4,8 +4,9 @@ Runs, all from the CPU recipe (configs/cifar10-cpu*.yaml: the k=2 net at half wi
 heads, prune ratio 0.5), seed 0, at the wall clock W of greedy-r0.5:
 
     greedy-r0          greedy, no pruning (the recipe's per-stage epochs)
-    greedy-r0.5        greedy, every block pruned by half after its training, fine-tuned (defines W)
-    greedy-r0.5-at     greedy, every block pruned by half at compress.at of its schedule, no fine-tuning
+    greedy-r0.5        greedy, every block pruned by half after its training, fine-tuned half an epoch (defines W)
+    greedy-r0.5-at     greedy, every block pruned by half at compress.at of its schedule, no fine-tuning (the
+                       cifar10-cpu-compress recipe at its default compress.at 0.5)
     dgl-wall           decoupled (every block at once), no pruning, as many epochs as W allows
     dgl-r0.5-wall      decoupled, every block pruned by half at compress.at of the common schedule
     e2e-wall           end-to-end, no pruning, as many epochs as W allows
@@ -68,12 +69,13 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     e2e = {"train": {"trainer": "end-to-end"}}
-    greedy_cfg = config.load("cifar10-cpu-compress", base)
+    after = {"compress": {"at": 1.0, "finetune_epochs": 0.5}}  # cut after training, half an epoch of fine-tuning
+    greedy_cfg = config.load("cifar10-cpu-compress", config._merge(base, after))
     finetune_total = greedy_cfg.compress.finetune() * len(pipeline.check(greedy_cfg))  # greedy's, in all
-    pat = {"train": {"trainer": "end-to-end"}, "compress": {"finetune_epochs": finetune_total}}
+    pat = {"train": {"trainer": "end-to-end"}, "compress": {"finetune_epochs": finetune_total, "at": 1.0}}
     dgl = {"train": {"trainer": "decoupled"}}
     at = {"compress": {"at": args.at, "finetune_epochs": 0}}
-    plan = [("greedy-r0", "cifar10-cpu", {}), ("greedy-r0.5", "cifar10-cpu-compress", {}),
+    plan = [("greedy-r0", "cifar10-cpu", {}), ("greedy-r0.5", "cifar10-cpu-compress", after),
             ("greedy-r0.5-at", "cifar10-cpu-compress", at),
             ("e2e-probe", "cifar10-cpu", config._merge(e2e, {"train": {"total_epochs": 0.25}})),
             ("dgl-probe", "cifar10-cpu", config._merge(dgl, {"train": {"total_epochs": 0.25}}))]

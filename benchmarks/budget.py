@@ -86,12 +86,14 @@ def main() -> None:
         args.csv.write_text(buf.getvalue())
     budgeted = [r for r in rows if r["target_macs"] != ""]
     ok = sum(1 for r in budgeted if r["within_2pct"] and r["never_above"])
-    uni = rows[-1]
+    uni = next(r for r in rows if r["run"] == "uniform-0.5")
+    near = next(r for r in budgeted if r["target"] == "macs 0.25x")  # the budget at uniform 0.5's MACs
     unpruned = metas[budgeted[0]["run"]]["budget"]["unpruned"]
     accs = ", ".join(f"{r['target'].split()[1]} {r['final_acc']:.2f} %" for r in budgeted)
     share = sum(r["sensitivity_s"] for r in rows) / sum(r["run_s"] for r in rows)
     print(f"summary: {ok}/{len(budgeted)} budgets within 2 % of the target and never above; final test acc {accs}; "
-          f"uniform 0.5: {uni['final_acc']:.2f} % at {uni['macs'] / unpruned:.3f}x of the unpruned MACs; "
+          f"uniform 0.5: {uni['final_acc']:.2f} % at {uni['macs'] / unpruned:.3f}x of the unpruned MACs, the 0.25x "
+          f"budget {near['final_acc'] - uni['final_acc']:+.2f} points against it (target >= +0.5); "
           f"sensitivity took {100 * share:.1f} % of the run time")
 
 
