@@ -20,7 +20,7 @@ def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple
     return ctx.block, ctx.head
 
 
-def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder, replay: list[int] | None = None) -> list[int]:
+def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> list[int]:
     """Remove ctx.ratio of the block's filters in place (and the head's matching inputs), record the
     `pruned` phase, return the removed indices (none: the model is unchanged)."""
     block, head = ctx.block, ctx.head
@@ -28,7 +28,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder, replay
     start = time.perf_counter()
     removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                           gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
-                          agree=ctx.dist.broadcast, replay=replay)
+                          agree=ctx.dist.broadcast)
     if removed:
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)

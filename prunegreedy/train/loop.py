@@ -101,9 +101,14 @@ def cut_step_of(at: float, total: int) -> int:
     return min(total - 1, round(at * total))
 
 
+def _slots(opts: list[torch.optim.Optimizer]) -> list[tuple[torch.optim.Optimizer, torch.Tensor]]:
+    """(optimizer, parameter) pairs, optimizer by optimizer, in parameter order: how momentum is saved."""
+    return [(o, p) for o in opts for g in o.param_groups for p in g["params"]]
+
+
 def momentum_of(opts: list[torch.optim.Optimizer]) -> list[torch.Tensor | None]:
-    """Every parameter's momentum buffer, optimizer by optimizer, in parameter order (None: not yet)."""
-    return [o.state[p].get("momentum_buffer") for o in opts for g in o.param_groups for p in g["params"]]
+    """Every parameter's momentum buffer (None: not yet), in the order of _slots."""
+    return [o.state[p].get("momentum_buffer") for o, p in _slots(opts)]
 
 
 def restore_loop(state: dict | None, generator: torch.Generator, opts: list[torch.optim.Optimizer],
@@ -113,8 +118,7 @@ def restore_loop(state: dict | None, generator: torch.Generator, opts: list[torc
     if state is None:
         return 0, 0, 0.0, Tally(n, device)
     generator.set_state(state["generator"])
-    slots = [(o, p) for o in opts for g in o.param_groups for p in g["params"]]
-    for (o, p), buf in zip(slots, state["momentum"]):
+    for (o, p), buf in zip(_slots(opts), state["momentum"]):
         if buf is not None:
             o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
     return state["step"], state["seen"], state["seconds"], Tally(n, device, state["loss_sum"], state["correct"])

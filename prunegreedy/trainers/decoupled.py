@@ -150,8 +150,4 @@ class DecoupledRun(GreedyRun):
         prune_network(blocks, None, shapes[0], ratios, cfg.importance, cfg.round_to, heads=dict(enumerate(heads)),
                       replay=replay)
         self._reshape(blocks, recs)
-        self.rows.extend(saved["rows"])
-        self.run_dir.write_stages(self.rows)
-        for j, r in replay.items():
-            self.meta.setdefault("removed_filters", {})[str(j + 1)] = r
-        cut.update(removed=replay, rows=saved["rows"])
+        self._restore_cut_records(saved, replay, cut)

@@ -238,9 +238,15 @@ class GreedyRun:
         """Repeat a recorded cut (the same filters) and its `pruned` row on a resumed stage."""
         prune_block(ctx.block, ctx.head, ctx.input_shape, ctx.ratio, cfg.compress.importance, cfg.compress.round_to,
                     replay=saved["removed"])
+        self._restore_cut_records(saved, {ctx.stage: saved["removed"]}, cut)
+
+    def _restore_cut_records(self, saved: dict, removed: dict[int, list[int]], cut: dict) -> None:
+        """Put back what a cut inside the schedule recorded: its `pruned` rows and the removed filters
+        of each stage (0-based), and mark the cut as made so later checkpoints keep it."""
         self.rows.extend(saved["rows"])
         self.run_dir.write_stages(self.rows)
-        self.meta.setdefault("removed_filters", {})[str(ctx.stage + 1)] = saved["removed"]
+        for j, r in removed.items():
+            self.meta.setdefault("removed_filters", {})[str(j + 1)] = r
         cut.update(saved)
 
     def _finish(self, plan: list[StageSpec], seconds: float) -> dict:
