@@ -85,6 +85,9 @@ class CompressConfig:
     target_params: str | None = None
     sensitivity: bool = False  # measure sensitivity.csv without a budget too (holds out data.holdout)
     sensitivity_ratios: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
+    # Training images (not held out) on which each pruned copy's head re-estimates its BatchNorm
+    # statistics before it is scored; 0 scores with the trained statistics (compress.sensitivity).
+    sensitivity_bn_images: int = 2000
 
 
     def finetune(self) -> float:
@@ -304,6 +307,9 @@ def validate(cfg: Config) -> None:
     sens = cfg.compress.sensitivity_ratios
     if not sens or any(not (0 < r < 1) for r in sens) or len(set(sens)) != len(sens):
         raise ConfigError(f"compress.sensitivity_ratios must be distinct ratios in (0, 1), got {sens}")
+    if cfg.compress.sensitivity_bn_images < 0:
+        raise ConfigError(f"compress.sensitivity_bn_images must be >= 0 (0: the trained BatchNorm statistics), "
+                          f"got {cfg.compress.sensitivity_bn_images}")
     if cfg.data.holdout < 1:
         raise ConfigError(f"data.holdout must be at least 1 image, got {cfg.data.holdout}")
     epochs = cfg.train.epochs if isinstance(cfg.train.epochs, list) else [cfg.train.epochs]

@@ -1,4 +1,5 @@
 """Pruning to a budget (issue 15): the held-out slice, the cost model, the ratio rule, budgeted runs, bad input."""
+import copy
 import dataclasses
 import json
 import shutil
@@ -11,10 +12,12 @@ from typer.testing import CliRunner
 import prunegreedy
 from prunegreedy.cli import app
 from prunegreedy.compress.budget import BlockCost, CostModel, choose, parse_budget, rest_ratio, widths_at
-from prunegreedy.compress.prune import kept_filters
+from prunegreedy.compress.prune import kept_filters, prune_block
+from prunegreedy.compress.sensitivity import measure, recalibrate
 from prunegreedy.config import load
 from prunegreedy.measure.size import count_macs, count_params, output_shape
-from prunegreedy.nn.net import make_block
+from prunegreedy.data.base import Normalize
+from prunegreedy.nn.net import make_block, make_head
 from prunegreedy.nn.plans import make_plan
 from prunegreedy.records import RunDir, load_model
 from prunegreedy.report.plots import PLOTS
@@ -63,6 +66,68 @@ def test_only_runs_that_decide_from_data_hold_images_out(tmp_path, sample):
     assert len(held) == 300 and b.ds.num_train == 1200 and b.meta["dataset"]["holdout_images"] == 300
     # the images every gradient step draws from (b.ds) never include a held-out one
     assert not images(held.x) & images(b.ds.train_x) and not images(held.x) & images(b.ds.test_x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sensitivity: pruned heads read the kept channels of one block output; BatchNorm recalibration
+
+def _stage2(sample):
+    """Blocks 1-2 of the k=2 plan (widths 8, 8) and block 2's pooled head, with BN statistics that
+    are not the defaults (as after training), on the sample's images."""
+    plan = [dataclasses.replace(s, head="pooled") for s in make_plan("cifar10-k2", 0.0625)]
+    torch.manual_seed(0)
+    b1, b2 = make_block(3, plan[0]), make_block(plan[0].width, plan[1])
+    head = make_head(plan[1].width, plan[1], 10, (32, 32))
+    for m in [*b1.modules(), *b2.modules(), *head.modules()]:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return b1, b2, head, Normalize(sample.mean, sample.std, torch.device("cpu"), False)
+
+
+def test_sensitivity_scores_each_pruned_copy_exactly_as_the_copy_itself(sample):
+    b1, b2, head, norm = _stage2(sample)
+    held = sample.split_holdout(200, seed=0)[1]
+    rows = measure([b1], b2, head, (8, 32, 32), [0.25, 0.5, 0.75], "l1", 1, held, norm, 64, torch.device("cpu"))
+    assert [r["width"] for r in rows] == [8, 6, 4, 2]
+    for r in rows:
+        b, h = copy.deepcopy(b2).eval(), copy.deepcopy(head).eval()
+        prune_block(b, h, (8, 32, 32), r["ratio"], "l1")
+        with torch.no_grad():
+            pred = h(b(b1.eval()(norm(held.x)))).argmax(1)
+        assert r["holdout_acc"] == round(100.0 * (pred == held.y).sum().item() / len(held), 4)
+    # The sliced output is the pruned block's output, channel for channel.
+    b = copy.deepcopy(b2).eval()
+    removed = prune_block(b, copy.deepcopy(head), (8, 32, 32), 0.5, "l1")
+    kept = [i for i in range(8) if i not in removed]
+    with torch.no_grad():
+        x = b1(norm(held.x[:16]))
+        assert torch.allclose(b(x), b2.eval()(x)[:, kept], atol=1e-6)
+
+
+def test_recalibration_re_estimates_the_heads_batch_norm_and_leaves_the_stage_alone(sample):
+    b1, b2, head, norm = _stage2(sample)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    calib = sample.train_x[:300]
+    kept = [0, 2, 3, 5, 6, 7]
+    h = copy.deepcopy(head)
+    with torch.no_grad():  # the pruned head's input conv keeps the input channels `kept`
+        conv = h.body[0]
+        conv.weight = torch.nn.Parameter(conv.weight[:, kept].clone())
+        conv.in_channels = len(kept)
+    seen = []
+    hook = h.body[1].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    with torch.no_grad():
+        out = b2.eval()(b1.eval()(norm(calib)))
+    recalibrate([(h, kept)], iter([(0, out)]), torch.device("cpu"))
+    hook.remove()
+    z = seen[0].transpose(0, 1).flatten(1)  # the BN's input, per channel: one batch of all 300 images
+    assert torch.allclose(h.body[1].running_mean, z.mean(1), atol=1e-5)
+    assert torch.allclose(h.body[1].running_var, z.var(1, unbiased=True), rtol=1e-4)
+    assert h.body[1].momentum == head.body[1].momentum and int(h.body[1].num_batches_tracked) == 1
+    held = sample.split_holdout(200, seed=0)[1]
+    measure([b1], b2, head, (8, 32, 32), [0.5], "l1", 1, held, norm, 64, torch.device("cpu"), calibration=calib)
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +308,7 @@ def test_sensitivity_without_a_budget_keeps_the_configured_ratio(tmp_path, cache
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "run.json").read_text())
     assert "budget" not in meta and meta["widths"] == [8, 8, 16, 16] and meta["dataset"]["train_images"] == 300
+    assert meta["sensitivity"]["bn_images"] == 300  # the default 2,000, capped at the training images
     sens = pd.read_csv(out / "sensitivity.csv")
     assert sens["ratio"].tolist() == [0.0, 0.25, 0.5] * 4 and sens["width"].tolist()[:3] == [8, 6, 4]
     assert "Sensitivity: run" in (out / "report.html").read_text()
@@ -271,6 +337,7 @@ BAD = [
     (["--target-macs", "0.5x", "--trainer", "end-to-end"], "needs the greedy trainer"),
     (["--target-macs", "0.5x", "--set", "compress.hook=none"], "prunes with compress.hook prune, got 'none'"),
     (["--set", "compress.sensitivity_ratios=0.5,1.2"], "compress.sensitivity_ratios must be distinct ratios in (0, 1)"),
+    (["--set", "compress.sensitivity_bn_images=-1"], "compress.sensitivity_bn_images must be >= 0"),
 ]
 
 

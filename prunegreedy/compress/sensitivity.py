@@ -4,13 +4,19 @@ Right after stage j trains, deep copies of block j + head j are pruned (compress
 the same criterion the hook uses) and evaluated, without fine-tuning, on the held-out images. The
 global random state is restored before each copy is pruned, and Taylor gradients are drawn with a
 copy of the stage's batch generator, so every copy loses exactly the filters the hook would cut at
-that ratio, and the run's own random streams are left as they were. The frozen prefix runs once
-per held-out batch for all copies.
+that ratio, and the run's own random streams are left as they were.
+
+Pruning block j's output filters leaves its kept channels' outputs exactly as they were, so the
+prefix and block j run once per batch and every pruned head reads its kept channels of that output.
+The heads' BatchNorm statistics are then re-estimated on training images (`calibration`): a head
+whose input lost channels sees other conv sums than it was trained on, and with stale statistics
+its accuracy collapses far more than the cut deserves (EagleEye's "adaptive BN", ECCV 2020). Every
+copy is recalibrated, the unpruned head too, so a drop measures the cut and not the calibration.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,47 +28,87 @@ from .prune import kept_filters, prune_block
 
 # gradients(block copy, head copy): fill .grad for Taylor importance (None for other criteria)
 Gradients = Callable[[nn.Module, nn.Module], None]
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _outputs(prefix: nn.Module, block: nn.Module, x: torch.Tensor, batch_size: int, norm: Normalize,
+             device: torch.device, amp: torch.dtype | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, block(prefix(x))) per batch of uint8 images x, prefix and block in eval mode."""
+    with eval_mode(prefix, block):
+        for start in range(0, len(x), batch_size):
+            with autocast(device, amp):
+                yield start, block(prefix(norm(x[start:start + batch_size])))
 
 
 @torch.no_grad()
-def holdout_accuracies(prefix: nn.Module, models: list[tuple[nn.Module, nn.Module]], holdout: Holdout,
-                       norm: Normalize, batch_size: int, device: torch.device,
-                       amp: torch.dtype | None = None) -> list[float]:
-    """Held-out top-1 accuracy (%) of head(block(prefix(x))) for each (block, head)."""
-    correct = [0] * len(models)
-    with eval_mode(prefix, *[m for pair in models for m in pair]):
-        for xb, yb in holdout.eval_batches(batch_size, norm):
+def recalibrate(heads: list[tuple[nn.Module, list[int]]], outputs: Iterator[tuple[int, torch.Tensor]],
+                device: torch.device, amp: torch.dtype | None = None) -> None:
+    """Re-estimate the BatchNorm statistics of every (head, kept channels) on the block outputs:
+    the plain average of the batches' statistics (momentum None), the rest of each head in eval mode."""
+    norms = [m for head, _ in heads for m in head.modules() if isinstance(m, BATCH_NORMS)]
+    momenta = [m.momentum for m in norms]
+    with eval_mode(*[h for h, _ in heads]):
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for _, out in outputs:
             with autocast(device, amp):
-                feats = prefix(xb)
-                for i, (block, head) in enumerate(models):
-                    correct[i] += int((head(block(feats)).float().argmax(1) == yb).sum().item())
-    return [100.0 * c / len(holdout) for c in correct]
+                for head, kept in heads:
+                    head(out[:, kept])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+@torch.no_grad()
+def holdout_accuracies(heads: list[tuple[nn.Module, list[int]]], outputs: Iterator[tuple[int, torch.Tensor]],
+                       y: torch.Tensor, device: torch.device, amp: torch.dtype | None = None) -> list[float]:
+    """Held-out top-1 accuracy (%) of each (head, kept channels) on the block outputs, labels y."""
+    correct = [0] * len(heads)
+    with eval_mode(*[h for h, _ in heads]):
+        for start, out in outputs:
+            yb = y[start:start + len(out)]
+            with autocast(device, amp):
+                for i, (head, kept) in enumerate(heads):
+                    correct[i] += int((head(out[:, kept]).float().argmax(1) == yb).sum().item())
+    return [100.0 * c / len(y) for c in correct]
 
 
 def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int],
             ratios: list[float], importance: str, round_to: int, holdout: Holdout, norm: Normalize,
             batch_size: int, device: torch.device, amp: torch.dtype | None = None,
-            gradients: Gradients | None = None) -> list[dict]:
+            gradients: Gradients | None = None, calibration: torch.Tensor | None = None) -> list[dict]:
     """One row per ratio (0, the trained block, first): ratio, width, held-out accuracy, and the
-    parameters and MACs of the backbone so far (blocks 1..j-1 and the pruned copy of block j)."""
+    parameters and MACs of the backbone so far (blocks 1..j-1 and the pruned copy of block j).
+
+    calibration: uint8 training images (none of them held out) on which every head copy's BatchNorm
+    statistics are re-estimated before it is evaluated; None evaluates with the trained statistics.
+    The stage's own block and head are never changed.
+    """
     n = block.conv.out_channels
     ratios = [0.0] + sorted(r for r in ratios if r > 0)
-    copies: dict[int, tuple[nn.Module, nn.Module]] = {n: (block, head)}  # one pruned copy per kept width
+    # One pruned copy per kept width: (block copy, head copy, kept channels of the trained block).
+    copies: dict[int, tuple[nn.Module, nn.Module, list[int]]] = {
+        n: (block, copy.deepcopy(head) if calibration is not None else head, list(range(n)))}
     for r in ratios:
         width = kept_filters(n, r, round_to)
         if width in copies:
             continue
         b, h = copy.deepcopy(block), copy.deepcopy(head)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            prune_block(b, h, input_shape, r, importance, round_to,
-                        gradients=(lambda b=b, h=h: gradients(b, h)) if gradients is not None else None)
-        copies[width] = (b, h)
-    image_shape = tuple(holdout.x.shape[1:])
+            removed = prune_block(b, h, input_shape, r, importance, round_to,
+                                  gradients=(lambda b=b, h=h: gradients(b, h)) if gradients is not None else None)
+        gone = set(removed)
+        copies[width] = (b, h, [i for i in range(n) if i not in gone])  # torch-pruning keeps the order
     prefix = nn.Sequential(*prefix_blocks)
-    accs = dict(zip(copies, holdout_accuracies(prefix, list(copies.values()), holdout, norm, batch_size, device,
-                                               amp)))
+    heads = [(h, kept) for _, h, kept in copies.values()]
+    if calibration is not None:
+        recalibrate(heads, _outputs(prefix, block, calibration, batch_size, norm, device, amp), device, amp)
+    accs = dict(zip(copies, holdout_accuracies(heads, _outputs(prefix, block, holdout.x, batch_size, norm, device, amp),
+                                               holdout.y, device, amp)))
+    image_shape = tuple(holdout.x.shape[1:])
     sizes = {w: (count_params(nn.Sequential(*prefix_blocks, b)), count_macs(nn.Sequential(*prefix_blocks, b),
                                                                            image_shape))
-             for w, (b, _) in copies.items()}
+             for w, (b, _, _) in copies.items()}
     return [{"ratio": r, "width": w, "holdout_acc": round(accs[w], 4), "params_backbone": sizes[w][0],
              "macs_backbone": sizes[w][1]} for r, w in ((r, kept_filters(n, r, round_to)) for r in ratios)]

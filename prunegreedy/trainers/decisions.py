@@ -82,11 +82,15 @@ class Decisions:
     def __init__(self, cfg: Config, holdout: Holdout, run):
         self.cfg, self.run = cfg, run
         self.holdout = holdout.to(run.device)
+        # A fixed, seeded sample of the training images for the heads' BatchNorm recalibration.
+        k = min(cfg.compress.sensitivity_bn_images, run.ds.num_train)
+        pick = torch.randperm(run.ds.num_train, generator=torch.Generator().manual_seed(cfg.run.seed))[:k]
+        self.calibration = run.ds.train_x[pick.sort().values.to(run.ds.train_x.device)] if k else None
         self.rows: list[dict] = []
         self.budget: Budget | None = budget_of(cfg.compress)
         run.meta["dataset"]["holdout_images"] = len(holdout)
         run.meta["sensitivity"] = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
-                                   "seconds": {}}
+                                   "bn_images": k, "seconds": {}}
         if self.budget is not None:
             m = cfg.model
             self.model = CostModel.of(make_plan(m.plan, m.width_mult, m.widths), run.ds.image_shape)
@@ -113,7 +117,7 @@ class Decisions:
         start = time.perf_counter()
         rows = measure(list(ctx.prefix), ctx.block, ctx.head, ctx.input_shape, c.sensitivity_ratios, c.importance,
                        c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, run.amp,
-                       self._gradients(ctx))
+                       self._gradients(ctx), self.calibration)
         seconds = time.perf_counter() - start
         self.rows = [r for r in self.rows if r["stage"] != stage] + [{"stage": stage, **r} for r in rows]
         run.run_dir.write_table(SENSITIVITY_FILE, self.rows)
