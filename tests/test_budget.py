@@ -71,10 +71,10 @@ def test_only_runs_that_decide_from_data_hold_images_out(tmp_path, sample):
 # ---------------------------------------------------------------------------------------------
 # Sensitivity: pruned heads read the kept channels of one block output; BatchNorm recalibration
 
-def _stage2(sample):
-    """Blocks 1-2 of the k=2 plan (widths 8, 8) and block 2's pooled head, with BN statistics that
-    are not the defaults (as after training), on the sample's images."""
-    plan = [dataclasses.replace(s, head="pooled") for s in make_plan("cifar10-k2", 0.0625)]
+def _stage2(sample, head="pooled"):
+    """Blocks 1-2 of the k=2 plan (widths 8, 8) and block 2's head, with BN statistics that are not
+    the defaults (as after training), on the sample's images."""
+    plan = [dataclasses.replace(s, head=head) for s in make_plan("cifar10-k2", 0.0625)]
     torch.manual_seed(0)
     b1, b2 = make_block(3, plan[0]), make_block(plan[0].width, plan[1])
     head = make_head(plan[1].width, plan[1], 10, (32, 32))
@@ -85,8 +85,9 @@ def _stage2(sample):
     return b1, b2, head, Normalize(sample.mean, sample.std, torch.device("cpu"), False)
 
 
-def test_sensitivity_scores_each_pruned_copy_exactly_as_the_copy_itself(sample):
-    b1, b2, head, norm = _stage2(sample)
+@pytest.mark.parametrize("kind", ["pooled", "mlp-sr", "aux"])  # the first two share their pool
+def test_sensitivity_scores_each_pruned_copy_exactly_as_the_copy_itself(sample, kind):
+    b1, b2, head, norm = _stage2(sample, kind)
     held = sample.split_holdout(200, seed=0)[1]
     rows = measure([b1], b2, head, (8, 32, 32), [0.25, 0.5, 0.75], "l1", 1, held, norm, 64, torch.device("cpu"))
     assert [r["width"] for r in rows] == [8, 6, 4, 2]

@@ -7,7 +7,9 @@ copy of the stage's batch generator, so every copy loses exactly the filters the
 that ratio, and the run's own random streams are left as they were.
 
 Pruning block j's output filters leaves its kept channels' outputs exactly as they were, so the
-prefix and block j run once per batch and every pruned head reads its kept channels of that output.
+prefix and block j run once per batch and every pruned head reads its kept channels of that output
+(after the pool of a pooled or mlp-sr head, which works channel by channel: one pool per batch, and
+each copy slices a map 16 times smaller).
 The heads' BatchNorm statistics are then re-estimated on training images (`calibration`): a head
 whose input lost channels sees other conv sums than it was trained on, and with stale statistics
 its accuracy collapses far more than the cut deserves (EagleEye's "adaptive BN", ECCV 2020). Every
@@ -28,23 +30,46 @@ from .prune import kept_filters, prune_block
 
 # gradients(block copy, head copy): fill .grad for Taylor importance (None for other criteria)
 Gradients = Callable[[nn.Module, nn.Module], None]
+# apply(head, kept channels of the block output): its logits; the output may have gone through a
+# channel-wise front first (the pooled heads' shrink), shared by every copy
+Apply = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _outputs(prefix: nn.Module, block: nn.Module, x: torch.Tensor, batch_size: int, norm: Normalize,
-             device: torch.device, amp: torch.dtype | None) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, block(prefix(x))) per batch of uint8 images x, prefix and block in eval mode."""
-    with eval_mode(prefix, block):
+def _call(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return head(z)
+
+
+def _classify(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return head.classify(z)
+
+
+def split_head(head: nn.Module) -> tuple[nn.Module, Apply]:
+    """(the channel-wise front every copy of the head shares, how a copy goes on from there)."""
+    if hasattr(head, "classify"):  # pooled, mlp-sr: shrink (an average pool), then classify
+        return head.shrink, _classify
+    return nn.Identity(), _call
+
+
+def _slice(z: torch.Tensor, kept: list[int] | None) -> torch.Tensor:
+    return z if kept is None else z[:, kept]
+
+
+def _outputs(prefix: nn.Module, block: nn.Module, front: nn.Module, x: torch.Tensor, batch_size: int,
+             norm: Normalize, device: torch.device, amp: torch.dtype | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, front(block(prefix(x)))) per batch of uint8 images x, all in eval mode."""
+    with eval_mode(prefix, block, front):
         for start in range(0, len(x), batch_size):
             with autocast(device, amp):
-                yield start, block(prefix(norm(x[start:start + batch_size])))
+                yield start, front(block(prefix(norm(x[start:start + batch_size]))))
 
 
 @torch.no_grad()
-def recalibrate(heads: list[tuple[nn.Module, list[int]]], outputs: Iterator[tuple[int, torch.Tensor]],
-                device: torch.device, amp: torch.dtype | None = None) -> None:
-    """Re-estimate the BatchNorm statistics of every (head, kept channels) on the block outputs:
-    the plain average of the batches' statistics (momentum None), the rest of each head in eval mode."""
+def recalibrate(heads: list[tuple[nn.Module, list[int] | None]], outputs: Iterator[tuple[int, torch.Tensor]],
+                device: torch.device, amp: torch.dtype | None = None, apply: Apply = _call) -> None:
+    """Re-estimate the BatchNorm statistics of every (head, kept channels or None for all) on the
+    block outputs: the plain average of the batches' statistics (momentum None), the rest of each
+    head in eval mode."""
     norms = [m for head, _ in heads for m in head.modules() if isinstance(m, BATCH_NORMS)]
     momenta = [m.momentum for m in norms]
     with eval_mode(*[h for h, _ in heads]):
@@ -55,14 +80,15 @@ def recalibrate(heads: list[tuple[nn.Module, list[int]]], outputs: Iterator[tupl
         for _, out in outputs:
             with autocast(device, amp):
                 for head, kept in heads:
-                    head(out[:, kept])
+                    apply(head, _slice(out, kept))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 
 
 @torch.no_grad()
-def holdout_accuracies(heads: list[tuple[nn.Module, list[int]]], outputs: Iterator[tuple[int, torch.Tensor]],
-                       y: torch.Tensor, device: torch.device, amp: torch.dtype | None = None) -> list[float]:
+def holdout_accuracies(heads: list[tuple[nn.Module, list[int] | None]], outputs: Iterator[tuple[int, torch.Tensor]],
+                       y: torch.Tensor, device: torch.device, amp: torch.dtype | None = None,
+                       apply: Apply = _call) -> list[float]:
     """Held-out top-1 accuracy (%) of each (head, kept channels) on the block outputs, labels y."""
     correct = [0] * len(heads)
     with eval_mode(*[h for h, _ in heads]):
@@ -70,7 +96,7 @@ def holdout_accuracies(heads: list[tuple[nn.Module, list[int]]], outputs: Iterat
             yb = y[start:start + len(out)]
             with autocast(device, amp):
                 for i, (head, kept) in enumerate(heads):
-                    correct[i] += int((head(out[:, kept]).float().argmax(1) == yb).sum().item())
+                    correct[i] += int((apply(head, _slice(out, kept)).float().argmax(1) == yb).sum().item())
     return [100.0 * c / len(y) for c in correct]
 
 
@@ -88,8 +114,8 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
     n = block.conv.out_channels
     ratios = [0.0] + sorted(r for r in ratios if r > 0)
     # One pruned copy per kept width: (block copy, head copy, kept channels of the trained block).
-    copies: dict[int, tuple[nn.Module, nn.Module, list[int]]] = {
-        n: (block, copy.deepcopy(head) if calibration is not None else head, list(range(n)))}
+    copies: dict[int, tuple[nn.Module, nn.Module, list[int] | None]] = {
+        n: (block, copy.deepcopy(head) if calibration is not None else head, None)}
     for r in ratios:
         width = kept_filters(n, r, round_to)
         if width in copies:
@@ -102,10 +128,12 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
         copies[width] = (b, h, [i for i in range(n) if i not in gone])  # torch-pruning keeps the order
     prefix = nn.Sequential(*prefix_blocks)
     heads = [(h, kept) for _, h, kept in copies.values()]
+    front, apply = split_head(head)
     if calibration is not None:
-        recalibrate(heads, _outputs(prefix, block, calibration, batch_size, norm, device, amp), device, amp)
-    accs = dict(zip(copies, holdout_accuracies(heads, _outputs(prefix, block, holdout.x, batch_size, norm, device, amp),
-                                               holdout.y, device, amp)))
+        recalibrate(heads, _outputs(prefix, block, front, calibration, batch_size, norm, device, amp), device, amp,
+                    apply)
+    outputs = _outputs(prefix, block, front, holdout.x, batch_size, norm, device, amp)
+    accs = dict(zip(copies, holdout_accuracies(heads, outputs, holdout.y, device, amp, apply)))
     image_shape = tuple(holdout.x.shape[1:])
     sizes = {w: (count_params(nn.Sequential(*prefix_blocks, b)), count_macs(nn.Sequential(*prefix_blocks, b),
                                                                            image_shape))

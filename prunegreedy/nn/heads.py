@@ -122,6 +122,14 @@ class _ShrinkingHead(nn.Module):
 
     FIELDS: ClassVar[dict[str, type]] = {}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.shrink(x))
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """The head after `shrink`. The pool works channel by channel, so heads that read other
+        channels of one block output can share it (compress.sensitivity)."""
+        raise NotImplementedError
+
     @property
     def in_channels(self) -> int:
         first = next(m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)))
@@ -171,8 +179,8 @@ class PooledHead(_ShrinkingHead):
         self.bn = nn.BatchNorm2d(c) if bn else nn.Identity()
         self.fc = nn.Linear(c * 4, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.bn(self.pool(self.body(self.shrink(x)))), 1))
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.bn(self.pool(self.body(z))), 1))
 
     @classmethod
     def for_stage(cls, in_channels: int, stage: StageSpec, num_classes: int,
@@ -208,8 +216,8 @@ class MLPSRHead(_ShrinkingHead):
         self.bn1 = nn.BatchNorm1d(hidden) if bn else nn.Identity()
         self.fc = nn.Linear(hidden, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.flatten(self.pool(self.body(self.shrink(x))), 1)
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.flatten(self.pool(self.body(z)), 1)
         return self.fc(torch.relu(self.bn1(self.fc1(h))))
 
     @classmethod
