@@ -40,9 +40,9 @@ from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
 from prunegreedy.records import load_model
-from prunegreedy.train.evaluate import accuracy
 from prunegreedy.report import tables as report_tables
 from prunegreedy.train import runtime
+from prunegreedy.train.evaluate import accuracy
 
 RECIPE = "cifar10-cpu"
 BUDGETS = ("0.25x", "0.5x", "0.1x")
