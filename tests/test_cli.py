@@ -109,6 +109,24 @@ def test_bad_input_is_one_line_exit_2_and_no_folder(tmp_path, cache_dir, args, m
     assert not out.exists()
 
 
+@pytest.mark.parametrize("dataset", ["imagefolder", "imagenet"])
+def test_class_without_training_images_is_refused_before_the_run_folder(tmp_path, cache_dir, dataset):
+    from PIL import Image
+
+    root = tmp_path / "d"
+    for split, classes in (("train", ["cat"]), ("test", ["cat", "dog"])):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (200, 30, 90)).save(root / split / c / "0.jpg")
+    (root / "train" / "dog").mkdir()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", "--out", str(out), "--dataset", dataset, "--data-dir", str(root), *TINY])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.splitlines() == [f"error: class 'dog' has no training images in {root}/train; every class "
+                                       f"needs images in train/ and test/"]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 def test_out_folder_holding_a_run_is_never_overwritten(tmp_path, cache_dir):
     out = tmp_path / "run"
     assert runner.invoke(app, ["run", "--out", str(out), "--epochs", "0.2", *TINY]).exit_code == 0

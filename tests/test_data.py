@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from prunegreedy.data import base as data_base
 from prunegreedy.data import folders as data_folders
@@ -137,3 +138,32 @@ def test_imagefolder_accepts_val_as_the_evaluation_split(tmp_path, sample):
     shutil.rmtree(root / "val")
     with pytest.raises(DataError, match=r"missing folder .*folder/test \(expected image-folder layout"):
         data_registry.load_dataset(DataConfig(name="imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "c")))
+
+
+def _jpegs(root, splits):
+    """`splits`: {split: {class: number of images}}; tiny solid-colour JPEGs."""
+    for split, classes in splits.items():
+        for label, (c, n) in enumerate(classes.items()):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (40 * label, 20 * i, 90)).save(root / split / c / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("splits,message", [
+    ({"train": {"cat": 2}, "test": {"cat": 1}}, "image folder {root}/train has 1 class (cat); a classifier needs "
+                                                "at least two"),
+    ({"train": {"cat": 2, "dog": 0}, "test": {"cat": 1, "dog": 1}},
+     "class 'dog' has no training images in {root}/train; every class needs images in train/ and test/"),
+    ({"train": {"cat": 2, "dog": 2}, "val": {"cat": 0, "dog": 1}},
+     "class 'cat' has no test images in {root}/val; every class needs images in train/ and val/"),
+    ({"train": {"cat": 2, "dog": 2, "eel": 1}, "test": {"cat": 1, "dog": 1}},
+     "{root}: train/ and test/ have different class folders ('eel' is in only one)"),
+], ids=["one-class", "no-train-images", "no-val-images", "class-missing-from-test"])
+def test_imagefolder_that_cannot_train_is_refused_naming_the_class(tmp_path, splits, message):
+    root = _jpegs(tmp_path / "d", splits)
+    cfg = DataConfig(name="imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError) as e:
+        data_registry.load_dataset(cfg)
+    assert str(e.value) == message.format(root=root)
+    assert not (tmp_path / "cache").exists()  # refused on the file list, before decoding

@@ -147,6 +147,22 @@ def test_layout_errors_say_what_is_wrong(tmp_path):
         load(tmp_path / "test-split")
 
 
+@pytest.mark.parametrize("classes,emptied,message", [
+    (["n01"], None, "image folder {root}/train has 1 class (n01); a classifier needs at least two"),
+    (CLASSES, "train/n02", "class 'n02' has no training images in {root}/train; every class needs images in "
+                           "train/ and val/"),
+    (CLASSES, "val/n03", "class 'n03' has no test images in {root}/val; every class needs images in train/ and val/"),
+], ids=["one-class", "no-train-images", "no-val-images"])
+def test_folders_that_cannot_train_are_refused_naming_the_class(tmp_path, classes, emptied, message):
+    root = make_folder(tmp_path / "d", counts=[2, 1], classes=classes)
+    if emptied:
+        for f in (root / emptied).glob("*.png"):
+            f.unlink()
+    with pytest.raises(DataError) as e:
+        load(root)
+    assert str(e.value) == message.format(root=root)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_image_is_named_in_one_line(tmp_path, workers):
     root = make_folder(tmp_path / "c", counts=[2, 1])

@@ -57,6 +57,21 @@ def list_split(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
+def check_classes(root: Path, test_split: str, classes: list[str], train_labels, test_labels) -> None:
+    """Refuse folders that would train but mean nothing: with one class every answer is right, a class
+    without training images is never learned and one without test images is never scored. Runs on
+    the file lists, before anything is decoded."""
+    if len(classes) < 2:
+        raise DataError(f"image folder {root / 'train'} has {len(classes)} class ({', '.join(classes)}); "
+                        f"a classifier needs at least two")
+    for split, labels, kind in (("train", train_labels, "training"), (test_split, test_labels, "test")):
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+        for c, n in zip(classes, counts):
+            if n == 0:
+                raise DataError(f"class '{c}' has no {kind} images in {root / split}; every class needs images "
+                                f"in train/ and {test_split}/")
+
+
 def _fingerprint(items: list[tuple[Path, int]], extra: str) -> str:
     h = hashlib.sha256(f"{CACHE_FORMAT}|{extra}".encode())
     for p, label in items:
@@ -127,9 +142,11 @@ def load_image_folder(root: Path, name: str, cache_dir: Path, size: int | None,
     train_classes, train_items = list_split(root / "train")
     test_classes, test_items = list_split(root / split)
     if train_classes != test_classes:
-        raise DataError(f"{root}: train/ and {split}/ have different class folders")
+        only = sorted(set(train_classes) ^ set(test_classes))
+        raise DataError(f"{root}: train/ and {split}/ have different class folders ('{only[0]}' is in only one)")
     if expect_classes is not None and train_classes != expect_classes:
         raise DataError(f"{root}: class folders {train_classes} are not the CIFAR-10 classes {expect_classes}")
+    check_classes(root, split, train_classes, [l for _, l in train_items], [l for _, l in test_items])
     key = f"{name}-" + _fingerprint(train_items + test_items, f"{root.resolve()}|{size}")
 
     def build() -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from torchvision import transforms
 from ..config import DataConfig
 from ..errors import DataError
 from .base import Normalize
-from .folders import IMAGE_EXTS
+from .folders import IMAGE_EXTS, check_classes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,4 +198,5 @@ def load_imagenet(cfg: DataConfig, cache_dir: Path) -> StreamDataset:
         only = sorted(set(classes) ^ set(test_classes))
         raise DataError(f"{root}: train/ and {test_split}/ have different class folders ({len(classes)} vs "
                         f"{len(test_classes)}, e.g. '{only[0]}' is in only one; {LAYOUT})")
+    check_classes(root, test_split, classes, train.labels, test.labels)
     return StreamDataset("imagenet", classes, train, test, cfg.image_size, cfg.workers)
