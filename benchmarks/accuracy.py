@@ -33,7 +33,7 @@ from runs import PrintUI, run_once
 
 from prunegreedy import config
 from prunegreedy.data import registry as data_registry
-from prunegreedy.trainers import greedy as pipeline
+from prunegreedy.trainers import common as pipeline
 from prunegreedy.report import tables as report_tables
 from prunegreedy.train import runtime
 from prunegreedy.fileio import read_json
@@ -63,23 +63,23 @@ def main() -> None:
     device = runtime.resolve_device(args.device)
     runtime.setup(device, None)
     ui = PrintUI()
-    base = config._merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)},
+    base = config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)},
                           "run": {"device": args.device, "quiet": True}}, config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load("cifar10-cpu", base).data)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     e2e = {"train": {"trainer": "end-to-end"}}
     after = {"compress": {"at": 1.0, "finetune_epochs": 0.5}}  # cut after training, half an epoch of fine-tuning
-    greedy_cfg = config.load("cifar10-cpu-compress", config._merge(base, after))
+    greedy_cfg = config.load("cifar10-cpu-compress", config.merge(base, after))
     finetune_total = greedy_cfg.compress.finetune() * len(pipeline.check(greedy_cfg))  # greedy's, in all
     pat = {"train": {"trainer": "end-to-end"}, "compress": {"finetune_epochs": finetune_total, "at": 1.0}}
     dgl = {"train": {"trainer": "decoupled"}}
     at = {"compress": {"at": args.at, "finetune_epochs": 0}}
     plan = [("greedy-r0", "cifar10-cpu", {}), ("greedy-r0.5", "cifar10-cpu-compress", after),
             ("greedy-r0.5-at", "cifar10-cpu-compress", at),
-            ("e2e-probe", "cifar10-cpu", config._merge(e2e, {"train": {"total_epochs": 0.25}})),
-            ("dgl-probe", "cifar10-cpu", config._merge(dgl, {"train": {"total_epochs": 0.25}}))]
-    metas = {name: run_once(name, recipe, over, base, out, ds, device, ui) for name, recipe, over in plan}
+            ("e2e-probe", "cifar10-cpu", config.merge(e2e, {"train": {"total_epochs": 0.25}})),
+            ("dgl-probe", "cifar10-cpu", config.merge(dgl, {"train": {"total_epochs": 0.25}}))]
+    metas = {name: run_once(name, recipe, over, base, out, ds, ui) for name, recipe, over in plan}
     budget = metas["greedy-r0.5"]["seconds"]
     e2e_epoch, e2e_rest = epoch_cost(out, "e2e-probe")
     dgl_epoch, dgl_rest = epoch_cost(out, "dgl-probe")
@@ -91,12 +91,12 @@ def main() -> None:
            f"{dgl_epoch:.1f}s; end-to-end gets {e2e_epochs} epochs, prune-after-training {pat_epochs} + "
            f"{finetune_total:g} fine-tune, decoupled {dgl_epochs}")
     for name, recipe, over in [
-            ("dgl-wall", "cifar10-cpu", config._merge(dgl, {"train": {"total_epochs": dgl_epochs}})),
-            ("dgl-r0.5-wall", "cifar10-cpu-compress", config._merge(config._merge(dgl, at),
+            ("dgl-wall", "cifar10-cpu", config.merge(dgl, {"train": {"total_epochs": dgl_epochs}})),
+            ("dgl-r0.5-wall", "cifar10-cpu-compress", config.merge(config.merge(dgl, at),
                                                                    {"train": {"total_epochs": dgl_epochs}})),
-            ("e2e-wall", "cifar10-cpu", config._merge(e2e, {"train": {"total_epochs": e2e_epochs}})),
-            ("pat-wall", "cifar10-cpu-compress", config._merge(pat, {"train": {"total_epochs": pat_epochs}}))]:
-        metas[name] = run_once(name, recipe, over, base, out, ds, device, ui)
+            ("e2e-wall", "cifar10-cpu", config.merge(e2e, {"train": {"total_epochs": e2e_epochs}})),
+            ("pat-wall", "cifar10-cpu-compress", config.merge(pat, {"train": {"total_epochs": pat_epochs}}))]:
+        metas[name] = run_once(name, recipe, over, base, out, ds, ui)
     for probe in ("e2e-probe", "dgl-probe"):
         metas.pop(probe)
     names = list(metas)

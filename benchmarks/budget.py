@@ -89,7 +89,7 @@ def main() -> None:
     runtime.setup(device, None)
     ui = PrintUI()
     data = {"name": args.dataset, **({"data_dir": str(args.data_dir)} if args.data_dir else {})}
-    base = config._merge({"data": data, "run": {"device": args.device, "quiet": True, "seed": 0}},
+    base = config.merge({"data": data, "run": {"device": args.device, "quiet": True, "seed": 0}},
                          config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load(RECIPE, base).data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +101,8 @@ def main() -> None:
     pair = [("macs-0.25x", budget("0.25x")), ("uniform-0.5", uniform)]
     plan = [(name, over, seeds[0]) for name, over in pair] + [(f"macs-{b}", budget(b), seeds[0])
                                                              for b in BUDGETS if b != "0.25x"]
-    plan += [(f"{name}-seed{s}", config._merge(over, {"run": {"seed": s}}), s) for s in seeds[1:] for name, over in pair]
-    metas = {name: run_once(name, RECIPE, over, base, args.out, ds, device, ui) for name, over, _ in plan}
+    plan += [(f"{name}-seed{s}", config.merge(over, {"run": {"seed": s}}), s) for s in seeds[1:] for name, over in pair]
+    metas = {name: run_once(name, RECIPE, over, base, args.out, ds, ui) for name, over, _ in plan}
     report_tables.write_report(report_tables.load_runs([args.out / n for n in metas]), args.out)
 
     rows = [{"seed": seed, **row(name, metas[name]), "holdout_acc": holdout_acc(args.out / name, metas[name], ds, seed,

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import prunegreedy
 from prunegreedy import config
 from prunegreedy.fileio import read_json
-from prunegreedy.records import RunDir
-from prunegreedy.trainers import registry as trainers_registry
+from prunegreedy.records import RunRecord
 
 
 class PrintUI:
@@ -24,15 +24,16 @@ class PrintUI:
 
 
 def finished(path: Path) -> dict | None:
-    if RunDir.is_run(path):
+    if RunRecord.is_run(path):
         meta = read_json(path / "run.json")
         if meta.get("status") == "finished":
             return meta
     return None
 
 
-def run_once(name: str, recipe: str, over: dict, base: dict, out: Path, ds, device, ui) -> dict:
-    """Train recipe + base + over into out/name, or return the run.json of a finished one there."""
+def run_once(name: str, recipe: str, over: dict, base: dict, out: Path, ds, ui) -> dict:
+    """Train recipe + base + over into out/name on the loaded dataset `ds` (prunegreedy.fit), or
+    return the run.json of a finished one there."""
     path = out / name
     meta = finished(path)
     if meta is not None:
@@ -42,6 +43,5 @@ def run_once(name: str, recipe: str, over: dict, base: dict, out: Path, ds, devi
         aside = path.with_name(f"{name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
         path.rename(aside)
         ui.log(f"{name}: moved the unfinished leftover aside to {aside}")
-    cfg = config.load(recipe, config._merge(base, over))
     ui.log(f"{name}: training into {path} ({recipe} {over})")
-    return trainers_registry.get_trainer(cfg)(cfg, RunDir.create(path), ds, device, ui).run()
+    return prunegreedy.fit(recipe, out=path, dataset=ds, set=config.merge(base, over), ui=ui).meta

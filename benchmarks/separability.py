@@ -23,11 +23,12 @@ from prunegreedy.data import base as data_base
 from prunegreedy.data import registry as data_registry
 from prunegreedy.measure import probe
 from prunegreedy import records
+from prunegreedy.fileio import read_yaml
 from prunegreedy.train import runtime
 
 
 def last_checkpoint(run: Path) -> Path:
-    ckpt = records.RunDir(run).ckpt
+    ckpt = Path(run) / "checkpoints"
     stages = [int(m.group(1)) for p in ckpt.glob("stage-*.json") if (m := re.fullmatch(r"stage-(\d+)\.json", p.name))]
     if not stages:
         raise SystemExit(f"{run}: no stage checkpoint in {ckpt}")
@@ -51,7 +52,7 @@ def main() -> None:
     curves = []
     for run in args.runs:
         net, _ = records.load_model(last_checkpoint(run))
-        section = records.read_yaml(run / "config.yaml")["data"]
+        section = read_yaml(run / "config.yaml")["data"]
         section.update({"train_limit": None, "test_limit": None})
         section.update({k: v for k, v in (("name", args.dataset), ("data_dir", args.data_dir)) if v is not None})
         ds = data_registry.load_dataset(config.from_dict({"data": section}).data)

@@ -5,7 +5,7 @@ end-to-end training of the same plan (all blocks jointly into the last head, as
 prunegreedy.endtoend trains them), side by side in one process:
   bound   images/s of the same training step (frozen-prefix forward, trained modules forward,
           backward, SGD step) on random tensors: the compute bound, no data pipeline;
-  train   images/s of prunegreedy.train.train_stage on real data (fetch, augment, normalise);
+  train   images/s of prunegreedy.train.loop.train on real data (fetch, augment, normalise);
   data    seconds per batch of fetch + batched crop/flip + normalise alone;
   epoch   seconds per epoch of the training data at the measured `train` rate.
 Prints a CSV (also written to --csv), then one summary line comparing one end-to-end epoch with
@@ -66,10 +66,11 @@ def main() -> None:
         """(bound images/s, train images/s, train seconds per step) of one set of trained modules."""
         bound_s = time_it(bare_step_fn(prefix, block, head, args.batch, cfg), args.steps)
         gen = torch.Generator().manual_seed(0)
-        train_loop.train_stage(prefix, block, head, ds, norm, cfg, 2 / steps_per_epoch, 0.01, "constant",
-                          torch.device("cpu"), gen)  # warm-up
-        stats = train_loop.train_stage(prefix, block, head, ds, norm, cfg, args.steps / steps_per_epoch, 0.01,
-                                  "constant", torch.device("cpu"), gen)
+        chain = train_loop.Chain([(block, head)], prefix)
+        train_loop.train(chain, ds, norm, cfg, 2 / steps_per_epoch, 0.01, "constant", torch.device("cpu"),
+                         gen)  # warm-up
+        stats = train_loop.train(chain, ds, norm, cfg, args.steps / steps_per_epoch, 0.01, "constant",
+                                 torch.device("cpu"), gen).stats[0]
         return args.batch / bound_s, stats.images_per_s, stats.seconds / args.steps
 
     names = [str(j + 1) for j in range(len(plan))] + [E2E]

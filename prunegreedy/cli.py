@@ -6,16 +6,13 @@ the traceback instead.
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 
-from . import config as config_mod
-from .errors import PrunegreedyError, RunError
+from .errors import ConfigError, PrunegreedyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Greedy layerwise CNN training with compression after every stage.")
@@ -27,28 +24,17 @@ def _root() -> None:
     """Greedy layerwise CNN training with compression after every stage."""
 
 
-# Shown when `--dataset cifar10` picks a recipe by itself.
-RECIPE_NOTES = {
-    "cifar10-k2": "the paper's k=2 recipe (50 epochs per stage); a GPU is present; several hours on one GPU",
-    "cifar10-cpu": "the CPU recipe (k=2 net at half width, pooled heads, 20 epochs in all); no GPU found; "
-                   "about 15 minutes on a 2-core AVX-512 CPU (40 on an AVX2 one), ~81% test accuracy",
-}
-
-
 class ConsoleUI:
-    """Log lines to the terminal and the run's log.txt; rich progress bars unless quiet."""
+    """Log lines to the terminal; rich progress bars unless quiet (the library keeps log.txt)."""
 
     def __init__(self, quiet: bool):
         from rich.console import Console
 
         self.console = Console(highlight=False)
         self.quiet = quiet
-        self.run_dir = None
 
     def log(self, msg: str) -> None:
         self.console.print(msg, markup=False, soft_wrap=True)
-        if self.run_dir is not None:
-            self.run_dir.log(f"{time.strftime('%H:%M:%S')} {msg}")
 
     def progress(self, desc: str):
         if self.quiet or not self.console.is_terminal:  # a log file or CI gets the phase rows alone
@@ -90,209 +76,61 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _choose_recipe(config: Optional[str], dataset: Optional[str], device: str, ui: ConsoleUI) -> str:
-    if config is not None:
-        return config
-    if dataset == "cifar10":
-        from .train.runtime import resolve_device
-
-        recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-cpu"
-        ui.log(f"recipe: {recipe} - {RECIPE_NOTES[recipe]} (choose another with --config)")
-        return recipe
-    return "quick"
-
-
-def _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out, name,
-               quiet, sets, trainer=None, target_macs=None, target_params=None) -> dict:
-    over = config_mod.parse_set(sets or [])
-    _budget_overrides(over, prune_ratio, prune_ratios, target_macs, target_params)
-    put = lambda sec, key, v: over.setdefault(sec, {}).__setitem__(key, v)  # noqa: E731
-    if dataset is not None:
-        put("data", "name", dataset)
-    if data_dir is not None:
-        put("data", "data_dir", str(data_dir))
-    if k is not None:
-        if k not in (1, 2, 3):
-            raise config_mod.ConfigError(f"--k must be 1, 2 or 3, got {k}")
-        put("model", "plan", f"cifar10-k{k}")
-    if epochs is not None:
-        put("train", "epochs", epochs)
-    if trainer is not None:
-        put("train", "trainer", trainer)
-    if prune_ratio is not None or prune_ratios is not None:
-        over.setdefault("compress", {}).setdefault("hook", "prune")
-    if prune_ratio is not None:
-        put("compress", "ratio", prune_ratio)
-    if prune_ratios is not None:
-        put("compress", "ratios", prune_ratios)
-    if importance is not None:
-        put("compress", "importance", importance)
-    if device is not None:
-        put("run", "device", device)
-    if seed is not None:
-        put("run", "seed", seed)
-    if out is not None:
-        put("run", "out", str(out))
-    if name is not None:
-        put("run", "name", name)
-    if quiet:
-        put("run", "quiet", True)
-    return over
+# Options that `run` and `sweep` share, declared once.
+Config_ = Annotated[Optional[str], typer.Option("--config", "-c", help="Recipe name (see configs/) or YAML file.")]
+Dataset_ = Annotated[Optional[str], typer.Option(help="cifar10, cifar10-sample, imagefolder or imagenet.")]
+DataDir = Annotated[Optional[Path], typer.Option(help="Local dataset folder (never downloaded if given).")]
+K = Annotated[Optional[int], typer.Option(help="Hidden layers of the auxiliary problem: 1, 2 or 3.")]
+Epochs = Annotated[Optional[str], typer.Option(help="Epochs per stage: one number or a comma list.")]
+Importance = Annotated[Optional[str], typer.Option(help="Pruning criterion: l1, l2, bn, taylor, random.")]
+Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once) or end-to-end "
+                                                     "(the baseline; with pruning: prune-after-training).")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]
+Seed = Annotated[Optional[int], typer.Option()]
+Sets = Annotated[Optional[List[str]], typer.Option("--set", help="Override any config field: key.sub=value.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines only, no progress bars.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+TargetMacs = Annotated[Optional[str], typer.Option(help="Budget: final backbone MACs, a count (40M) or a fraction of "
+                                                        "the unpruned plan (0.25x); the ratios are chosen.")]
+TargetParams = Annotated[Optional[str], typer.Option(help="Budget: final backbone parameters (100K, 0.25x).")]
 
 
-def _budget_overrides(over: dict, prune_ratio, prune_ratios, target_macs, target_params) -> None:
-    """--target-macs / --target-params: the budget replaces the recipe's ratios, never a ratio given here."""
-    targets = [(n, v) for n, v in (("--target-macs", target_macs), ("--target-params", target_params)) if v is not None]
-    if not targets:
-        return
-    if len(targets) == 2:
-        raise config_mod.ConfigError("give one budget: --target-macs or --target-params, not both")
-    option, value = targets[0]
-    given = [o for o, v in (("--prune-ratio", prune_ratio), ("--prune-ratios", prune_ratios)) if v is not None]
-    given += [f"--set compress.{k}" for k in ("ratio", "ratios") if k in over.get("compress", {})]
-    if given:
-        raise config_mod.ConfigError(f"{option} chooses every stage's prune ratio itself; drop {given[0]}")
-    compress = over.setdefault("compress", {})
-    compress.setdefault("hook", "prune")
-    compress.update({"ratio": 0.0, "ratios": None, option[2:].replace("-", "_"): value})
-
-
-def _run_dir_path(cfg, recipe: str) -> Path:
-    if cfg.run.out:
-        return Path(cfg.run.out)
-    ratio = ",".join(f"{r:g}" for r in cfg.compress.ratios) if cfg.compress.ratios else f"{cfg.compress.ratio:g}"
-    budget = cfg.compress.target_macs or cfg.compress.target_params
-    if budget is not None:
-        ratio = f"{'macs' if cfg.compress.target_macs else 'params'}{budget}"
-    name = cfg.run.name or f"{Path(recipe).stem}-r{ratio}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path("runs") / name
+def _interruptible(fn, *args, **kwargs):
+    """Ctrl-C: the library has said how to resume; exit 130 without a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
 
 
 @app.command()
 @user_errors
 def run(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
-    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample, imagefolder or imagenet."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
-    k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
-    epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
+    config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
     prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
     prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
-    target_macs: Optional[str] = typer.Option(None, help="Budget: final backbone MACs, a count (40M) or a fraction "
-                                                         "of the unpruned plan (0.25x); the ratios are chosen."),
-    target_params: Optional[str] = typer.Option(None, help="Budget: final backbone parameters (100K, 0.25x)."),
-    importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
-    trainer: Optional[str] = typer.Option(None, help="greedy (default), decoupled (every block at once) or end-to-end (the baseline; with "
-                                                    "pruning: prune-after-training)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
-    seed: Optional[int] = typer.Option(None),
+    target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
+    trainer: Trainer = None, device: Device = None, seed: Seed = None,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
     name: Optional[str] = typer.Option(None, help="Run name under runs/."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
+    set_: Sets = None, quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last finished stage."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: Debug = False,
 ) -> None:
     """Train a network greedily, one stage at a time, compressing each new block."""
+    from . import api
+
     ui = ConsoleUI(quiet)
+    options = dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
+                   prune_ratios=prune_ratios, importance=importance, device=device, seed=seed, out=out, name=name,
+                   set=set_, trainer=trainer, target_macs=target_macs, target_params=target_params)
     if resume is not None:
-        given = [n for n, v in dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
-                                    prune_ratios=prune_ratios, importance=importance, device=device, seed=seed,
-                                    out=out, name=name, set=set_, trainer=trainer, target_macs=target_macs,
-                                    target_params=target_params).items() if v not in (None, [])]
+        given = [n for n, v in options.items() if v not in (None, [])]
         if given:
-            raise config_mod.ConfigError(f"--resume continues with the run's saved config; drop --{given[0]}")
-        return _resume(resume, data_dir, ui)
-    over = _overrides(dataset, data_dir, k, epochs, prune_ratio, prune_ratios, importance, device, seed, out,
-                      name, quiet, set_, trainer, target_macs, target_params)
-    recipe = _choose_recipe(config, dataset, device or "auto", ui)
-    cfg = config_mod.load(recipe, over)
-    _run(cfg, recipe, ui)
-
-
-def _start(cfg, ui: ConsoleUI):
-    """Device, process group (under torchrun) and CPU threads; ranks other than 0 stay silent."""
-    from .train import distributed, runtime
-    from .trainers.common import NullUI
-
-    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
-    runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
-    return dist, dev, (ui if dist.is_main else NullUI())
-
-
-def _run(cfg, recipe: str, ui: ConsoleUI) -> None:
-    from .data.registry import load_dataset
-    from .records import ReadOnlyRunDir, RunDir
-    from .trainers.decisions import check_data as check_holdout
-    from .trainers.registry import get_trainer
-
-    trainer = get_trainer(cfg)
-    dist, dev, ui = _start(cfg, ui)
-    path = _run_dir_path(cfg, recipe)
-    dist.on_main(lambda: RunDir.ensure_free(path))  # before minutes go into reading data
-    t0 = time.perf_counter()
-    ds = load_dataset(cfg.data)
-    ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
-           f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
-    check_holdout(cfg, ds)  # a budget's held-out slice must leave training images (before the folder)
-    dist.on_main(lambda: RunDir.create(path))
-    run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
-    dist.on_main(run_dir.hold)
-    try:
-        ui.run_dir = run_dir
-        procs = f" x {dist.world} processes" if dist.enabled else ""
-        ui.log(f"run folder: {run_dir.path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
-               f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
-        _train(trainer(cfg, run_dir, ds, dev, ui, dist), ui, dist)
-    finally:
-        run_dir.release()
-
-
-def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
-    from .data.registry import load_dataset
-    from .fileio import read_yaml
-    from .records import ReadOnlyRunDir, RunDir
-    from .trainers.registry import get_trainer
-
-    if not RunDir.is_run(path):
-        raise config_mod.ConfigError(f"{path} is not a run folder (no run.json)")
-    cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
-    if data_dir is not None:  # the data may have moved since; the check below compares them
-        cfg.data.data_dir = str(data_dir)
-    dist, dev, ui = _start(cfg, ui)
-    run_dir = RunDir(path) if dist.is_main else ReadOnlyRunDir(path)
-    dist.on_main(run_dir.hold)  # before minutes go into reading data
-    try:
-        ds = load_dataset(cfg.data)
-        ui.run_dir = run_dir
-        run = get_trainer(cfg).resume(run_dir, ds, dev, ui, dist)
-        ui.log(f"resuming {path} after stage {len(run.net.blocks)}")
-        _train(run, ui, dist)
-    finally:
-        run_dir.release()
-
-
-def _train(run, ui: ConsoleUI, dist) -> None:
-    """Run the training loop; Ctrl-C keeps the finished stages and says how to go on."""
-    run_dir = run.run_dir
-    resume_hint = f"prunegreedy run --resume {run_dir.path}"
-    try:
-        run.run()
-    except KeyboardInterrupt:
-        ui.log(f"interrupted; {run.meta['stages_done']} finished stage(s) and the last end-of-epoch checkpoint "
-               f"are saved. Resume with: {resume_hint}")
-        raise typer.Exit(130)
-    except RunError as e:  # e.g. the disk filled up: finished stages stay loadable
-        raise RunError(f"{e}; {run.meta['stages_done']} finished stage(s) kept, resume with: {resume_hint}") from None
-    finally:
-        dist.close()
-    ui.log(f"records: {run_dir.path / 'stages.csv'}")
-    if not dist.is_main:
+            raise ConfigError(f"--resume continues with the run's saved config; drop --{given[0]}")
+        _interruptible(api.resume, resume, data_dir, ui=ui)
         return
-    from .report.tables import load_runs, write_report
-
-    write_report(load_runs([run_dir.path]), run_dir.path)
-    ui.log(f"report: {run_dir.path / 'report.html'}")
+    _interruptible(api.fit, data_dir=data_dir, quiet=quiet, ui=ui, **options)
 
 
 @app.command()
@@ -310,53 +148,6 @@ def report(
         typer.echo(str(path))
 
 
-def _sweep_ratios(text: str) -> list[float]:
-    try:
-        ratios = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise config_mod.ConfigError(f"--prune-ratios expects numbers separated by commas, got '{text}'") from None
-    names = [f"{r:g}" for r in ratios]
-    if not ratios or len(set(names)) != len(names):
-        raise config_mod.ConfigError(f"--prune-ratios needs distinct ratios, got '{text}'")
-    return ratios
-
-
-def _sweep_slot_done(path: Path, ui: ConsoleUI) -> bool:
-    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted.
-
-    A slot that another process is writing (locked) stops the sweep: moving it would break that run."""
-    from .fileio import read_json
-    from .records import RUN_FILE, RunDir, RunLock
-
-    RunLock.check_free(path)
-
-    if RunDir.is_run(path):
-        try:
-            if read_json(path / RUN_FILE).get("status") == "finished":
-                return True
-        except (PrunegreedyError, AttributeError):  # damaged run.json: an unfinished leftover
-            pass
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside, n = path.with_name(f"{path.name}.partial-{stamp}"), 1
-        while aside.exists():
-            aside, n = path.with_name(f"{path.name}.partial-{stamp}-{n}"), n + 1
-        path.rename(aside)
-        ui.log(f"moved the unfinished leftover {path} aside to {aside}")
-    return False
-
-
-def _sweep_budgets(text: str, kind: str) -> list[str]:
-    from .compress.budget import parse_budget
-
-    budgets = [t.strip() for t in text.split(",") if t.strip()]
-    for b in budgets:
-        parse_budget(b, kind)
-    if not budgets or len(set(budgets)) != len(budgets):
-        raise config_mod.ConfigError(f"--target-{kind} needs distinct budgets separated by commas, got '{text}'")
-    return budgets
-
-
 @app.command()
 @user_errors
 def sweep(
@@ -367,75 +158,20 @@ def sweep(
     target_macs: Optional[str] = typer.Option(None, help="MACs budgets to compare instead, comma separated "
                                                          "(0.5x,0.25x,0.1x or 40M,20M)."),
     target_params: Optional[str] = typer.Option(None, help="Parameter budgets to compare instead (0.5x,100K)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe name (see configs/) or YAML file."),
-    dataset: Optional[str] = typer.Option(None, help="cifar10, cifar10-sample, imagefolder or imagenet."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local dataset folder (never downloaded if given)."),
-    k: Optional[int] = typer.Option(None, help="Hidden layers of the auxiliary problem: 1, 2 or 3."),
-    epochs: Optional[str] = typer.Option(None, help="Epochs per stage: one number or a comma list."),
-    importance: Optional[str] = typer.Option(None, help="Pruning criterion: l1, l2, bn, taylor, random."),
-    trainer: Optional[str] = typer.Option(None, help="greedy (default) or end-to-end (the baseline; with "
-                                                    "pruning: prune-after-training)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
-    seed: Optional[int] = typer.Option(None),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any config field: key.sub=value."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log lines only, no progress bars."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
+    importance: Importance = None, trainer: Trainer = None, device: Device = None, seed: Seed = None,
+    set_: Sets = None, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Run the recipe once per prune ratio (or budget) into OUT, then compare them in OUT/report.html.
 
     Ratios whose run already finished are skipped, so rerunning the same command resumes a sweep.
     """
-    from .report.tables import load_runs, write_report
-    from .trainers.registry import get_trainer
+    from . import api
 
-    given = [(o, v) for o, v in (("prune_ratios", prune_ratios), ("target_macs", target_macs),
-                                 ("target_params", target_params)) if v is not None]
-    if len(given) != 1:
-        raise config_mod.ConfigError("sweep needs exactly one of --prune-ratios, --target-macs, --target-params")
-    ui = ConsoleUI(quiet)
-    recipe = _choose_recipe(config, dataset, device or "auto", ui)
-    jobs = []
-    if prune_ratios is not None:
-        for r in _sweep_ratios(prune_ratios):
-            path = out / f"ratio-{r:g}"
-            over = _overrides(dataset, data_dir, k, epochs, r, None, importance, device, seed, path, None, quiet,
-                              set_, trainer)
-            over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
-            if r == 0:
-                over["compress"]["hook"] = "none"
-            jobs.append((f"ratio {r:g}", path, over))
-    else:
-        kind = "macs" if target_macs is not None else "params"
-        for b in _sweep_budgets(given[0][1], kind):
-            path = out / f"{kind}-{b}"
-            targets = {"target_macs": b} if kind == "macs" else {"target_params": b}
-            over = _overrides(dataset, data_dir, k, epochs, None, None, importance, device, seed, path, None, quiet,
-                              set_, trainer, **targets)
-            jobs.append((f"{kind} {b}", path, over))
-    jobs = [(label, path, config_mod.load(recipe, over)) for label, path, over in jobs]
-    for _, _, cfg in jobs:
-        get_trainer(cfg)  # every run's config is checked before hours go into the first one
-    for label, path, cfg in jobs:
-        ui.run_dir = None  # sweep lines belong to no run's log.txt
-        if _sweep_slot_done(path, ui):
-            ui.log(f"{label}: {path} already finished, skipped")
-            continue
-        ui.log(f"{label}: training into {path}")
-        try:
-            _run(cfg, recipe, ui)
-        except PrunegreedyError as e:
-            raise PrunegreedyError(f"{label}: {e}; run the same sweep again to resume "
-                                   "(finished runs are skipped)") from None
-    ui.run_dir = None
-    runs = load_runs([path for _, path, _ in jobs])
-    write_report(runs, out)
-    if prune_ratios is None:
-        for (label, _, _), r in zip(jobs, runs):  # the accuracy-versus-budget table, also in summary.csv
-            b = r.meta.get("budget") or {}
-            ui.log(f"{label}: final test acc {r.meta.get('final_acc', float('nan')):.2f}%  {b.get('kind')} "
-                   f"{b.get('final', 0):,} of the target {b.get('target', 0):,} "
-                   f"({'met' if b.get('met') else 'NOT met'})  ratios {b.get('ratios')}")
-    ui.log(f"report: {out / 'report.html'}")
+    _interruptible(api.sweep, out, config, prune_ratios=prune_ratios, target_macs=target_macs,
+                   target_params=target_params, dataset=dataset, data_dir=data_dir, k=k, epochs=epochs,
+                   importance=importance, trainer=trainer, device=device, seed=seed, set=set_, quiet=quiet,
+                   ui=ConsoleUI(quiet))
 
 
 @app.command("export")
@@ -491,7 +227,7 @@ def eval_cmd(
     from .deploy.deployed import evaluate, open_export, require_head
 
     if batch_size < 1:
-        raise config_mod.ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     model = require_head(open_export(exported))
     ds = load_dataset(DataConfig(name=dataset, data_dir=str(data_dir) if data_dir is not None else None))
     r = evaluate(model, ds, batch_size)

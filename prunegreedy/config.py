@@ -223,11 +223,12 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section (a nested dict is merged, anything else replaced)."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -285,7 +286,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def load(recipe: str | None, overrides: dict[str, Any] | None = None) -> Config:
     base = load_yaml(resolve_recipe(recipe)) if recipe else {}
-    return from_dict(_merge(base, overrides or {}))
+    return from_dict(merge(base, overrides or {}))
 
 
 AMP_CHOICES = ("auto", "bf16", "off")

@@ -11,11 +11,13 @@ Files are written atomically (prunegreedy.fileio).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +25,9 @@ import torch
 import yaml
 
 from .errors import RunError, SpecError
-from .fileio import atomic_write, read_json, write_json, write_text
+from .fileio import atomic_write, read_json, write_json
 from .nn.net import build_from_spec
+from .train.loop import LoopState
 
 RUN_FILE = "run.json"
 SENSITIVITY_FILE = "sensitivity.csv"  # runs that decide from held-out data (trainers.decisions)
@@ -108,27 +111,73 @@ class RunLock:
         os.close(self._fd)
 
 
-class RunDir:
-    """A run folder being written by the pipeline."""
+# Keys of run.json that are written only once they have a value (as every run.json had them).
+_OPTIONAL = ("trainer", "resumed", "sensitivity", "budget", "error", "seconds", "final_acc", "head_accs", "params",
+             "macs", "params_with_head", "macs_with_head", "widths")
 
-    def __init__(self, path: Path):
+
+@dataclass
+class RunMeta:
+    """run.json: what the run is, where it stands, and (once finished) what it reached."""
+    status: str
+    started: str
+    versions: dict
+    device: str
+    processes: int
+    amp: str
+    dataset: dict
+    plan: str
+    stages_done: int = 0
+    trainer: str | None = None
+    seconds_done: float = 0.0  # training seconds so far, across resumes
+    removed_filters: dict = field(default_factory=dict)  # {stage: filter indices cut}
+    resumed: int | None = None
+    sensitivity: dict | None = None
+    budget: dict | None = None
+    error: str | None = None
+    seconds: float | None = None
+    final_acc: float | None = None
+    ensemble_acc: float | None = None
+    head_accs: list | None = None
+    params: int | None = None
+    macs: int | None = None
+    params_with_head: int | None = None
+    macs_with_head: int | None = None
+    widths: list | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if not self.removed_filters:
+            del out["removed_filters"]
+        if self.status != "finished":
+            del out["ensemble_acc"]
+        return {k: v for k, v in out.items() if not (k in _OPTIONAL and v is None)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunMeta":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class RunRecord:
+    """The one writer of a run folder: run.json, stages.csv, other tables, checkpoints, partial state
+    and log.txt, and the run's status (running, interrupted, failed, finished) and seconds.
+
+    Every write goes through `_write`; a record opened with `writes=False` (torchrun ranks other
+    than 0) writes nothing, whatever method is called."""
+
+    def __init__(self, path: Path, meta: RunMeta, rows: list[dict] | None = None, writes: bool = True):
         self.path = Path(path)
         self.ckpt = self.path / "checkpoints"
-        self._log = None
+        self.meta = meta
+        self.rows: list[dict] = rows or []
+        self.writes = writes
+        self._since = time.perf_counter()
+        self._seconds_before = float(meta.seconds_done)
         self._lock: RunLock | None = None
         self._writer: str | None = None
 
-    def hold(self) -> None:
-        """Lock the folder for this process until it ends (RunLock); a second writer is refused."""
-        if self._lock is None:
-            self._lock = RunLock.acquire(self.path)
-            self._writer = f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
+    # -- the folder ------------------------------------------------------------------------------
     @staticmethod
     def is_run(path: Path) -> bool:
         return (Path(path) / RUN_FILE).exists()
@@ -143,7 +192,7 @@ class RunDir:
             raise RunError(f"{path} exists and is not an empty folder; choose another --out or --name")
 
     @classmethod
-    def create(cls, path: Path) -> "RunDir":
+    def make_folder(cls, path: Path) -> None:
         """Make a fresh run folder (see ensure_free)."""
         path = Path(path)
         cls.ensure_free(path)
@@ -151,48 +200,129 @@ class RunDir:
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunError(f"cannot create run folder {path}: {e.strerror}") from None
-        return cls(path)
 
+    @classmethod
+    def open(cls, path: Path, writes: bool = True) -> "RunRecord":
+        """The record of an existing run, with the rows of its finished stages only (the rows of
+        an interrupted stage are made again when it is)."""
+        path = Path(path)
+        if not cls.is_run(path):
+            raise RunError(f"{path} is not a run folder (no run.json)")
+        meta = RunMeta.from_json(read_json(path / RUN_FILE))
+        rows = []
+        if (path / "stages.csv").exists() and meta.stages_done:
+            rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                    for r in pd.read_csv(path / "stages.csv").to_dict("records") if r["stage"] <= meta.stages_done]
+        meta.removed_filters = {k: v for k, v in meta.removed_filters.items() if int(k) <= meta.stages_done}
+        return cls(path, meta, rows, writes)
+
+    def hold(self) -> None:
+        """Lock the folder for this process until it ends (RunLock); a second writer is refused."""
+        if self.writes and self._lock is None:
+            self._lock = RunLock.acquire(self.path)
+            self._writer = f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _write(self, path: Path, data: bytes | str) -> None:
+        if not self.writes:
+            return
+        blob = data.encode() if isinstance(data, str) else data
+        atomic_write(path, lambda f: f.write(blob))
+
+    # -- the status ------------------------------------------------------------------------------
+    def seconds(self) -> float:
+        """Seconds of this run so far, across resumes."""
+        return self._seconds_before + time.perf_counter() - self._since
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        self.meta.status = status
+        if error is not None:
+            self.meta.error = error
+        if status != "finished":
+            self.meta.seconds_done = round(self.seconds(), 2)
+        self.write_meta()
+
+    def finish(self, **metrics) -> None:
+        for k, v in metrics.items():
+            setattr(self.meta, k, v)
+        self.meta.seconds = round(self.seconds(), 2)
+        self.set_status("finished")
+
+    def write_meta(self) -> None:
+        meta = self.meta.to_json()
+        if self._writer:
+            meta["writer"] = self._writer
+        self._write(self.path / RUN_FILE, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+
+    # -- tables ----------------------------------------------------------------------------------
     def write_config(self, cfg_dict: dict) -> None:
-        write_text(self.path / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+        self._write(self.path / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    def write_meta(self, meta: dict) -> None:
-        write_json(self.path / RUN_FILE, {**meta, "writer": self._writer} if self._writer else meta)
+    def add_rows(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        self._write(self.path / "stages.csv", pd.DataFrame(self.rows).to_csv(index=False))
 
-    def write_stages(self, rows: list[dict]) -> None:
-        text = pd.DataFrame(rows).to_csv(index=False)
-        write_text(self.path / "stages.csv", text)
+    def removed(self, stage: int, filters) -> None:
+        """The filters a cut removed from `stage` (1-based): a list, or {block: list}."""
+        self.meta.removed_filters[str(stage)] = filters
 
     def write_table(self, name: str, rows: list[dict]) -> None:
         """Another CSV of the run (e.g. sensitivity.csv), one row per dict."""
-        write_text(self.path / name, pd.DataFrame(rows).to_csv(index=False))
+        self._write(self.path / name, pd.DataFrame(rows).to_csv(index=False))
 
-    def save_checkpoint(self, net: torch.nn.Module, spec: dict, stage: int, probs: torch.Tensor) -> None:
-        """Weights + spec after `stage`, and its head's test softmax (the ensemble needs it on resume)."""
+    def log(self, line: str) -> None:
+        if self.writes:
+            with open(self.path / "log.txt", "a") as f:
+                f.write(line.rstrip("\n") + "\n")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_stage(self, stage: int, net: torch.nn.Module, spec: dict, probs: torch.Tensor) -> None:
+        """Weights + spec after `stage`, its head's test softmax (the ensemble needs it on resume),
+        and run.json saying the stage is done."""
         from safetensors.torch import save
 
-        blob = save({"probs": probs.contiguous()})
-        atomic_write(self.ckpt / f"stage-{stage}.probs.safetensors", lambda f: f.write(blob))
-        save_model(net, spec, self.ckpt / f"stage-{stage}")
-        save_model(net, spec, self.path / "model")
+        self._write(self.ckpt / f"stage-{stage}.probs.safetensors", save({"probs": probs.contiguous()}))
+        for stem in (self.ckpt / f"stage-{stage}", self.path / "model"):
+            self._write(stem.with_suffix(".safetensors"), save(_cpu_state(net)))
+            self._write(stem.with_suffix(".json"), json.dumps(spec, indent=2) + "\n")
+        self.meta.stages_done = stage
+        self.meta.seconds_done = round(self.seconds(), 2)
+        self.write_meta()
+        if self.writes:
+            self._partial(stage).unlink(missing_ok=True)
 
-    def save_partial(self, stage: int, block: torch.nn.Module, head: torch.nn.Module, state: dict) -> None:
-        """End-of-epoch state of a stage in training, as one file so it is never half-updated."""
+    def load_stage(self, stage: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+        """The network saved after `stage` and the test softmax of stages 1..stage."""
+        from safetensors.torch import load_file
+
+        net, _ = load_model(self.ckpt / f"stage-{stage}")
+        probs = []
+        for j in range(1, stage + 1):
+            path = self.ckpt / f"stage-{j}.probs.safetensors"
+            if not path.exists():
+                raise RunError(f"missing file {path}; the run cannot be resumed")
+            probs.append(load_file(path)["probs"])
+        return net, probs
+
+    def save_partial(self, stage: int, modules: dict[str, torch.nn.Module], state: LoopState) -> None:
+        """The loop state of a stage in training and its modules' weights, as one file so it is never
+        half-updated."""
         from safetensors.torch import save
 
-        tensors = {f"block.{k}": v for k, v in block.state_dict().items()}
-        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
-        tensors["generator"] = state["generator"]
-        tensors.update({f"momentum.{i}": m for i, m in enumerate(state["momentum"]) if m is not None})
-        scalars = {k: state[k] for k in ("step", "loss_sum", "correct", "seen", "seconds")}
-        scalars["cut"] = state.get("cut")  # a cut made inside the schedule: its filters and rows, replayed on resume
-        scalars["momentum_count"] = len(state["momentum"])
-        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                    metadata={"state": json.dumps(scalars)})
-        atomic_write(self._partial(stage), lambda f: f.write(blob))
+        tensors, scalars = state.to_saved()
+        for name, m in modules.items():
+            tensors.update({f"{name}.{k}": v for k, v in m.state_dict().items()})
+        self._write(self._partial(stage), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                               metadata={"state": json.dumps(scalars)}))
+        self.meta.seconds_done = round(self.seconds(), 2)
+        self.write_meta()
 
-    def load_partial(self, stage: int) -> tuple[dict, dict, dict] | None:
-        """(block state, head state, loop state) saved by save_partial, or None."""
+    def load_partial(self, stage: int) -> tuple[dict[str, dict], LoopState] | None:
+        """({module name: state dict}, loop state) saved by save_partial, or None."""
         from safetensors import safe_open
 
         path = self._partial(stage)
@@ -204,35 +334,16 @@ class RunDir:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception:
             raise RunError(f"{path} is damaged; delete it to restart stage {stage} from its beginning") from None
-        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        n = scalars.pop("momentum_count")
-        state = {**scalars, "generator": tensors["generator"],
-                 "momentum": [tensors.get(f"momentum.{i}") for i in range(n)]}
-        return part("block."), part("head."), state
-
-    def clear_partial(self, stage: int) -> None:
-        self._partial(stage).unlink(missing_ok=True)
+        weights: dict[str, dict] = {}
+        for k, v in tensors.items():
+            name, _, key = k.partition(".")
+            if key and name not in ("momentum",):
+                weights.setdefault(name, {})[key] = v
+        return weights, LoopState.from_saved(tensors, scalars)
 
     def _partial(self, stage: int) -> Path:
         return self.ckpt / f"partial-stage-{stage}.safetensors"
 
-    def load_probs(self, stage: int) -> torch.Tensor:
-        from safetensors.torch import load_file
 
-        path = self.ckpt / f"stage-{stage}.probs.safetensors"
-        if not path.exists():
-            raise RunError(f"missing file {path}; the run cannot be resumed")
-        return load_file(path)["probs"]
-
-    def log(self, line: str) -> None:
-        with open(self.path / "log.txt", "a") as f:
-            f.write(line.rstrip("\n") + "\n")
-
-
-class ReadOnlyRunDir(RunDir):
-    """The run folder as ranks other than 0 see it under torchrun: read (resume), never written."""
-
-    def _skip(self, *args, **kwargs) -> None:
-        return None
-
-    write_config = write_meta = write_stages = write_table = save_checkpoint = save_partial = clear_partial = log = hold = release = _skip
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}

@@ -19,9 +19,9 @@ from prunegreedy.measure.size import count_macs, count_params, output_shape
 from prunegreedy.data.base import Normalize
 from prunegreedy.nn.net import make_block, make_head
 from prunegreedy.nn.plans import make_plan
-from prunegreedy.records import RunDir, load_model
+from prunegreedy.records import RunRecord, load_model
 from prunegreedy.report.plots import PLOTS
-from prunegreedy.trainers.greedy import GreedyRun
+from prunegreedy.trainers.run import new_meta, open_session
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
@@ -58,12 +58,13 @@ def test_holdout_is_stratified_seeded_and_disjoint_from_training_and_test(sample
 def test_only_runs_that_decide_from_data_hold_images_out(tmp_path, sample):
     plain = load("quick", {"run": {"device": "cpu"}})
     budget = load("quick", {"compress": {"hook": "prune", "target_macs": "0.5x"}, "run": {"device": "cpu"}})
-    a = GreedyRun(plain, RunDir.create(tmp_path / "a"), sample, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    a = open_session(plain, RunRecord(tmp_path / "a", new_meta(plain, sample, cpu), writes=False), sample, cpu)
     assert a.decisions is None and torch.equal(a.ds.train_x, sample.train_x)
-    assert "holdout_images" not in a.meta["dataset"]
-    b = GreedyRun(budget, RunDir.create(tmp_path / "b"), sample, torch.device("cpu"))
+    assert "holdout_images" not in a.record.meta.dataset
+    b = open_session(budget, RunRecord(tmp_path / "b", new_meta(budget, sample, cpu), writes=False), sample, cpu)
     held = b.decisions.holdout
-    assert len(held) == 300 and b.ds.num_train == 1200 and b.meta["dataset"]["holdout_images"] == 300
+    assert len(held) == 300 and b.ds.num_train == 1200 and b.record.meta.dataset["holdout_images"] == 300
     # the images every gradient step draws from (b.ds) never include a held-out one
     assert not images(held.x) & images(b.ds.train_x) and not images(held.x) & images(b.ds.test_x)
 

@@ -17,7 +17,7 @@ from prunegreedy.config import TrainConfig
 from prunegreedy.data.base import Dataset
 from prunegreedy.nn.plans import make_plan
 from prunegreedy.records import load_model
-from prunegreedy.train.decoupled import train_decoupled
+from prunegreedy.train.loop import Chain, train
 from prunegreedy.trainers.decoupled import build_stages
 from prunegreedy.trainers.registry import get_trainer
 
@@ -46,8 +46,8 @@ def test_no_gradient_crosses_a_block_boundary(sample):
     ends = []
     for n in (2, 4):
         blocks, heads = _stages(n)
-        train_decoupled(blocks, heads, ds, cpu_norm(ds), cfg, 1.0, 0.05, "linear", torch.device("cpu"),
-                        torch.Generator().manual_seed(0))
+        train(Chain(list(zip(blocks, heads))), ds, cpu_norm(ds), cfg, 1.0, 0.05, "linear", torch.device("cpu"),
+              torch.Generator().manual_seed(0))
         ends.append([snapshot(m) for m in blocks[:2] + heads[:2]])
     for a, b in zip(*ends):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -132,7 +132,7 @@ def test_sigkill_after_a_cut_inside_the_schedule_resumes_to_identical_records(tr
 
 def _cfg(**over):
     base = {"data": {"name": "cifar10-sample"}, "model": {"widths": WIDTHS}, "train": {"trainer": "decoupled"}}
-    return config.from_dict(config._merge(base, over))
+    return config.from_dict(config.merge(base, over))
 
 
 @pytest.mark.parametrize("over,message", [

@@ -12,7 +12,8 @@ from prunegreedy.trainers import registry as trainers_registry
 from prunegreedy.trainers.endtoend import build_plan_net
 from prunegreedy.trainers.endtoend import total_epochs
 from prunegreedy.errors import ConfigError
-from prunegreedy.records import RunDir
+from prunegreedy.records import RunRecord
+from prunegreedy.trainers.run import execute, new_meta
 from prunegreedy.records import load_model
 
 from helpers import snapshot
@@ -25,14 +26,15 @@ def _cfg(tmp_path, **over):
                       "schedule": "linear"},
             "compress": {"finetune_epochs": 0.5},
             "run": {"out": str(tmp_path / "run"), "quiet": True}}
-    return config.from_dict(config._merge(base, over))
+    return config.from_dict(config.merge(base, over))
 
 
 def _run(cfg, sample, tmp_path, name="run"):
     ds = sample.__class__(sample.name, sample.train_x[:256], sample.train_y[:256], sample.test_x[:100],
                           sample.test_y[:100], sample.classes, sample.mean, sample.std)
-    run = trainers_registry.get_trainer(cfg)(cfg, RunDir.create(tmp_path / name), ds, torch.device("cpu"))
-    return run, run.run()
+    RunRecord.make_folder(tmp_path / name)
+    record = RunRecord(tmp_path / name, new_meta(cfg, ds, torch.device("cpu")))
+    return record, execute(cfg, record, ds, torch.device("cpu"))
 
 
 def test_end_to_end_updates_every_block_and_records_one_stage(sample, tmp_path):
@@ -41,7 +43,7 @@ def test_end_to_end_updates_every_block_and_records_one_stage(sample, tmp_path):
     blocks, head = build_plan_net(models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), (3, 32, 32), 10)
     init = snapshot(nn.Sequential(*blocks, head))
     run, meta = _run(cfg, sample, tmp_path)
-    net, _ = load_model(run.run_dir.ckpt / "stage-4")
+    net, _ = load_model(run.ckpt / "stage-4")
     trained = snapshot(nn.Sequential(*net.blocks, net.heads[0]))
     assert init.keys() == trained.keys()
     for j in range(4):  # every block's conv weights and BN statistics moved: gradients reached all of them

@@ -19,6 +19,7 @@ LAYERS = [
     {"measure", "records"},
     {"compress"},
     {"trainers", "deploy", "report"},
+    {"api"},
     {"cli"},
     {"__init__", "__main__"},
 ]

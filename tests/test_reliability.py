@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from prunegreedy import fileio
 from prunegreedy.cli import app
-from prunegreedy.records import RunDir
+from prunegreedy.records import RunRecord
 from prunegreedy.records import load_model
 
 runner = CliRunner()
@@ -18,14 +18,14 @@ def test_disk_full_while_writing_a_checkpoint_keeps_finished_stages(tmp_path, ca
     def enospc(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    real = RunDir.save_checkpoint
+    real = RunRecord.save_stage
 
-    def save_then_fill_disk(self, net, spec, stage, probs):
+    def save_then_fill_disk(self, stage, net, spec, probs):
         if stage == 2:
             monkeypatch.setattr(fileio.os, "fsync", enospc)
-        return real(self, net, spec, stage, probs)
+        return real(self, stage, net, spec, probs)
 
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_fill_disk)
+    monkeypatch.setattr(RunRecord, "save_stage", save_then_fill_disk)
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", "--out", str(out), *TINY])
     assert res.exit_code == 2

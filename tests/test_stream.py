@@ -114,8 +114,8 @@ def test_train_stage_and_evaluate_run_on_the_stream(folder):
     block, head = ConvBlock(3, 4), AuxHead(4, 4, 2, ds.num_classes)
     norm = data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
     cfg = TrainConfig(batch_size=4, lr=0.05, schedule="linear", amp="off")
-    stats = train_loop.train_stage(nn.Sequential(), block, head, ds, norm, cfg, 1 / 5, 0.05, "linear",
-                              torch.device("cpu"), torch.Generator().manual_seed(0))
+    stats = train_loop.train(train_loop.Chain([(block, head)]), ds, norm, cfg, 1 / 5, 0.05, "linear",
+                             torch.device("cpu"), torch.Generator().manual_seed(0)).stats[0]
     assert stats.images == 4 and 0 < stats.train_loss < 5  # one step of 4 images
     acc, probs = train_evaluate.evaluate(nn.Sequential(), block, head, ds, norm, 4, torch.device("cpu"))
     assert probs.shape == (9, 3) and 0 <= acc <= 100

@@ -36,8 +36,8 @@ def test_stage_freezes_prefix_bit_identically_and_trains_the_block(sample):
     prefix.train()  # the trainer must put it in eval mode itself
     block, head = net.blocks[2], net.heads[2]
     before_prefix, before_block = snapshot(prefix), snapshot(block)
-    stats = train_loop.train_stage(prefix, block, head, sample, cpu_norm(sample), quick_train_cfg(), 0.5, 0.05,
-                              "linear", torch.device("cpu"), torch.Generator().manual_seed(0))
+    stats = train_loop.train(train_loop.Chain([(block, head)], prefix), sample, cpu_norm(sample), quick_train_cfg(),
+                             0.5, 0.05, "linear", torch.device("cpu"), torch.Generator().manual_seed(0)).stats[0]
     assert same(before_prefix, snapshot(prefix))  # weights and BN running statistics untouched
     assert not prefix.training and all(not p.requires_grad for p in prefix.parameters())
     after = snapshot(block)

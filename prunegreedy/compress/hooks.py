@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import CompressConfig
 from ..errors import ConfigError
-from ..train.loop import train_stage
+from ..train.loop import Chain, train
 from .context import AfterHook, Hook, Recorder, StageContext
 from .prune import accumulate_gradients, prune_block
 
@@ -39,9 +39,9 @@ def finetune(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> None:
     """Train the pruned block + head for cfg.finetune() epochs against the auxiliary loss, recorded."""
     epochs = cfg.finetune()
     if epochs > 0:
-        stats = train_stage(ctx.prefix, ctx.block, ctx.head, ctx.ds, ctx.norm, ctx.train_cfg, epochs,
-                            cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,
-                            on_step=record.progress("fine-tune"), dist=ctx.dist)
+        stats = train(Chain([(ctx.block, ctx.head)], ctx.prefix), ctx.ds, ctx.norm, ctx.train_cfg, epochs,
+                      cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,
+                      on_step=record.progress("fine-tune"), dist=ctx.dist).stats[0]
         record("finetuned", ctx.block, ctx.head, stats.seconds, stats=stats, epochs=epochs)
 
 

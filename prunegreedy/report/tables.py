@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import ConfigError, RunError
 from ..fileio import read_json, read_yaml, write_text
-from ..records import RUN_FILE, SENSITIVITY_FILE, RunDir
+from ..records import RUN_FILE, SENSITIVITY_FILE, RunRecord
 
 STAGE_COLUMNS = ["stage", "phase", "width_in", "width_before", "width", "test_acc", "train_loss", "train_acc",
                  "epochs", "seconds", "images_per_s", "params_backbone", "macs_backbone", "params_stage",
@@ -128,7 +128,7 @@ def _read_int8(run: Path) -> dict:
 
 def load_run(path: Path) -> Run:
     path = Path(path)
-    if not RunDir.is_run(path):
+    if not RunRecord.is_run(path):
         raise RunError(f"{path} is not a run folder (no {RUN_FILE})")
     meta = read_json(path / RUN_FILE)
     if not isinstance(meta, dict):
@@ -342,7 +342,7 @@ def write_report(runs: list[Run], out: Path) -> list[Path]:
                                            + sensitivity_plots([(r.name, r.sensitivity, chosen_ratios(r))
                                                                 for r in runs])),
     }
-    names = [n for n in REPORT_FILES if not (n == "stages.csv" and RunDir.is_run(out))]
+    names = [n for n in REPORT_FILES if not (n == "stages.csv" and RunRecord.is_run(out))]
     for n in names:
         write_text(out / n, texts[n]())
     return [out / n for n in names]

@@ -1,10 +1,16 @@
-"""Train one greedy stage: block j + head j on top of frozen blocks 1..j-1, against the head's loss."""
+"""The one training loop: a schedule of optimizer steps over (block, head) pairs.
+
+Every trainer is this loop with another `Chain`: greedy trains one block + head on a frozen
+prefix's output, decoupled every block on its predecessor's detached output, end-to-end the
+whole network as one "block". Anything that must happen at a given step (a cut inside the
+schedule) is an event; the loop knows nothing about pruning.
+"""
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +95,7 @@ class Tally:
 
 
 StepCallback = Callable[[int, int, float, float], None]  # (step, total_steps, loss, acc%)
+Event = Callable[[], Any]  # run before a step; returns what it did (JSON-able), kept in the loop state
 
 
 def steps_of(epochs: float, num_train: int, batch_size: int) -> int:
@@ -96,9 +103,71 @@ def steps_of(epochs: float, num_train: int, batch_size: int) -> int:
     return max(1, round(epochs * math.ceil(num_train / batch_size)))
 
 
-def cut_step_of(at: float, total: int) -> int:
-    """The step before which a cut at fraction `at` of a `total`-step schedule is made."""
+def step_at(at: float, total: int) -> int:
+    """The step before which something at fraction `at` of a `total`-step schedule happens."""
     return min(total - 1, round(at * total))
+
+
+class _Pair(nn.Module):
+    """Block + its head as one module: (features for the next pair, logits)."""
+
+    def __init__(self, block: nn.Module, head: nn.Module):
+        super().__init__()
+        self.block, self.head = block, head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.block(x)
+        return h, self.head(h)
+
+
+@dataclass
+class Chain:
+    """What one step trains: (block, head) pairs on the output of a frozen prefix (run under no_grad).
+
+    Pair j's input is pair j-1's block output, detached, so no gradient crosses a pair; each pair
+    has its own optimizer and is stepped as soon as its loss is known, so the autograd graph of
+    one pair (not of the chain) is alive at any time."""
+    pairs: list[tuple[nn.Module, nn.Module]]
+    prefix: nn.Module = field(default_factory=nn.Sequential)
+    label: Callable[[int], str] = lambda j: ""  # names pair j in a non-finite loss message
+
+    def modules(self) -> list[nn.Module]:
+        return [m for pair in self.pairs for m in pair]
+
+
+@dataclass
+class LoopState:
+    """Where a loop stands: enough to continue it exactly (with the modules' weights restored).
+
+    `events` holds what every event already run returned, by step, so a resumed run can repeat
+    it (e.g. the same cut) before loading weights of the changed shapes."""
+    step: int
+    seen: int
+    seconds: float
+    loss_sum: list[float]
+    correct: list[int]
+    generator: torch.Tensor
+    momentum: list[torch.Tensor | None]
+    events: dict[str, Any] = field(default_factory=dict)
+
+    def to_saved(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON scalars): how a record stores the state without knowing its fields."""
+        tensors = {"generator": self.generator}
+        tensors.update({f"momentum.{i}": m for i, m in enumerate(self.momentum) if m is not None})
+        scalars = {k: getattr(self, k) for k in ("step", "seen", "seconds", "loss_sum", "correct", "events")}
+        return tensors, {**scalars, "momentum_count": len(self.momentum)}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> "LoopState":
+        n = scalars["momentum_count"]
+        rest = {k: v for k, v in scalars.items() if k != "momentum_count"}
+        return cls(**rest, generator=tensors["generator"], momentum=[tensors.get(f"momentum.{i}") for i in range(n)])
+
+
+@dataclass
+class LoopResult:
+    stats: list[StageStats]  # one per pair
+    events: dict[str, Any]  # what every event returned, by step (those of a resumed loop included)
 
 
 def _slots(opts: list[torch.optim.Optimizer]) -> list[tuple[torch.optim.Optimizer, torch.Tensor]]:
@@ -106,81 +175,75 @@ def _slots(opts: list[torch.optim.Optimizer]) -> list[tuple[torch.optim.Optimize
     return [(o, p) for o in opts for g in o.param_groups for p in g["params"]]
 
 
-def momentum_of(opts: list[torch.optim.Optimizer]) -> list[torch.Tensor | None]:
-    """Every parameter's momentum buffer (None: not yet), in the order of _slots."""
-    return [o.state[p].get("momentum_buffer") for o, p in _slots(opts)]
+def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: float, lr: float, schedule: str,
+          device: torch.device, generator: torch.Generator, *, events: dict[int, Event] | None = None,
+          on_step: StepCallback | None = None, on_epoch: Callable[[LoopState], None] | None = None,
+          resume: LoopState | None = None, dist: Dist = SINGLE) -> LoopResult:
+    """Train every pair of `chain` for `epochs` on one schedule.
 
-
-def restore_loop(state: dict | None, generator: torch.Generator, opts: list[torch.optim.Optimizer],
-                 device: torch.device, n: int) -> tuple[int, int, float, Tally]:
-    """(step, images seen, seconds, tally) to start a loop from: zeros, or a saved end-of-epoch state
-    with the batch generator and every optimizer's momentum put back."""
-    if state is None:
-        return 0, 0, 0.0, Tally(n, device)
-    generator.set_state(state["generator"])
-    for (o, p), buf in zip(_slots(opts), state["momentum"]):
-        if buf is not None:
-            o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
-    return state["step"], state["seen"], state["seconds"], Tally(n, device, state["loss_sum"], state["correct"])
-
-
-def train_stage(prefix: nn.Module, block: nn.Module, head: nn.Module, ds: Dataset, norm: Normalize,
-                cfg: TrainConfig, epochs: float, lr: float, schedule: str, device: torch.device,
-                generator: torch.Generator, on_step: StepCallback | None = None,
-                on_epoch: Callable[[dict], None] | None = None, resume: dict | None = None,
-                dist: Dist = SINGLE, cut_at: float = 1.0, on_cut: Callable[[], None] | None = None) -> StageStats:
-    """Train block + head against the auxiliary loss; `prefix` (blocks 1..j-1) stays frozen.
-
-    `on_epoch` receives the loop state after every epoch (step, running sums, generator state,
-    momentum buffers); passing such a state back as `resume` (with block and head restored)
-    continues exactly where it was taken. Under torchrun (`dist`), block + head are wrapped in
-    DistributedDataParallel and each rank trains on its share of every global batch.
-    `on_cut` runs once, before the step at fraction `cut_at` of the schedule: it may prune block
-    and head in place, so the optimizer (momentum included) is built anew for what is left.
+    `events[s]` runs once, before step s; it may prune the modules in place, so the optimizers
+    (momentum included) are built anew after it. `on_epoch` receives the loop state after every
+    epoch; passing one back as `resume` (with the modules restored) continues exactly where it was
+    taken. Under torchrun (`dist`) every pair is wrapped in DistributedDataParallel and each rank
+    trains on its share of every global batch.
     """
-    freeze(prefix)
-    block.train()
-    head.train()
-    model = dist.wrap(nn.Sequential(block, head), device)
-    opt = make_optimizer([block, head], lr, cfg)  # built here: pruning replaces parameter objects
+    def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+        models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
+        return models, [make_optimizer([b, h], lr, cfg) for b, h in chain.pairs]
+
+    freeze(chain.prefix)
+    for m in chain.modules():
+        m.train()
+    models, opts = build()
     amp = autocast_dtype(cfg.amp, device)
+    n, events = len(chain.pairs), dict(events or {})
     total = steps_of(epochs, ds.num_train, cfg.batch_size)
-    cut_step = cut_step_of(cut_at, total) if on_cut is not None else None
-    step, seen, elapsed, tally = restore_loop(resume, generator, [opt], device, 1)
+    if resume is None:
+        step, seen, elapsed, tally, done = 0, 0, 0.0, Tally(n, device), {}
+    else:
+        generator.set_state(resume.generator)
+        for (o, p), buf in zip(_slots(opts), resume.momentum):
+            if buf is not None:
+                o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+        step, seen, elapsed = resume.step, resume.seen, resume.seconds
+        tally, done = Tally(n, device, resume.loss_sum, resume.correct), dict(resume.events)
     start = time.perf_counter() - elapsed
     while step < total:
         for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard):
             if step >= total:
                 break
-            if step == cut_step:
-                on_cut()
-                model = dist.wrap(nn.Sequential(block, head), device)
-                opt = make_optimizer([block, head], lr, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, lr, schedule, cfg)
-            with autocast(device, amp):
-                with torch.no_grad():
-                    feats = prefix(xb)
-                logits = model(feats)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tally.add(0, step, loss, logits, yb)
+            if step in events and str(step) not in done:
+                done[str(step)] = events[step]()
+                models, opts = build()
+            rate = lr_at(step, total, lr, schedule, cfg)
+            with autocast(device, amp), torch.no_grad():
+                x = chain.prefix(xb)
+            for j, (model, opt) in enumerate(zip(models, opts)):
+                for g in opt.param_groups:
+                    g["lr"] = rate
+                with autocast(device, amp):
+                    feats, logits = model(x)
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # pair j's graph is freed here, before pair j+1 runs
+                opt.step()
+                x = feats.detach()
+                tally.add(j, step, loss, logits, yb)
             seen += len(yb)
             step += 1
             if step % Tally.CHECK_EVERY == 0:  # every rank stops together, at the same step
-                tally.check(dist, device, total, lambda j: "")
+                tally.check(dist, device, total, chain.label)
             if on_step is not None:
-                on_step(step, total, loss.item(), 100.0 * tally.correct[0].item() / seen)
-        tally.check(dist, device, total, lambda j: "")  # never checkpoint a non-finite state
+                on_step(step, total, loss.item(), 100.0 * tally.correct[-1].item() / seen)
+        tally.check(dist, device, total, chain.label)  # never checkpoint a non-finite state
         if on_epoch is not None:
-            (loss_sum,), (correct,) = tally.sums()
-            on_epoch({"step": step, "loss_sum": loss_sum, "correct": correct, "seen": seen,
-                      "seconds": time.perf_counter() - start, "generator": generator.get_state(),
-                      "momentum": momentum_of([opt])})
+            loss_sum, correct = tally.sums()
+            on_epoch(LoopState(step, seen, time.perf_counter() - start, loss_sum, correct, generator.get_state(),
+                               [o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done)))
     seconds = time.perf_counter() - start
-    dist.sync_buffers(block, head)
-    (loss_sum,), (correct,) = tally.sums()
-    loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen], device)  # every rank's share
-    return StageStats(loss_sum / seen, 100.0 * correct / seen, int(seen), seconds)
+    dist.sync_buffers(*chain.modules())
+    loss_sum, correct = tally.sums()
+    sums = dist.all_sum([*loss_sum, *correct, seen], device)
+    seen = sums[-1]
+    return LoopResult([StageStats(sums[j] / seen, 100.0 * sums[n + j] / seen, int(seen), seconds) for j in range(n)],
+                      done)

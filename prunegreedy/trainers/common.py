@@ -1,21 +1,32 @@
-"""What every trainer shares: the config check before any folder or data, the UI protocol, small helpers."""
+"""What every trainer shares: the config check before any folder or data, the UI protocol, the
+session a trainer runs in, and the recorder that measures a phase and hands its row to the record."""
 from __future__ import annotations
 
 import importlib.metadata
 import platform
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from ..compress.hooks import HOOKS, get_hook
 from ..compress.importance import IMPORTANCES
 from ..config import Config
+from ..data.base import Dataset, Normalize
 from ..data.registry import DATASETS
 from ..errors import ConfigError
+from ..measure.size import count_macs, count_params, output_shape
+from ..nn.net import GreedyNet
 from ..nn.plans import make_plan
 from ..nn.spec import StageSpec
-from ..train.loop import StepCallback
+from ..records import RunRecord
+from ..train.distributed import SINGLE, Dist
+from ..train.evaluate import evaluate
+from ..train.loop import LoopState, StepCallback
+from ..train.modes import autocast_dtype
 from ..train.schedules import SCHEDULES
+from .decisions import Decisions
 from .decisions import check_config as check_decisions
 
 
@@ -54,7 +65,7 @@ def check(cfg: Config) -> list[StageSpec]:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but the plan has {n} stages")
-    check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity (issue 15)
+    check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity
     return plan
 
 
@@ -84,3 +95,95 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+@dataclass
+class Session:
+    """What a trainer runs with besides its config: the record it reports to, the data on the
+    training device, the device and process group, the UI, and the held-out decisions (if any)."""
+    record: RunRecord
+    ds: Dataset
+    device: torch.device
+    amp: torch.dtype | None
+    norm: Normalize
+    memory_format: torch.memory_format
+    eval_batch_size: int
+    ui: UI = field(default_factory=NullUI)
+    dist: Dist = SINGLE
+    decisions: Decisions | None = None
+    stage_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # test softmax of each stage's last phase
+
+    def spec(self, net: GreedyNet, plan_name: str) -> dict:
+        d = self.record.meta.dataset
+        return net.spec(input_shape=d["image_shape"], mean=d["mean"], std=d["std"], classes=d["classes"],
+                        plan=plan_name)
+
+    def to_device(self, *modules: nn.Module) -> list[nn.Module]:
+        return [m.to(self.device, memory_format=self.memory_format) for m in modules]
+
+    def restore(self, stage: int, modules: dict[str, nn.Module], label: str,
+                replay=None) -> LoopState | None:
+        """Put back the modules of `stage` from the checkpoint an interrupted run left in its loop;
+        return the loop state to resume from, or None to start the stage afresh. What the stage's
+        events had done (a cut) is replayed first by `replay(outcome)`, so the weights fit."""
+        partial = self.record.load_partial(stage)
+        if partial is None:
+            return None
+        weights, state = partial
+        for outcome in state.events.values():
+            if replay is not None:
+                replay(outcome)
+        for name, m in modules.items():
+            m.load_state_dict(weights[name])
+        self.ui.log(f"{label}continuing from step {state.step} (end-of-epoch checkpoint)")
+        return state
+
+
+@dataclass
+class PhaseRecorder:
+    """Measures one phase of a stage (test accuracy, params, MACs) and hands its row to the record
+    (compress.Recorder)."""
+    session: Session
+    stage: int
+    prefix_blocks: list[nn.Module]
+    block_input: tuple[int, int, int]
+    ratio: float
+    label: str = "stage"
+
+    def progress(self, desc: str):
+        return self.session.ui.progress(f"stage {self.stage + 1} {desc}")
+
+    def __call__(self, phase: str, block: nn.Module, head: nn.Module, seconds: float, stats=None,
+                 epochs: float | None = None, width_before: int | None = None, removed=None) -> None:
+        s = self.session
+        prefix = nn.Sequential(*self.prefix_blocks)
+        acc, probs = evaluate(prefix, block, head, s.ds, s.norm, s.eval_batch_size, s.device, s.amp)
+        s.stage_probs[self.stage] = probs  # the last phase recorded is the stage's final head
+        backbone = nn.Sequential(*self.prefix_blocks, block)
+        row = {
+            "stage": self.stage + 1, "phase": phase,
+            "width_in": self.block_input[0],
+            "width_before": width_before if width_before is not None else out_width(block),
+            "width": out_width(block),
+            "test_acc": round(acc, 4),
+            "train_loss": round(stats.train_loss, 5) if stats else None,
+            "train_acc": round(stats.train_acc, 4) if stats else None,
+            "epochs": epochs,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(stats.images_per_s, 1) if stats else None,
+            "params_backbone": count_params(backbone),
+            "macs_backbone": count_macs(backbone, s.ds.image_shape),
+            "params_stage": count_params(block),
+            "macs_stage": count_macs(block, self.block_input),
+            "params_head": count_params(head),
+            "macs_head": count_macs(head, output_shape(block, self.block_input)),
+            "prune_ratio": self.ratio,
+            "removed": removed_count(removed),
+        }
+        s.record.add_rows([row])
+        if removed:
+            s.record.removed(self.stage + 1, removed)
+            s.record.write_meta()
+        s.ui.log(f"{self.label} {row['stage']} {phase:9s} width {row['width_before']}->{row['width']}  "
+                 f"test acc {acc:6.2f}%  backbone {row['params_backbone']:,} params "
+                 f"{row['macs_backbone'] / 1e6:,.1f} MMACs  {seconds:7.1f}s")

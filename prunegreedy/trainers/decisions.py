@@ -1,4 +1,4 @@
-"""What a greedy run decides from held-out data (issue 15): every stage's sensitivity
+"""What a greedy run decides from held-out data: every stage's sensitivity
 (sensitivity.csv) and, under a budget (`--target-macs`, `--target-params`), every stage's prune ratio.
 
 Only runs that take such decisions hold out `data.holdout` training images (stratified, seeded
@@ -8,9 +8,8 @@ accuracy is only reported, never used to choose anything.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -24,7 +23,7 @@ from ..data.base import Dataset, Holdout
 from ..errors import ConfigError, DataError
 from ..nn.plans import make_plan
 from ..nn.spec import StageSpec
-from ..records import SENSITIVITY_FILE
+from ..train.distributed import Dist
 
 
 
@@ -75,63 +74,69 @@ def split(cfg: Config, ds: Dataset) -> tuple[Dataset, Holdout | None]:
     return ds.split_holdout(cfg.data.holdout, cfg.run.seed)
 
 
+@dataclass
+class StageDecision:
+    """What the held-out data decided for one stage: its ratio, and the lines that say why."""
+    ratio: float
+    lines: list[str]
+
+
 class Decisions:
-    """Sensitivity rows and budgeted ratios of one greedy run; `run` is its GreedyRun (device, amp,
-    run folder, UI, meta), whose run.json gets "sensitivity" and, under a budget, "budget"."""
+    """Sensitivity rows and budgeted ratios of one greedy run. It computes; the trainer records:
+    `rows` (sensitivity.csv), `sensitivity` and `budget` (their run.json sections)."""
 
-    def __init__(self, cfg: Config, holdout: Holdout, run):
-        self.cfg, self.run = cfg, run
-        self.holdout = holdout.to(run.device)
+    def __init__(self, cfg: Config, holdout: Holdout, ds: Dataset, device: torch.device, amp, dist: Dist):
+        self.cfg, self.device, self.amp, self.dist = cfg, device, amp, dist
+        self.num_classes = ds.num_classes
+        self.holdout = holdout.to(device)
         # A fixed, seeded sample of the training images for the heads' BatchNorm recalibration.
-        k = min(cfg.compress.sensitivity_bn_images, run.ds.num_train)
-        pick = torch.randperm(run.ds.num_train, generator=torch.Generator().manual_seed(cfg.run.seed))[:k]
-        self.calibration = run.ds.train_x[pick.sort().values.to(run.ds.train_x.device)] if k else None
+        k = min(cfg.compress.sensitivity_bn_images, ds.num_train)
+        pick = torch.randperm(ds.num_train, generator=torch.Generator().manual_seed(cfg.run.seed))[:k]
+        self.calibration = ds.train_x[pick.sort().values.to(ds.train_x.device)] if k else None
         self.rows: list[dict] = []
-        self.budget: Budget | None = budget_of(cfg.compress)
-        run.meta["dataset"]["holdout_images"] = len(holdout)
-        run.meta["sensitivity"] = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
-                                   "bn_images": k, "seconds": {}}
-        if self.budget is not None:
+        self.budget_rule: Budget | None = budget_of(cfg.compress)
+        self.sensitivity = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
+                            "bn_images": k, "seconds": {}}
+        self.budget: dict | None = None
+        if self.budget_rule is not None:
             m = cfg.model
-            self.model = CostModel.of(make_plan(m.plan, m.width_mult, m.widths), run.ds.image_shape)
-            unpruned = self.model.unpruned(self.budget.kind)
-            self.target = self.budget.target(unpruned)
-            run.meta["budget"] = {"kind": self.budget.kind, "request": self.budget.text, "target": self.target,
-                                  "unpruned": unpruned, "stages": {}}
+            self.model = CostModel.of(make_plan(m.plan, m.width_mult, m.widths), ds.image_shape)
+            unpruned = self.model.unpruned(self.budget_rule.kind)
+            self.target = self.budget_rule.target(unpruned)
+            self.budget = {"kind": self.budget_rule.kind, "request": self.budget_rule.text, "target": self.target,
+                           "unpruned": unpruned, "stages": {}}
 
-    def resume(self, done: int) -> None:
+    def resume(self, done: int, rows: list[dict], sensitivity: dict | None, budget: dict | None) -> None:
         """Keep the rows and choices of the finished stages (the interrupted one is measured again)."""
-        path = self.run.run_dir.path / SENSITIVITY_FILE
-        if path.exists():
-            self.rows = [r for r in pd.read_csv(path).to_dict("records") if r["stage"] <= done]
-        sens = self.run.meta["sensitivity"]
-        sens["seconds"] = {k: v for k, v in sens.get("seconds", {}).items() if int(k) <= done}
-        if self.budget is not None:
-            b = self.run.meta["budget"]
-            b["stages"] = {k: v for k, v in b.get("stages", {}).items() if int(k) <= done}
+        self.rows = [r for r in rows if r["stage"] <= done]
+        if sensitivity is not None:
+            self.sensitivity = {**sensitivity, "seconds": {k: v for k, v in sensitivity.get("seconds", {}).items()
+                                                            if int(k) <= done}}
+        if self.budget is not None and budget is not None:
+            self.budget = {**budget, "stages": {k: v for k, v in budget.get("stages", {}).items() if int(k) <= done}}
 
-    def after_training(self, ctx: StageContext, ratio: float) -> float:
-        """Measure stage ctx.stage's sensitivity (sensitivity.csv); return its prune ratio: the
-        budget rule's choice under a budget, else `ratio` (the configured one) unchanged."""
-        c, run, stage = self.cfg.compress, self.run, ctx.stage + 1
+    def after_training(self, ctx: StageContext, ratio: float) -> StageDecision:
+        """Measure stage ctx.stage's sensitivity; its prune ratio: the budget rule's choice under a
+        budget, else `ratio` (the configured one) unchanged."""
+        c, stage = self.cfg.compress, ctx.stage + 1
         start = time.perf_counter()
         rows = measure(list(ctx.prefix), ctx.block, ctx.head, ctx.input_shape, c.sensitivity_ratios, c.importance,
-                       c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, run.amp,
+                       c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, self.amp,
                        self._gradients(ctx), self.calibration)
         seconds = time.perf_counter() - start
         self.rows = [r for r in self.rows if r["stage"] != stage] + [{"stage": stage, **r} for r in rows]
-        run.run_dir.write_table(SENSITIVITY_FILE, self.rows)
-        run.meta["sensitivity"]["seconds"][str(stage)] = round(seconds, 3)
+        self.sensitivity["seconds"][str(stage)] = round(seconds, 3)
         accs = ", ".join(f"{r['ratio']:g}: {r['holdout_acc']:.1f}" for r in rows[1:])
-        run.ui.log(f"stage {stage} sensitivity: held-out acc {rows[0]['holdout_acc']:.2f}% unpruned; by ratio "
-                   f"{accs} ({len(self.holdout):,} held-out images, {seconds:.1f}s)")
-        if self.budget is None:
-            return ratio
+        lines = [f"stage {stage} sensitivity: held-out acc {rows[0]['holdout_acc']:.2f}% unpruned; by ratio "
+                 f"{accs} ({len(self.holdout):,} held-out images, {seconds:.1f}s)"]
+        if self.budget_rule is None:
+            return StageDecision(ratio, lines)
+        kind = self.budget_rule.kind
         fixed = [b.conv.out_channels for b in ctx.prefix]  # the kept widths of blocks 1..j-1
         curves = [[(r["ratio"], r["holdout_acc"]) for r in self.rows if r["stage"] == s] for s in range(1, stage + 1)]
-        choice = run.dist.broadcast(choose(self.model, self.budget.kind, self.target, fixed, curves, c.round_to,
-                                           100.0 / run.ds.num_classes))
-        run.meta["budget"]["stages"][str(stage)] = {
+        choice = self.dist.broadcast(choose(self.model, kind, self.target, fixed, curves, c.round_to,
+                                            100.0 / self.num_classes))
+        self.budget["stages"][str(stage)] = {
             "ratio": choice.ratio, "width": choice.width, "rule": choice.rule,
             "rest_ratio": None if choice.rest_ratio is None else round(choice.rest_ratio, 4),
             "predicted_drop": choice.predicted_drop}
@@ -141,23 +146,21 @@ class Decisions:
             if choice.predicted_drop is not None:
                 why += f", predicted held-out drop {choice.predicted_drop:.2f} points"
         else:
-            cost = self.model.cost(self.budget.kind, fixed + [choice.width])
-            why = f"backbone {cost:,} of the target {self.target:,} {self.budget.kind}"
-        run.ui.log(f"stage {stage} budget ({choice.rule}): ratio {choice.ratio:g}, width {n}->{choice.width}; {why}")
-        return choice.ratio
+            cost = self.model.cost(kind, fixed + [choice.width])
+            why = f"backbone {cost:,} of the target {self.target:,} {kind}"
+        lines.append(f"stage {stage} budget ({choice.rule}): ratio {choice.ratio:g}, width {n}->{choice.width}; {why}")
+        return StageDecision(choice.ratio, lines)
 
-    def finish(self) -> None:
-        """The budget's outcome in run.json: the chosen ratios, the final count, met or not."""
+    def finish(self, final: int) -> str | None:
+        """The budget's outcome (into `budget`): the chosen ratios, the final count, met or not; its line."""
         if self.budget is None:
-            return
-        meta, kind = self.run.meta, self.budget.kind
-        b = meta["budget"]
-        final = meta[kind]
+            return None
+        b, kind = self.budget, self.budget_rule.kind
         b.update(ratios=[b["stages"][k]["ratio"] for k in sorted(b["stages"], key=int)], final=final,
                  met=final <= self.target, of_target=round(final / self.target, 4))
-        self.run.ui.log(f"budget {kind} <= {self.target:,} ({self.budget.text}): {final:,} "
-                        f"({100 * final / self.target:.1f} % of the target), {'met' if b['met'] else 'NOT met'}; "
-                        f"ratios {', '.join(f'{r:g}' for r in b['ratios'])}")
+        return (f"budget {kind} <= {self.target:,} ({self.budget_rule.text}): {final:,} "
+                f"({100 * final / self.target:.1f} % of the target), {'met' if b['met'] else 'NOT met'}; "
+                f"ratios {', '.join(f'{r:g}' for r in b['ratios'])}")
 
     def _gradients(self, ctx: StageContext) -> Gradients | None:
         """Taylor importance for a copy: the gradients of the batches the hook itself will draw."""

@@ -13,18 +13,16 @@ import time
 import torch
 from torch import nn
 
-from ..config import Config
-from ..errors import ConfigError
 from ..compress.context import StageContext
 from ..compress.prune import accumulate_gradients, prune_network
+from ..config import Config
+from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
 from ..nn.spec import StageSpec
-from ..train.decoupled import train_decoupled
-from ..train.loop import NonFiniteLoss
+from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
-from .common import check, stage_ratio
-from .greedy import GreedyRun, _StageRecorder
+from .common import PhaseRecorder, Session, stage_ratio
 
 
 def decoupled_epochs(cfg: Config, n_stages: int) -> float:
@@ -43,6 +41,13 @@ def decoupled_epochs(cfg: Config, n_stages: int) -> float:
     return per_stage.pop()
 
 
+def validate(cfg: Config, plan: list[StageSpec]) -> None:
+    decoupled_epochs(cfg, len(plan))
+    if cfg.compress.hook not in ("none", "prune"):
+        raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
+                          f"or prune, not '{cfg.compress.hook}'")
+
+
 def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],
                  num_classes: int) -> tuple[list[nn.Module], list[nn.Module], list[tuple[int, int, int]]]:
     """Every block of the plan with its own head, and every block's input shape."""
@@ -55,69 +60,19 @@ def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],
     return blocks, heads, shapes
 
 
-class DecoupledRun(GreedyRun):
-    stage_label = "block"
+def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
+    n = len(plan)
+    epochs = decoupled_epochs(cfg, n)
+    torch.manual_seed(cfg.run.seed * 1000)
+    gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
+    blocks, heads, shapes = build_stages(plan, s.ds.image_shape, s.ds.num_classes)
+    blocks, heads = s.to_device(*blocks), s.to_device(*heads)
+    ratios = [stage_ratio(cfg, j, n) for j in range(n)]
+    recs = [PhaseRecorder(s, j, blocks[:j], shapes[j], ratios[j], "block") for j in range(n)]
 
-    @classmethod
-    def validate(cls, cfg: Config, plan: list[StageSpec]) -> None:
-        decoupled_epochs(cfg, len(plan))
-        if cfg.compress.hook not in ("none", "prune"):
-            raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
-                              f"or prune, not '{cfg.compress.hook}'")
-
-    def run(self) -> dict:
-        cfg = self.cfg
-        plan = check(cfg)
-        n = len(plan)
-        epochs = decoupled_epochs(cfg, n)
-        if not self.rows:
-            self.run_dir.write_config(cfg.to_dict())
-        self.meta.update(status="running", trainer=cfg.train.trainer)
-        self.run_dir.write_meta(self.meta)
-        start = time.perf_counter() - float(self.meta.get("seconds_done", 0.0))
-        torch.manual_seed(cfg.run.seed * 1000)
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
-        blocks, heads, shapes = build_stages(plan, self.ds.image_shape, self.ds.num_classes)
-        blocks = [b.to(self.device, memory_format=self.memory_format) for b in blocks]
-        heads = [h.to(self.device, memory_format=self.memory_format) for h in heads]
-        ratios = [stage_ratio(cfg, j, n) for j in range(n)]
-        recs = [_StageRecorder(self, j, blocks[:j], shapes[j], ratios[j]) for j in range(n)]
-        inside = cfg.compress.at < 1 and any(ratios)
-        cut: dict = {}
-
-        def on_cut() -> None:
-            first = len(self.rows)
-            cut.update(removed=self._cut(blocks, heads, shapes, ratios, gen, recs), rows=self.rows[first:])
-
-        pair = (nn.ModuleList(blocks), nn.ModuleList(heads))
-        state = self._continue(n, *pair, "", replay=lambda c: self._replay(blocks, heads, shapes, ratios, recs, c, cut))
-        try:
-            stats = train_decoupled(blocks, heads, self.ds, self.norm, cfg.train, epochs, cfg.train.lr,
-                                    cfg.train.schedule, self.device, gen, on_step=recs[-1].progress("train"),
-                                    on_epoch=lambda st: self.run_dir.save_partial(n, *pair, {**st, "cut": cut or None}),
-                                    resume=state, dist=self.dist, cut_at=cfg.compress.at,
-                                    on_cut=on_cut if inside else None)
-            for j in range(n):
-                recs[j]("trained", blocks[j], heads[j], stats[j].seconds, stats=stats[j], epochs=epochs)
-            removed = cut.get("removed") if inside else self._cut(blocks, heads, shapes, ratios, gen, recs)
-            if removed and cfg.compress.finetune() > 0:
-                ft = train_decoupled(blocks, heads, self.ds, self.norm, cfg.train, cfg.compress.finetune(),
-                                     cfg.compress.finetune_lr, cfg.compress.finetune_schedule, self.device, gen,
-                                     on_step=recs[-1].progress("fine-tune"), dist=self.dist)
-                for j in range(n):
-                    recs[j]("finetuned", blocks[j], heads[j], ft[j].seconds, stats=ft[j],
-                            epochs=cfg.compress.finetune())
-        except NonFiniteLoss as e:
-            self._fail(f"decoupled training stopped: {e}")
-        self.net = GreedyNet([freeze(b) for b in blocks], [freeze(h) for h in heads])
-        self.run_dir.save_checkpoint(self.net, self.spec(), n, self.stage_probs[n - 1])
-        self.meta.update(stages_done=n, seconds_done=round(time.perf_counter() - start, 2))
-        self.run_dir.clear_partial(n)
-        return self._finish(plan, time.perf_counter() - start)
-
-    def _cut(self, blocks, heads, shapes, ratios, gen, recs) -> dict[int, list[int]]:
+    def cut(replay: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
         """Cut every block's filters at once (each scored with its own head), record `pruned` rows."""
-        cfg = self.cfg.compress
+        c = cfg.compress
         if not any(ratios):
             return {}
         before = [b.conv.out_channels for b in blocks]
@@ -125,29 +80,50 @@ class DecoupledRun(GreedyRun):
 
         def gradients() -> None:  # Taylor importance: each block's gradient from its own head's loss
             for j, (block, head) in enumerate(zip(blocks, heads)):
-                ctx = StageContext(j, nn.Sequential(*blocks[:j]), block, head, shapes[j], self.ds, self.norm,
-                                   self.cfg.train, self.device, gen, ratios[j], self.dist)
-                accumulate_gradients(ctx, block, head, cfg.taylor_batches)
+                ctx = StageContext(j, nn.Sequential(*blocks[:j]), block, head, shapes[j], s.ds, s.norm, cfg.train,
+                                   s.device, gen, ratios[j], s.dist)
+                accumulate_gradients(ctx, block, head, c.taylor_batches)
 
-        removed = prune_network(blocks, None, shapes[0], ratios, cfg.importance, cfg.round_to, gradients=gradients,
-                                agree=self.dist.broadcast, heads=dict(enumerate(heads)))
-        self.dist.check_same([*blocks, *heads], "pruned weights")
+        removed = prune_network(blocks, None, shapes[0], ratios, c.importance, c.round_to, gradients=gradients,
+                                agree=s.dist.broadcast, heads=dict(enumerate(heads)), replay=replay)
+        s.dist.check_same([*blocks, *heads], "pruned weights")
         seconds = time.perf_counter() - t0
-        self._reshape(blocks, recs)
-        for j, rec in enumerate(recs):
-            rec("pruned", blocks[j], heads[j], seconds, width_before=before[j], removed=removed.get(j, []))
+        for j, rec in enumerate(recs):  # after a cut every block but the first reads fewer channels
+            rec.block_input = output_shape(nn.Sequential(*blocks[:j]), s.ds.image_shape)
+        if replay is None:
+            for j, rec in enumerate(recs):
+                rec("pruned", blocks[j], heads[j], seconds, width_before=before[j], removed=removed.get(j, []))
         return removed
 
-    def _reshape(self, blocks, recs) -> None:
-        """After a cut every block but the first reads fewer channels: tell the recorders."""
-        for j, rec in enumerate(recs):
-            rec.block_input = output_shape(nn.Sequential(*blocks[:j]), self.ds.image_shape)
+    def cut_event() -> dict:
+        first = len(s.record.rows)
+        return {"removed": cut(), "rows": s.record.rows[first:]}
 
-    def _replay(self, blocks, heads, shapes, ratios, recs, saved: dict, cut: dict) -> None:
-        """Repeat the cut a resumed run had made inside the schedule, and its `pruned` rows."""
-        cfg = self.cfg.compress
-        replay = {int(j): r for j, r in saved["removed"].items()}
-        prune_network(blocks, None, shapes[0], ratios, cfg.importance, cfg.round_to, heads=dict(enumerate(heads)),
-                      replay=replay)
-        self._reshape(blocks, recs)
-        self._restore_cut_records(saved, replay, cut)
+    def replay(outcome: dict) -> None:
+        removed = {int(j): r for j, r in outcome["removed"].items()}
+        cut(replay=removed)
+        s.record.add_rows(outcome["rows"])
+        for j, r in removed.items():
+            s.record.removed(j + 1, r)
+
+    inside = cfg.compress.at < 1 and any(ratios)
+    events = {step_at(cfg.compress.at, steps_of(epochs, s.ds.num_train, cfg.train.batch_size)): cut_event} \
+        if inside else {}
+    modules = {"block": nn.ModuleList(blocks), "head": nn.ModuleList(heads)}
+    state = s.restore(n, modules, "", replay)
+    chain = Chain(list(zip(blocks, heads)), label=lambda j: f"block {j + 1}'s ")
+    result = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule, s.device, gen,
+                   events=events, on_step=recs[-1].progress("train"),
+                   on_epoch=lambda st: s.record.save_partial(n, modules, st), resume=state, dist=s.dist)
+    for j in range(n):
+        recs[j]("trained", blocks[j], heads[j], result.stats[j].seconds, stats=result.stats[j], epochs=epochs)
+    removed = any(o["removed"] for o in result.events.values()) if inside else cut()
+    if removed and cfg.compress.finetune() > 0:
+        ft = train(chain, s.ds, s.norm, cfg.train, cfg.compress.finetune(), cfg.compress.finetune_lr,
+                   cfg.compress.finetune_schedule, s.device, gen, on_step=recs[-1].progress("fine-tune"),
+                   dist=s.dist).stats
+        for j in range(n):
+            recs[j]("finetuned", blocks[j], heads[j], ft[j].seconds, stats=ft[j], epochs=cfg.compress.finetune())
+    net = GreedyNet([freeze(b) for b in blocks], [freeze(h) for h in heads])
+    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
+    return net

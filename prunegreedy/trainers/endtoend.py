@@ -20,14 +20,14 @@ from torch import nn
 
 from ..compress.context import StageContext
 from ..compress.prune import accumulate_gradients, prune_network
+from ..config import Config
 from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
 from ..nn.spec import StageSpec
-from ..train.loop import NonFiniteLoss, StageStats, train_stage
+from ..train.loop import Chain, train
 from ..train.modes import freeze
-from .common import check, stage_ratio
-from .greedy import GreedyRun, _StageRecorder
+from .common import PhaseRecorder, Session, stage_ratio
 
 
 def total_epochs(cfg, n_stages: int) -> float:
@@ -35,6 +35,15 @@ def total_epochs(cfg, n_stages: int) -> float:
     if cfg.train.total_epochs is not None:
         return cfg.train.total_epochs
     return sum(cfg.stage_value(cfg.train.epochs, 1.0, j, n_stages) for j in range(n_stages))
+
+
+def validate(cfg: Config, plan: list[StageSpec]) -> None:
+    if cfg.compress.at < 1 and cfg.compress.hook != "none":
+        raise ConfigError(f"--trainer end-to-end prunes once, after training (prune-after-training); "
+                          f"compress.at {cfg.compress.at:g} is for the greedy and decoupled trainers")
+    if cfg.compress.hook not in ("none", "prune"):
+        raise ConfigError(f"--trainer end-to-end prunes every block at once after training itself; compress.hook "
+                          f"must be none or prune, not '{cfg.compress.hook}'")
 
 
 def build_plan_net(plan: list[StageSpec], input_shape: tuple[int, int, int],
@@ -47,69 +56,38 @@ def build_plan_net(plan: list[StageSpec], input_shape: tuple[int, int, int],
     return blocks, make_head(shape[0], plan[-1], num_classes, shape[1:])
 
 
-class EndToEndRun(GreedyRun):
-    stage_label = "end-to-end, blocks 1 -"
-
-    @classmethod
-    def validate(cls, cfg, plan) -> None:
-        if cfg.compress.at < 1 and cfg.compress.hook != "none":
-            raise ConfigError(f"--trainer end-to-end prunes once, after training (prune-after-training); "
-                              f"compress.at {cfg.compress.at:g} is for the greedy and decoupled trainers")
-
-    def run(self) -> dict:
-        cfg = self.cfg
-        plan = check(cfg)
-        n = len(plan)
-        if not self.rows:
-            self.run_dir.write_config(cfg.to_dict())
-        self.meta.update(status="running", trainer=cfg.train.trainer)
-        self.run_dir.write_meta(self.meta)
-        start = time.perf_counter()
-        torch.manual_seed(cfg.run.seed * 1000)
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
-        blocks, head = build_plan_net(plan, self.ds.image_shape, self.ds.num_classes)
-        body = nn.Sequential(*blocks).to(self.device, memory_format=self.memory_format)
-        head = head.to(self.device, memory_format=self.memory_format)
-        empty = nn.Sequential()  # no frozen prefix: gradients flow through every block
-        ratios = [stage_ratio(cfg, j, n) for j in range(n)]
-        rec = _StageRecorder(self, n - 1, [], self.ds.image_shape, max(ratios))
-        epochs = total_epochs(cfg, n)
-        loop_state = self._continue(n, body, head, "")
-        try:
-            stats = self._train(empty, body, head, epochs, cfg.train.lr, cfg.train.schedule, gen, rec, "train",
-                                on_epoch=lambda st: self.run_dir.save_partial(n, body, head, st),
-                                resume=loop_state)
-            rec("trained", body, head, stats.seconds, stats=stats, epochs=epochs)
-            if cfg.compress.hook == "prune" and any(ratios):
-                self._prune_after_training(empty, blocks, body, head, ratios, gen, rec)
-        except NonFiniteLoss as e:
-            self._fail(f"end-to-end training stopped: {e}")
-        self.net = GreedyNet([freeze(b) for b in body], [freeze(head)])
-        self.run_dir.save_checkpoint(self.net, self.spec(), n, self.stage_probs[n - 1])
-        self.meta.update(stages_done=n, seconds_done=round(time.perf_counter() - start, 2))
-        self.run_dir.clear_partial(n)
-        return self._finish(plan, time.perf_counter() - start)
-
-    def _train(self, prefix, body, head, epochs, lr, schedule, gen, rec, desc, **kw) -> StageStats:
-        return train_stage(prefix, body, head, self.ds, self.norm, self.cfg.train, epochs, lr, schedule,
-                                 self.device, gen, on_step=rec.progress(desc), dist=self.dist, **kw)
-
-    def _prune_after_training(self, empty, blocks, body, head, ratios, gen, rec) -> None:
-        cfg = self.cfg.compress
+def end_to_end(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
+    n = len(plan)
+    torch.manual_seed(cfg.run.seed * 1000)
+    gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
+    blocks, head = build_plan_net(plan, s.ds.image_shape, s.ds.num_classes)
+    body, head = s.to_device(nn.Sequential(*blocks), head)
+    chain = Chain([(body, head)])  # no frozen prefix: gradients flow through every block
+    ratios = [stage_ratio(cfg, j, n) for j in range(n)]
+    # One "stage", the whole network, recorded as stage n at the largest ratio of its blocks.
+    rec = PhaseRecorder(s, n - 1, [], s.ds.image_shape, max(ratios), "end-to-end, blocks 1 -")
+    epochs = total_epochs(cfg, n)
+    modules = {"block": body, "head": head}
+    state = s.restore(n, modules, "")
+    stats = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule, s.device, gen,
+                  on_step=rec.progress("train"), on_epoch=lambda st: s.record.save_partial(n, modules, st),
+                  resume=state, dist=s.dist).stats[0]
+    rec("trained", body, head, stats.seconds, stats=stats, epochs=epochs)
+    c = cfg.compress
+    if c.hook == "prune" and any(ratios):  # prune-after-training
         before = blocks[-1].conv.out_channels
-        ctx = StageContext(len(blocks) - 1, empty, body, head, self.ds.image_shape, self.ds, self.norm,
-                                    self.cfg.train, self.device, gen, max(ratios), self.dist)
+        ctx = StageContext(n - 1, nn.Sequential(), body, head, s.ds.image_shape, s.ds, s.norm, cfg.train, s.device,
+                           gen, max(ratios), s.dist)
         t0 = time.perf_counter()
-        removed = prune_network(
-            blocks, head, self.ds.image_shape, ratios, cfg.importance, cfg.round_to,
-            gradients=lambda: accumulate_gradients(ctx, body, head, cfg.taylor_batches),
-            agree=self.dist.broadcast)
-        self.dist.check_same([body, head], "pruned weights")
+        removed = prune_network(blocks, head, s.ds.image_shape, ratios, c.importance, c.round_to,
+                                gradients=lambda: accumulate_gradients(ctx, body, head, c.taylor_batches),
+                                agree=s.dist.broadcast)
+        s.dist.check_same([body, head], "pruned weights")
         rec("pruned", body, head, time.perf_counter() - t0, width_before=before, removed=removed)
-        if cfg.finetune() > 0:
-            stats = self._train(empty, body, head, cfg.finetune(), cfg.finetune_lr, cfg.finetune_schedule,
-                                gen, rec, "fine-tune")
-            rec("finetuned", body, head, stats.seconds, stats=stats, epochs=cfg.finetune())
-
-    def _ensemble(self, plan) -> None:
-        return None  # one head: there is no ensemble of stage heads
+        if c.finetune() > 0:
+            stats = train(chain, s.ds, s.norm, cfg.train, c.finetune(), c.finetune_lr, c.finetune_schedule, s.device,
+                          gen, on_step=rec.progress("fine-tune"), dist=s.dist).stats[0]
+            rec("finetuned", body, head, stats.seconds, stats=stats, epochs=c.finetune())
+    net = GreedyNet([freeze(b) for b in body], [freeze(head)])
+    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
+    return net

@@ -1,18 +1,41 @@
-"""Trainers by name (`train.trainer`): greedy, decoupled, and the end-to-end baselines."""
+"""Trainers by name (`train.trainer`): greedy, decoupled, and the end-to-end baseline."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 from ..config import Config
 from ..errors import ConfigError
-from .common import check
-from .decoupled import DecoupledRun
-from .endtoend import EndToEndRun
-from .greedy import GreedyRun
+from ..nn.net import GreedyNet
+from ..nn.spec import StageSpec
+from . import decoupled as decoupled_mod
+from . import endtoend as endtoend_mod
+from .common import Session, check
+from .greedy import greedy
 
-TRAINERS: dict[str, type[GreedyRun]] = {"greedy": GreedyRun, "decoupled": DecoupledRun, "end-to-end": EndToEndRun}
+
+def _no_checks(cfg: Config, plan: list[StageSpec]) -> None:
+    pass
 
 
-def get_trainer(cfg: Config) -> type[GreedyRun]:
-    """The run class of cfg.train.trainer, after every other name in the config is checked."""
+@dataclass(frozen=True)
+class Trainer:
+    """A trainer: the function that trains a plan and returns the network, the checks of its own
+    made before any folder (check() made the common ones), and whether its heads form an ensemble."""
+    train: Callable[[Config, list[StageSpec], Session], GreedyNet]
+    validate: Callable[[Config, list[StageSpec]], None] = _no_checks
+    ensemble: bool = True
+
+
+TRAINERS: dict[str, Trainer] = {
+    "greedy": Trainer(greedy),
+    "decoupled": Trainer(decoupled_mod.decoupled, decoupled_mod.validate),
+    "end-to-end": Trainer(endtoend_mod.end_to_end, endtoend_mod.validate, ensemble=False),
+}
+
+
+def get_trainer(cfg: Config) -> Trainer:
+    """The trainer of cfg.train.trainer, after every other name in the config is checked."""
     plan = check(cfg)
     if cfg.train.trainer not in TRAINERS:
         raise ConfigError(f"unknown trainer '{cfg.train.trainer}'; valid: {', '.join(TRAINERS)}")

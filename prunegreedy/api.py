@@ -1,0 +1,416 @@
+"""The Python API: `fit`, `resume`, `sweep`. The CLI is a thin layer over these.
+
+    import prunegreedy
+    run = prunegreedy.fit("quick", out="runs/demo", prune_ratio=0.5, epochs=1)
+    print(run.final_acc, run.params, run.macs)
+    run.stages            # one row per (stage, phase), a DataFrame
+    net = run.backbone()  # the trained network in eval mode
+
+Options are the CLI's by name (`dataset=`, `data_dir=`, `prune_ratio=`, `epochs=`, `trainer=`,
+`target_macs=`, ...) plus `set={"train.lr": 0.05}` for any config field. A user mistake raises a
+PrunegreedyError subclass carrying the one-line message the CLI prints.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import config as config_mod
+from .errors import ConfigError, PrunegreedyError, RunError
+
+# Shown when `dataset="cifar10"` picks a recipe by itself.
+RECIPE_NOTES = {
+    "cifar10-k2": "the paper's k=2 recipe (50 epochs per stage); a GPU is present; several hours on one GPU",
+    "cifar10-cpu": "the CPU recipe (k=2 net at half width, pooled heads, 20 epochs in all); no GPU found; "
+                   "about 15 minutes on a 2-core AVX-512 CPU (40 on an AVX2 one), ~81% test accuracy",
+}
+
+
+class PrintUI:
+    """Log lines on stdout, no progress bars: the default UI from Python."""
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def progress(self, desc: str):
+        return None
+
+
+def _default_ui(quiet: bool | None):
+    from .trainers.common import NullUI
+
+    return NullUI() if quiet else PrintUI()
+
+
+class _Logged:
+    """The caller's UI, with every line also kept in the run's log.txt (through its record)."""
+
+    def __init__(self, ui, record=None):
+        self.ui, self.record = ui, record
+
+    def log(self, msg: str) -> None:
+        self.ui.log(msg)
+        if self.record is not None:
+            self.record.log(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    def progress(self, desc: str):
+        return self.ui.progress(desc)
+
+
+@dataclass
+class Run:
+    """A run folder and what it recorded."""
+    path: Path
+
+    @property
+    def meta(self) -> dict:
+        from .fileio import read_json
+
+        return read_json(self.path / "run.json")
+
+    @property
+    def status(self) -> str:
+        return self.meta["status"]
+
+    @property
+    def final_acc(self) -> float:
+        return self.meta["final_acc"]
+
+    @property
+    def params(self) -> int:
+        return self.meta["params"]
+
+    @property
+    def macs(self) -> int:
+        return self.meta["macs"]
+
+    @property
+    def stages(self):
+        """stages.csv: one row per (stage, phase), as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_csv(self.path / "stages.csv")
+
+    def backbone(self, with_head: bool = True):
+        """The trained (and pruned) network in eval mode: the blocks, and the last head unless
+        with_head is False (then it returns the features)."""
+        from torch import nn
+
+        from .records import load_model
+
+        net, _ = load_model(self.path / "model")
+        parts = [*net.blocks, net.heads[-1]] if with_head else list(net.blocks)
+        return nn.Sequential(*parts).eval().requires_grad_(False)
+
+
+def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=None, prune_ratios=None,
+              target_macs=None, target_params=None, importance=None, trainer=None, device=None, seed=None,
+              out=None, name=None, quiet=None, set=None) -> dict:
+    """The config overrides the named options stand for (the CLI's options, by name)."""
+    over = _sets(set)
+    _budget_overrides(over, prune_ratio, prune_ratios, target_macs, target_params)
+    put = lambda sec, key, v: over.setdefault(sec, {}).__setitem__(key, v)  # noqa: E731
+    if dataset is not None:
+        put("data", "name", dataset)
+    if data_dir is not None:
+        put("data", "data_dir", str(data_dir))
+    if k is not None:
+        if k not in (1, 2, 3):
+            raise ConfigError(f"--k must be 1, 2 or 3, got {k}")
+        put("model", "plan", f"cifar10-k{k}")
+    if epochs is not None:
+        put("train", "epochs", ",".join(map(str, epochs)) if isinstance(epochs, (list, tuple)) else epochs)
+    if trainer is not None:
+        put("train", "trainer", trainer)
+    if prune_ratio is not None or prune_ratios is not None:
+        over.setdefault("compress", {}).setdefault("hook", "prune")
+    if prune_ratio is not None:
+        put("compress", "ratio", prune_ratio)
+    if prune_ratios is not None:
+        put("compress", "ratios", ",".join(map(str, prune_ratios)) if isinstance(prune_ratios, (list, tuple))
+            else prune_ratios)
+    if importance is not None:
+        put("compress", "importance", importance)
+    if device is not None:
+        put("run", "device", device)
+    if seed is not None:
+        put("run", "seed", seed)
+    if out is not None:
+        put("run", "out", str(out))
+    if name is not None:
+        put("run", "name", name)
+    if quiet:
+        put("run", "quiet", True)
+    return over
+
+
+def _sets(sets: dict | Iterable[str] | None) -> dict:
+    """`set=`: {"train.lr": 0.05} or {"train": {"lr": 0.05}} from Python, ["train.lr=0.05"] from the CLI."""
+    if not sets:
+        return {}
+    if isinstance(sets, dict):
+        out: dict = {}
+        for key, value in sets.items():
+            parts = str(key).split(".")
+            node = out
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = config_mod.merge(node.get(parts[-1], {}), value) if isinstance(value, dict) else value
+        return out
+    return config_mod.parse_set(list(sets))
+
+
+def _budget_overrides(over: dict, prune_ratio, prune_ratios, target_macs, target_params) -> None:
+    """--target-macs / --target-params: the budget replaces the recipe's ratios, never a ratio given here."""
+    targets = [(n, v) for n, v in (("--target-macs", target_macs), ("--target-params", target_params)) if v is not None]
+    if not targets:
+        return
+    if len(targets) == 2:
+        raise ConfigError("give one budget: --target-macs or --target-params, not both")
+    option, value = targets[0]
+    given = [o for o, v in (("--prune-ratio", prune_ratio), ("--prune-ratios", prune_ratios)) if v is not None]
+    given += [f"--set compress.{k}" for k in ("ratio", "ratios") if k in over.get("compress", {})]
+    if given:
+        raise ConfigError(f"{option} chooses every stage's prune ratio itself; drop {given[0]}")
+    compress = over.setdefault("compress", {})
+    compress.setdefault("hook", "prune")
+    compress.update({"ratio": 0.0, "ratios": None, option[2:].replace("-", "_"): str(value)})
+
+
+def choose_recipe(config: str | None, dataset: str | None, device: str, ui) -> str:
+    """The recipe to run: the one named, or for cifar10 the one that suits the device (said in a line)."""
+    if config is not None:
+        return config
+    if dataset == "cifar10":
+        from .train.runtime import resolve_device
+
+        recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-cpu"
+        ui.log(f"recipe: {recipe} - {RECIPE_NOTES[recipe]} (choose another with --config)")
+        return recipe
+    return "quick"
+
+
+def _run_path(cfg, recipe: str) -> Path:
+    if cfg.run.out:
+        return Path(cfg.run.out)
+    ratio = ",".join(f"{r:g}" for r in cfg.compress.ratios) if cfg.compress.ratios else f"{cfg.compress.ratio:g}"
+    budget = cfg.compress.target_macs or cfg.compress.target_params
+    if budget is not None:
+        ratio = f"{'macs' if cfg.compress.target_macs else 'params'}{budget}"
+    name = cfg.run.name or f"{Path(recipe).stem}-r{ratio}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / name
+
+
+def fit(config: str | None = None, out: str | Path | None = None, *, dataset: Any = None, ui=None,
+        **options) -> Run:
+    """Train a recipe (a name from configs/ or a YAML file; default: quick, or for cifar10 the one
+    that suits the device) into `out` (default runs/<name>), write its report, return the Run.
+    Log lines go to stdout (none with quiet=True; log.txt has them either way), or to `ui`.
+
+    `dataset` is a registered name, or a prunegreedy Dataset already loaded (its name is used for
+    the config; the images are not read again). Every other option is the CLI's, by name."""
+    data = None
+    if dataset is not None and not isinstance(dataset, str):
+        data, dataset = dataset, dataset.name
+    ui = ui or _default_ui(options.get("quiet"))
+    over = overrides(dataset=dataset, out=out, **options)
+    recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
+    cfg = config_mod.load(recipe, over)
+    return train_config(cfg, recipe, ui, data)
+
+
+def train_config(cfg, recipe: str, ui, data=None) -> Run:
+    """Train a resolved config into a new run folder (fit and sweep call this)."""
+    from .data.registry import load_dataset
+    from .records import RunRecord
+    from .trainers.decisions import check_data as check_holdout
+    from .trainers.registry import get_trainer
+    from .trainers.run import new_meta
+
+    get_trainer(cfg)  # every name in the config, before a folder is made or data is read
+    dist, dev, ui = _start(cfg, ui)
+    path = _run_path(cfg, recipe)
+    dist.on_main(lambda: RunRecord.ensure_free(path))  # before minutes go into reading data
+    t0 = time.perf_counter()
+    ds = data if data is not None else load_dataset(cfg.data)
+    ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
+           f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
+    check_holdout(cfg, ds)  # a budget's held-out slice must leave training images (before the folder)
+    dist.on_main(lambda: RunRecord.make_folder(path))
+    record = RunRecord(path, new_meta(cfg, ds, dev, dist), writes=dist.is_main)
+    procs = f" x {dist.world} processes" if dist.enabled else ""
+    return _execute(cfg, record, ds, dev, ui, dist,
+                    f"run folder: {path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
+
+
+def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False) -> Run:
+    """Continue an interrupted run with its saved config (its data may have moved: `data_dir`)."""
+    from .data.registry import load_dataset
+    from .fileio import read_yaml
+    from .records import RunRecord
+    from .trainers.run import check_resumable, reopen
+
+    path = Path(path)
+    if not RunRecord.is_run(path):
+        raise ConfigError(f"{path} is not a run folder (no run.json)")
+    cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
+    if data_dir is not None:  # the data may have moved since; check_resumable compares them
+        cfg.data.data_dir = str(data_dir)
+    dist, dev, ui = _start(cfg, ui or _default_ui(quiet))
+    record = RunRecord.open(path, writes=dist.is_main)
+    record.hold()  # before minutes go into reading data
+    try:
+        ds = load_dataset(cfg.data)
+        check_resumable(record, ds)
+        reopen(record, cfg, dev, dist)
+    except BaseException:
+        record.release()
+        raise
+    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}")
+
+
+def _start(cfg, ui):
+    """Device, process group (under torchrun) and CPU threads; ranks other than 0 stay silent."""
+    from .train import distributed, runtime
+    from .trainers.common import NullUI
+
+    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
+    runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+    return dist, dev, (ui if dist.is_main else NullUI())
+
+
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str) -> Run:
+    """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
+    from .trainers.run import execute
+
+    hint = f"prunegreedy run --resume {record.path}"
+    ui = _Logged(ui, record)
+    try:
+        record.hold()
+        ui.log(first_line)
+        execute(cfg, record, ds, dev, ui, dist)
+    except KeyboardInterrupt:
+        ui.log(f"interrupted; {record.meta.stages_done} finished stage(s) and the last end-of-epoch checkpoint "
+               f"are saved. Resume with: {hint}")
+        raise
+    except RunError as e:  # e.g. the disk filled up: finished stages stay loadable
+        raise RunError(f"{e}; {record.meta.stages_done} finished stage(s) kept, resume with: {hint}") from None
+    finally:
+        record.release()
+        dist.close()
+    ui.log(f"records: {record.path / 'stages.csv'}")
+    if dist.is_main:
+        from .report.tables import load_runs, write_report
+
+        write_report(load_runs([record.path]), record.path)
+        ui.log(f"report: {record.path / 'report.html'}")
+    return Run(record.path)
+
+
+def _sweep_ratios(ratios) -> list[float]:
+    text = ratios if isinstance(ratios, str) else ",".join(map(str, ratios))
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--prune-ratios expects numbers separated by commas, got '{text}'") from None
+    names = [f"{r:g}" for r in out]
+    if not out or len(set(names)) != len(names):
+        raise ConfigError(f"--prune-ratios needs distinct ratios, got '{text}'")
+    return out
+
+
+def _sweep_budgets(budgets, kind: str) -> list[str]:
+    from .compress.budget import parse_budget
+
+    text = budgets if isinstance(budgets, str) else ",".join(map(str, budgets))
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    for b in out:
+        parse_budget(b, kind)
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"--target-{kind} needs distinct budgets separated by commas, got '{text}'")
+    return out
+
+
+def _slot_done(path: Path, ui) -> bool:
+    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted.
+
+    A slot that another process is writing (locked) stops the sweep: moving it would break that run."""
+    from .fileio import read_json
+    from .records import RUN_FILE, RunLock, RunRecord
+
+    RunLock.check_free(path)
+    if RunRecord.is_run(path):
+        try:
+            if read_json(path / RUN_FILE).get("status") == "finished":
+                return True
+        except (PrunegreedyError, AttributeError):  # damaged run.json: an unfinished leftover
+            pass
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = path.with_name(f"{path.name}.partial-{stamp}"), 1
+        while aside.exists():
+            aside, n = path.with_name(f"{path.name}.partial-{stamp}-{n}"), n + 1
+        path.rename(aside)
+        ui.log(f"moved the unfinished leftover {path} aside to {aside}")
+    return False
+
+
+def sweep(out: str | Path, config: str | None = None, *, prune_ratios=None, target_macs=None, target_params=None,
+          dataset: Any = None, ui=None, **options) -> list[Run]:
+    """The recipe once per prune ratio (or budget) into out/ratio-<r> (macs-<b>, params-<b>), then
+    out/report.html comparing them. Slots whose run already finished are skipped, so calling it
+    again resumes a sweep."""
+    from .report.tables import load_runs, write_report
+    from .trainers.registry import get_trainer
+
+    out = Path(out)
+    data = None
+    if dataset is not None and not isinstance(dataset, str):
+        data, dataset = dataset, dataset.name
+    given = [v for v in (prune_ratios, target_macs, target_params) if v is not None]
+    if len(given) != 1:
+        raise ConfigError("sweep needs exactly one of --prune-ratios, --target-macs, --target-params")
+    ui = ui or _default_ui(options.get("quiet"))
+    recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
+    jobs = []
+    if prune_ratios is not None:
+        for r in _sweep_ratios(prune_ratios):
+            path = out / f"ratio-{r:g}"
+            over = overrides(dataset=dataset, prune_ratio=r, out=path, **options)
+            over["compress"]["ratios"] = None  # the sweep's ratio replaces a per-stage list from the recipe
+            if r == 0:
+                over["compress"]["hook"] = "none"
+            jobs.append((f"ratio {r:g}", path, over))
+    else:
+        kind = "macs" if target_macs is not None else "params"
+        for b in _sweep_budgets(given[0], kind):
+            path = out / f"{kind}-{b}"
+            over = overrides(dataset=dataset, out=path, **{f"target_{kind}": b}, **options)
+            jobs.append((f"{kind} {b}", path, over))
+    jobs = [(label, path, config_mod.load(recipe, over)) for label, path, over in jobs]
+    for _, _, cfg in jobs:
+        get_trainer(cfg)  # every run's config is checked before hours go into the first one
+    for label, path, cfg in jobs:
+        if _slot_done(path, ui):
+            ui.log(f"{label}: {path} already finished, skipped")
+            continue
+        ui.log(f"{label}: training into {path}")
+        try:
+            train_config(cfg, recipe, ui, data)
+        except PrunegreedyError as e:
+            raise type(e)(f"{label}: {e}; run the same sweep again to resume (finished runs are skipped)") from None
+    runs = load_runs([path for _, path, _ in jobs])
+    write_report(runs, out)
+    if prune_ratios is None:
+        for (label, _, _), r in zip(jobs, runs):  # the accuracy-versus-budget table, also in summary.csv
+            b = r.meta.get("budget") or {}
+            ui.log(f"{label}: final test acc {r.meta.get('final_acc', float('nan')):.2f}%  {b.get('kind')} "
+                   f"{b.get('final', 0):,} of the target {b.get('target', 0):,} "
+                   f"({'met' if b.get('met') else 'NOT met'})  ratios {b.get('ratios')}")
+    ui.log(f"report: {out / 'report.html'}")
+    return [Run(path) for _, path, _ in jobs]
