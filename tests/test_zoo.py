@@ -239,3 +239,11 @@ def test_a_forward_with_two_inputs_is_refused():
 
     with pytest.raises(ConfigError, match=r"^Two's forward takes 2 inputs; a network cut into stages takes one$"):
         split_stages(Two(), ["a"])
+
+
+def test_the_package_exports_the_model_api():
+    import prunegreedy
+    from prunegreedy.nn import split
+
+    assert prunegreedy.build_model is build_model and prunegreedy.register_model is register_model
+    assert prunegreedy.split_stages is split.split_stages
