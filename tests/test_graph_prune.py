@@ -75,6 +75,20 @@ def test_torchvision_resnet18_stage1_has_the_groups_the_notes_observed():
     group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=list(range(64)))
     assert len(group.items) == 17  # the 11 named modules and tp's six elementwise nodes (adds, ReLUs, pool)
     assert [len(g.members) for g in internal] == [3, 3]
+    prune_stage(stages[0], head, stages[1], (3, 32, 32), 0.5, "l1", scope="all")
+    assert model.conv1.out_channels == 32 and model.layer2[0].downsample[0].in_channels == 32
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_the_last_stage_cuts_into_the_models_own_classifier():
+    model, stages, _ = _resnet20()
+    _, tail = split_stages(model, default_split("resnet20"))
+    groups = coupled_groups(stages[2], tail, None, (32, 16, 16), "all")
+    assert [g.kind for g in groups] == ["internal", "output", "internal", "internal"]
+    assert Member("head", "fc", "in") in groups[1].members and not groups[1].reaches_next
+    prune_stage(stages[2], tail, None, (32, 16, 16), 0.5, "l1", scope="all")
+    assert model.fc.in_features == 32 and model.fc.out_features == 10
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_mobilenet_v2_depthwise_convs_are_cut_with_their_producers():
@@ -85,7 +99,8 @@ def test_mobilenet_v2_depthwise_convs_are_cut_with_their_producers():
     groups = {g.root: g for g in coupled_groups(stages[0], head, stages[1], (3, 32, 32))}
     assert Member("block", "features.1.conv.0.0", "out") in groups["features.0.0"].members  # stem -> depthwise
     assert Member("block", "features.2.conv.1.0", "out") in groups["features.2.conv.0.0"].members  # expand -> dw
-    prune_stage(stages[0], head, stages[1], (3, 32, 32), 0.5, "l1")
+    head_before = copy.deepcopy(head)
+    record = prune_stage(stages[0], head, stages[1], (3, 32, 32), 0.5, "l1")
     dw = model.features[1].conv[0][0]
     assert model.features[0][0].out_channels == 16 and (dw.in_channels, dw.out_channels, dw.groups) == (16, 16, 16)
     dw2 = model.features[2].conv[1][0]
@@ -93,6 +108,12 @@ def test_mobilenet_v2_depthwise_convs_are_cut_with_their_producers():
     assert stage_shapes(stages, (3, 32, 32))[0] == (24, 16, 16)
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    torch.manual_seed(1)
+    fresh = build_model("torchvision:mobilenet_v2", 10, 32)
+    fresh_stages, _ = split_stages(fresh, default_split("torchvision:mobilenet_v2"))
+    replay(fresh_stages[0], head_before, fresh_stages[1], (3, 32, 32), record)
+    fresh.load_state_dict(model.state_dict())
+    assert same(snapshot(fresh), snapshot(model)) and fresh.features[1].conv[0][0].groups == 16
 
 
 @pytest.mark.parametrize("plan, j, importance", [("cifar10-k2", 0, "l1"), ("cifar10-k2", 2, "bn"),

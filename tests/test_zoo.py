@@ -54,9 +54,10 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_register_model_and_pass_a_module_through(monkeypatch):
     monkeypatch.setattr(models, "MODELS", dict(MODELS))
-    register_model("tiny", lambda num_classes, image_size: nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size ** 2,
-                                                                                                  num_classes)),
-                   split=["1"])
+    def tiny(num_classes: int, image_size: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size ** 2, num_classes))
+
+    register_model("tiny", tiny, split=["1"])
     assert build_model("tiny", 4, 8)(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
     assert default_split("tiny") == ["1"]
     with pytest.raises(ConfigError, match="model 'tiny' is already registered"):
@@ -174,10 +175,11 @@ class _Twice(nn.Module):
                                           "a split name ends a stage, so no split name may contain another"),
     ("resnet20", ["layer2", "layer1"], "the split of CifarResNet is out of forward order; "
                                         "in forward order: layer1, layer2"),
-    ("resnet20", ["layer1", "relu"], "the split of CifarResNet is out of forward order; in forward order: relu, layer1"),
+    ("resnet20", ["layer1", "relu"], "the split of CifarResNet is out of forward order; "
+                                      "in forward order: relu, layer1"),
     ("resnet20", [], "split must be a non-empty list of module names of CifarResNet"),
-    ("torchvision:resnet18", ["relu", "maxpool", "layer1"], "stage 2 of ResNet (ending at 'maxpool') has no "
-                                                            "parameters: it would train nothing; end it at a later module"),
+    ("torchvision:resnet18", ["relu", "maxpool", "layer1"],
+     "stage 2 of ResNet (ending at 'maxpool') has no parameters: it would train nothing; end it at a later module"),
 ])
 def test_split_refusals_name_the_module_and_what_is_valid(model, split, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
