@@ -189,7 +189,7 @@ def test_split_refusals_name_the_module_and_what_is_valid(model, split, message)
 @pytest.mark.parametrize("model, split, message", [
     (_Skip, ["a", "b"], "_Skip's stages do not run in sequence: the tail reads 'a' from stage 1, "
                         "not only the output of 'b'"),
-    (_Branch, ["a", "b"], "_Branch's stages do not run in sequence: the tail reads the input from stage 1, "
+    (_Branch, ["a", "b"], "_Branch's stages do not run in sequence: the tail reads the model's input, "
                           "not only the output of 'b'"),
     (_Twice, ["a"], "'a' is called 2 times in _Twice's forward; a stage must end at a module that runs once"),
     (_Branchy, ["a", "b"], "torch.fx cannot trace _Branchy (TraceError: symbolically traced variables cannot be "
@@ -249,3 +249,19 @@ def test_the_package_exports_the_model_api():
 
     assert prunegreedy.build_model is build_model and prunegreedy.register_model is register_model
     assert prunegreedy.split_stages is split.split_stages
+
+
+def test_a_stage_reading_two_stages_back_is_named():
+    class Dense(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (nn.Conv2d(3, 3, 1) for _ in range(4))
+
+        def forward(self, x):
+            y = self.a(x)
+            z = self.b(y)
+            return self.d(self.c(z) * y)
+
+    with pytest.raises(ConfigError, match=r"^Dense's stages do not run in sequence: stage 4 reads 'a' from stage 1, "
+                                          r"not only the output of 'c'$"):
+        split_stages(Dense(), ["a", "b", "c", "d"])

@@ -48,7 +48,7 @@ def split_stages(model: nn.Module | list[nn.Module], split: list[str] | None = N
         raise ConfigError(f"torch.fx cannot trace {name} ({type(e).__name__}: {first}); "
                           f"pass its stages as a list of modules instead") from None
     parts, inputs, ends = _partition(graph, split, name)
-    modules = [_graph_module(model, graph, nodes, inp, end, f"{name}Stage{k + 1}")
+    modules = [_graph_module(model, nodes, inp, end, f"{name}Stage{k + 1}")
                for k, (nodes, inp, end) in enumerate(zip(parts, inputs, ends))]
     stages, tail = modules[:len(split)], modules[len(split)]
     for k, stage in enumerate(stages):
@@ -88,10 +88,11 @@ def _partition(graph: fx.Graph, split: list[str], name: str):
             times = "never called" if not calls else f"called {len(calls)} times"
             raise ConfigError(f"'{s}' is {times} in {name}'s forward; a stage must end at a module that runs once")
         ends.append(calls[0])
-    order = sorted(split, key=lambda s: nodes.index(ends[split.index(s)]))
-    if order != split:
+    position = {n: i for i, n in enumerate(nodes)}
+    bounds = [position[e] for e in ends]
+    if bounds != sorted(bounds):
+        order = [s for _, s in sorted(zip(bounds, split))]
         raise ConfigError(f"the split of {name} is out of forward order; in forward order: {', '.join(order)}")
-    bounds = [nodes.index(e) for e in ends]
     part = {inputs[0]: 0}
     free: set[fx.Node] = set()  # parameters read directly and what is computed from them alone: copied where used
     for i, n in enumerate(nodes):
@@ -104,17 +105,18 @@ def _partition(graph: fx.Graph, split: list[str], name: str):
     for n, k in part.items():
         for a in n.all_input_nodes:
             if a not in free and part[a] < k and a is not feeds[k]:
-                what = f"'{a.target}'" if a.op == "call_module" else ("the input" if a is inputs[0] else f"'{a.name}'")
-                raise ConfigError(f"{name}'s stages do not run in sequence: {where[k]} reads {what} from "
-                                  f"{where[part[a]]}, not only the output of '{split[k - 1]}'")
+                what = ("the model's input" if a is inputs[0] else
+                        f"'{a.target if a.op == 'call_module' else a.name}' from {where[part[a]]}")
+                raise ConfigError(f"{name}'s stages do not run in sequence: {where[k]} reads {what}, "
+                                  f"not only the output of '{split[k - 1]}'")
     output = nodes[-1]
     parts = [[n for n in nodes if part.get(n) == k and n not in (output, inputs[0])] for k in range(len(split) + 1)]
     returns = [*ends, output.args[0]]
     return parts, feeds, returns
 
 
-def _graph_module(model: nn.Module, graph: fx.Graph, nodes: list[fx.Node], inp: fx.Node, returns,
-                  class_name: str) -> fx.GraphModule:
+def _graph_module(model: nn.Module, nodes: list[fx.Node], inp: fx.Node, returns, class_name: str,
+                  ) -> fx.GraphModule:
     g = fx.Graph()
     env = {inp: g.placeholder("x")}
 
