@@ -170,6 +170,10 @@ def test_bad_scopes_and_records_are_refused():
     wide = {"cuts": [{"root": "layer2.0.conv1", "width": 64, "removed": [0], "kind": "internal"}]}
     with pytest.raises(SpecError, match=r"^pruning record cuts 64 filters of 'layer2.0.conv1', which has 32$"):
         replay(stages[1], head, stages[2], (16, 32, 32), wide)
+    twice = {"cuts": [{"root": "layer2.0.conv1", "width": 32, "removed": [3, 3], "kind": "internal"}]}
+    with pytest.raises(SpecError, match=r"^pruning record removes filters \[3, 3\] of 'layer2.0.conv1', which has "
+                                        r"32: each at most once, and not all$"):
+        replay(stages[1], head, stages[2], (16, 32, 32), twice)
     with pytest.raises(SpecError, match=r"^a pruning record needs 'cuts'"):
         replay(stages[1], head, stages[2], (16, 32, 32), {"cut": []})
 
@@ -182,3 +186,15 @@ def test_every_rank_cuts_what_agree_returns():
     assert all(list(c.removed) == first for c in record.cuts) and len(record.cuts) == 3
     with pytest.raises(ConfigError, match=r"^Identity has no parameters: there is nothing to prune$"):
         coupled_groups(nn.Identity(), head, None, (32, 16, 16))
+
+
+def test_a_coupling_the_trace_cannot_see_is_refused_before_anything_changes():
+    plan = models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
+    block, psi_next = models_net.make_block(8, plan[1]), models_net.make_block(8, plan[2])
+    head = models_net.make_head(8, plan[1], 10, (32, 32))
+    before = snapshot(nn.ModuleList([block, head, psi_next]))
+    with pytest.raises(ConfigError, match=r"^cutting conv breaks the stage \(.*\): the trace misses a coupling, "
+                                          r"e.g. an op that moves channels as psi does; prune without that next "
+                                          r"block and cut its input directly$"):
+        prune_stage(block, head, psi_next, (8, 32, 32), 0.5, "l1")
+    assert same(snapshot(nn.ModuleList([block, head, psi_next])), before)

@@ -11,13 +11,16 @@ Scope rule: "internal" prunes the internal groups, and where a block has none (a
 one conv: the paper's blocks, a VGG layer) its output groups instead, so the paper's blocks cut
 their filters as `compress.prune.prune_block` does; "all" prunes both kinds. A group whose
 channels also run out of the next block (a residual stream crossing the cut) keeps its width:
-the stage after next is not in the trace, so those channels are not offered.
+the stage after next is not in the trace, so those channels are not offered. Cuts are made on
+copies first, so a coupling the trace cannot see (psi's pixel_unshuffle before the next block)
+is refused before the real modules change.
 
 Scores are `compress.importance`'s criteria on the whole group (tp's group importances: "l1" is
 the mean-normalised L1 of every coupled weight, as `prune_block` scores a paper block).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
@@ -160,6 +163,7 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
             cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep)), info.kind))
     chosen = agree([list(c.removed) for c in cuts])
     cuts = [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
+    _dry_run(block, head, next_block, input_shape, cuts)
     _cut(graph, block, cuts)
     for m in (block, head, next_block):
         for p in (m.parameters() if m is not None else []):
@@ -177,9 +181,33 @@ def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, inpu
         if c.root not in roots:
             raise SpecError(f"pruning record cuts '{c.root}', which roots no group of this block; "
                             f"roots: {', '.join(roots) or 'none'}")
-        if roots[c.root].width != c.width or not all(0 <= i < c.width for i in c.removed):
+        if roots[c.root].width != c.width:
             raise SpecError(f"pruning record cuts {c.width} filters of '{c.root}', which has {roots[c.root].width}")
+        if not all(0 <= i < c.width for i in c.removed) or len(set(c.removed)) != len(c.removed) \
+                or len(c.removed) >= c.width:
+            raise SpecError(f"pruning record removes filters {list(c.removed)} of '{c.root}', which has {c.width}: "
+                            f"each at most once, and not all")
     _cut(graph, block, record.cuts)
+
+
+def _dry_run(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
+             cuts: list[Cut]) -> None:
+    """Make the cuts on copies first. A coupling the trace cannot see (an op that moves channels to
+    other positions, as psi's pixel_unshuffle: tp takes it for elementwise) shows here as a shape
+    mismatch, and the stage is refused before its real modules change."""
+    if not cuts:
+        return
+    probe = _Probe(*copy.deepcopy((block, head, next_block)))
+    graph, _ = _trace(probe.block, probe.head, probe.next, input_shape)
+    _cut(graph, probe.block, cuts)
+    p = next(probe.block.parameters())
+    try:
+        with torch.no_grad(), eval_mode(probe):
+            probe(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    except RuntimeError as e:
+        raise ConfigError(f"cutting {', '.join(c.root for c in cuts)} breaks the stage ({str(e).splitlines()[0]}): "
+                          f"the trace misses a coupling, e.g. an op that moves channels as psi does; prune without "
+                          f"that next block and cut its input directly") from None
 
 
 def _cut(graph: tp.DependencyGraph, block: nn.Module, cuts) -> None:
