@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from helpers import same, snapshot
+from helpers import same, snapshot, tiny_net
 from prunegreedy.compress import graph as cgraph
 from prunegreedy.compress.graph import Member, coupled_groups, prune_stage, replay
 from prunegreedy.compress.prune import prune_block
@@ -198,3 +198,18 @@ def test_a_coupling_the_trace_cannot_see_is_refused_before_anything_changes():
                                           r"block and cut its input directly$"):
         prune_stage(block, head, psi_next, (8, 32, 32), 0.5, "l1")
     assert same(snapshot(nn.ModuleList([block, head, psi_next])), before)
+
+
+def test_the_paper_net_splits_at_its_blocks_and_prunes_into_the_next_one():
+    net = tiny_net().eval()  # cifar10-k2 at widths 8, 8, 16, 16
+    stages, tail = split_stages(net, [f"blocks.{i}" for i in range(4)])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z = x
+        for stage in stages:
+            z = stage(z)
+        assert torch.equal(tail(z), net(x)) and tail.get_submodule("heads.3") is net.heads[3]
+    record = prune_stage(stages[0], net.heads[0], stages[1], (3, 32, 32), 0.5, "l1")
+    assert [c.root for c in record.cuts] == ["blocks.0.conv"]  # the model's own names
+    assert net.blocks[0].conv.out_channels == 4 and net.blocks[1].conv.in_channels == 4
+    assert net.heads[0](net.blocks[0](x)).shape == (2, 10) and net(x).shape == (2, 10)
