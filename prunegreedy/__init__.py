@@ -6,7 +6,9 @@ __version__ = "0.1.0"
 _LAZY = {"fit": "prunegreedy.api", "resume": "prunegreedy.api", "sweep": "prunegreedy.api", "Run": "prunegreedy.api",
          "PrunegreedyError": "prunegreedy.errors", "load_backbone": "prunegreedy.deploy.backbone", "export_run": "prunegreedy.deploy.export",
          "open_export": "prunegreedy.deploy.deployed", "register_hook": "prunegreedy.compress.hooks",
-         "load_model": "prunegreedy.records", "build_from_spec": "prunegreedy.nn.net"}
+         "load_model": "prunegreedy.records", "build_from_spec": "prunegreedy.nn.net",
+         "build_model": "prunegreedy.nn.models", "register_model": "prunegreedy.nn.models",
+         "split_stages": "prunegreedy.nn.split"}
 
 
 def __getattr__(name: str):

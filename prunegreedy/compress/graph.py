@@ -1,0 +1,216 @@
+"""Prune any stage through Torch-Pruning's dependency graph: what is coupled comes from the trace.
+
+One probe module runs `head(block(x))` and `next_block(block(x))` on the same block output, so
+the graph sees every consumer of the stage's channels. Its groups rooted in the block are of two
+kinds: *internal* (every member lies in the block: a BasicBlock's conv1 -> bn1 -> conv2 input,
+an inverted residual's expand -> depthwise -> project input) and *output* (the stage's output
+channels, coupled across residual adds and shortcuts into the head's input and the next block's
+input). Names are the block's qualified module names; no attribute (`.conv`) is assumed.
+
+Scope rule: "internal" prunes the internal groups, and where a block has none (a plain block of
+one conv: the paper's blocks, a VGG layer) its output groups instead, so the paper's blocks cut
+their filters as `compress.prune.prune_block` does; "all" prunes both kinds. A group whose
+channels also run out of the next block (a residual stream crossing the cut) keeps its width:
+the stage after next is not in the trace, so those channels are not offered. Cuts are made on
+copies first, so a coupling the trace cannot see (psi's pixel_unshuffle before the next block)
+is refused before the real modules change.
+
+Scores are `compress.importance`'s criteria on the whole group (tp's group importances: "l1" is
+the mean-normalised L1 of every coupled weight, as `prune_block` scores a paper block).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import ConfigError, SpecError
+from ..train.modes import eval_mode
+from .importance import NEEDS_GRADIENTS, check_importance, lowest
+from .prune import Agree, kept_filters
+
+SCOPES = ("internal", "all")
+ROOTS = (nn.Conv2d, nn.Linear)
+
+
+class Member(NamedTuple):
+    part: str  # "block", "head" or "next"
+    name: str  # qualified name within that part
+    dim: str  # "out" (its filters / features) or "in" (its input channels)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    root: str  # the block's first Conv2d/Linear (in module order) whose filters the group cuts
+    members: tuple[Member, ...]  # named modules only; tp's elementwise-op nodes are left out
+    width: int
+    kind: str  # "internal" or "output"
+    reaches_next: bool
+
+
+@dataclass(frozen=True)
+class Cut:
+    root: str
+    width: int  # the root's filters before the cut
+    removed: tuple[int, ...]
+    kind: str
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """What prune_stage cut, enough to cut the same on a fresh stage (`replay`)."""
+
+    cuts: tuple[Cut, ...]
+
+    def as_dict(self) -> dict:
+        return {"cuts": [{"root": c.root, "width": c.width, "removed": list(c.removed), "kind": c.kind}
+                         for c in self.cuts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruneRecord:
+        try:
+            return cls(tuple(Cut(c["root"], int(c["width"]), tuple(int(i) for i in c["removed"]), c["kind"])
+                             for c in d["cuts"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpecError(f"a pruning record needs 'cuts' of root, width, removed and kind ({e})") from None
+
+
+class _Probe(nn.Module):
+    """Block output into the head and, when given, into the next block: one trace sees all consumers."""
+
+    def __init__(self, block: nn.Module, head: nn.Module, next_block: nn.Module | None):
+        super().__init__()
+        self.block, self.head, self.next = block, head, next_block
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = self.block(x)
+        return (self.head(z),) if self.next is None else (self.head(z), self.next(z))
+
+
+def _trace(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...]):
+    """The dependency graph and [(GroupInfo, root module)] of every group rooted in the block."""
+    probe = _Probe(block, head, next_block)
+    p = next(block.parameters(), None)
+    if p is None:
+        raise ConfigError(f"{type(block).__name__} has no parameters: there is nothing to prune")
+    example = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
+    with eval_mode(probe):  # tracing runs a forward pass: BN statistics stay where they are
+        graph = tp.DependencyGraph().build_dependency(
+            probe, example_inputs=example, output_transform=lambda outs: sum(o.sum() for o in outs), verbose=False)
+    parts = {"block": block, "head": head, "next": next_block}
+    where = {m: (part, name) for part, mod in parts.items() if mod is not None for name, m in mod.named_modules()}
+    order = {m: i for i, m in enumerate(block.modules())}
+    head_layers = [m for m in head.modules() if isinstance(m, ROOTS)]
+    # The head's logits and the next block's outputs keep their width; the head's hidden layers need not.
+    ignored = head_layers[-1:] + [m for m in (next_block.modules() if next_block else []) if isinstance(m, ROOTS)]
+    found = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOTS)):
+        members, seen = [], set()
+        for item in group.items:
+            m, out = item.dep.target.module, graph.is_out_channel_pruning_fn(item.dep.handler)
+            if m in where and (m, out) not in seen:
+                seen.add((m, out))
+                members.append(Member(*where[m], "out" if out else "in"))
+        roots = [m for m, out in seen if out and isinstance(m, ROOTS) and where[m][0] == "block"]
+        if not roots:
+            continue  # a head-internal group
+        root = min(roots, key=order.__getitem__)
+        kind = "internal" if all(mb.part == "block" for mb in members) else "output"
+        info = GroupInfo(where[root][1], tuple(members), graph.get_pruner_of_module(root).get_out_channels(root),
+                         kind, any(mb.part == "next" for mb in members))
+        found.append((info, root))
+    found.sort(key=lambda f: order[f[1]])
+    return graph, found
+
+
+def _select(found: list, scope: str) -> list:
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown pruning scope '{scope}'; valid: {', '.join(SCOPES)}")
+    if scope == "all":
+        return found
+    internal = [f for f in found if f[0].kind == "internal"]
+    return internal or found  # a plain block has only its output group
+
+
+def coupled_groups(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
+                   input_shape: tuple[int, ...], scope: str = "internal") -> list[GroupInfo]:
+    """The groups prune_stage would cut in `scope`, in the block's module order."""
+    return [info for info, _ in _select(_trace(block, head, next_block, input_shape)[1], scope)]
+
+
+def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
+                ratio: float, importance: str, round_to: int = 1, scope: str = "internal",
+                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> PruneRecord:
+    """Cut `ratio` of every selected group's channels in place (the least important by `importance`),
+    with everything coupled to them in the head and the next block. Every group is scored on the
+    uncut stage before any is cut, so the result does not depend on the order of the groups.
+    `agree` gives every rank rank 0's choice (as in prune_block)."""
+    check_importance(importance, gradients)
+    graph, found = _trace(block, head, next_block, input_shape)
+    selected = _select(found, scope)
+    if importance in NEEDS_GRADIENTS:
+        gradients()
+    cuts = []
+    for info, root in selected:
+        keep = kept_filters(info.width, ratio, round_to)
+        if keep < info.width:
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                            idxs=list(range(info.width)))
+            cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep)), info.kind))
+    chosen = agree([list(c.removed) for c in cuts])
+    cuts = [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
+    _dry_run(block, head, next_block, input_shape, cuts)
+    _cut(graph, block, cuts)
+    for m in (block, head, next_block):
+        for p in (m.parameters() if m is not None else []):
+            p.grad = None
+    return PruneRecord(tuple(cuts))
+
+
+def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
+           record: PruneRecord | dict) -> None:
+    """Cut exactly what `record` says on fresh, uncut modules (then load the pruned weights into them)."""
+    record = record if isinstance(record, PruneRecord) else PruneRecord.from_dict(record)
+    graph, found = _trace(block, head, next_block, input_shape)
+    roots = {info.root: info for info, _ in found}
+    for c in record.cuts:
+        if c.root not in roots:
+            raise SpecError(f"pruning record cuts '{c.root}', which roots no group of this block; "
+                            f"roots: {', '.join(roots) or 'none'}")
+        if roots[c.root].width != c.width:
+            raise SpecError(f"pruning record cuts {c.width} filters of '{c.root}', which has {roots[c.root].width}")
+        if not all(0 <= i < c.width for i in c.removed) or len(set(c.removed)) != len(c.removed) \
+                or len(c.removed) >= c.width:
+            raise SpecError(f"pruning record removes filters {list(c.removed)} of '{c.root}', which has {c.width}: "
+                            f"each at most once, and not all")
+    _cut(graph, block, record.cuts)
+
+
+def _dry_run(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
+             cuts: list[Cut]) -> None:
+    """Make the cuts on copies first. A coupling the trace cannot see (an op that moves channels to
+    other positions, as psi's pixel_unshuffle: tp takes it for elementwise) shows here as a shape
+    mismatch, and the stage is refused before its real modules change."""
+    if not cuts:
+        return
+    probe = _Probe(*copy.deepcopy((block, head, next_block)))
+    graph, _ = _trace(probe.block, probe.head, probe.next, input_shape)
+    _cut(graph, probe.block, cuts)
+    p = next(probe.block.parameters())
+    try:
+        with torch.no_grad(), eval_mode(probe):
+            probe(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    except RuntimeError as e:
+        raise ConfigError(f"cutting {', '.join(c.root for c in cuts)} breaks the stage ({str(e).splitlines()[0]}): "
+                          f"the trace misses a coupling, e.g. an op that moves channels as psi does; prune without "
+                          f"that next block and cut its input directly") from None
+
+
+def _cut(graph: tp.DependencyGraph, block: nn.Module, cuts) -> None:
+    for c in cuts:
+        root = block.get_submodule(c.root)
+        graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=list(c.removed)).prune()

@@ -1,0 +1,143 @@
+"""Whole networks by name, to train greedily stage by stage: the CIFAR ResNets and torchvision's.
+
+Like the plans, models are a dict of factories (timm's registry): `build_model("resnet20", 10, 32)`
+or `build_model("torchvision:resnet18", 10, 32)`. Each entry also says where its stages end
+(`default_split`), in the module names `nn.split.split_stages` cuts at. Any torchvision
+classification model builds as `torchvision:NAME`; the registered ones also carry a split.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+SMALL_IMAGE = 64  # at this side or below, stems that shrink the map by 4 shrink it by 1 (ResNet) or 2 (MobileNet)
+TORCHVISION = "torchvision:"
+
+Factory = Callable[[int, int], nn.Module]  # (num_classes, image_size) -> model
+
+
+class BasicBlock(nn.Module):
+    """He et al. 2016's two 3x3 convs with BN; the shortcut is a 1x1 conv + BN where the shape changes (option B)."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet-(6n+2): a 16-filter 3x3 stem, three stages of n blocks at 16, 32, 64 filters."""
+
+    def __init__(self, n: int, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        c = widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [BasicBlock(c if j == 0 else w, w, stride if j == 0 else 1) for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            c = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _torchvision(name: str) -> Factory:
+    def build(num_classes: int, image_size: int) -> nn.Module:
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            valid = ", ".join(torchvision.models.list_models(module=torchvision.models)[:12])
+            raise ConfigError(f"unknown torchvision classification model '{name}'; valid include: {valid}, ...")
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if image_size <= SMALL_IMAGE:
+            _small_stem(model)
+        return model
+    return build
+
+
+def _small_stem(model: nn.Module) -> None:
+    """Keep a small image's resolution through the stem: a ResNet's 7x7/2 conv becomes 3x3/1 and
+    its max-pool goes; MobileNet's first conv keeps stride 2 -> 1. Other models are left as built."""
+    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool"):
+        old = model.conv1
+        model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=old.bias is not None)
+        model.maxpool = nn.Identity()
+    elif type(model).__name__ == "MobileNetV2":
+        model.features[0][0].stride = (1, 1)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    factory: Factory
+    split: list[str] | None  # module names ending each stage; None: the caller must give one
+
+
+RESNET_SPLIT = ["layer1", "layer2", "layer3", "layer4"]
+# MobileNetV2's maps halve at features 2, 4, 7 and 14; its stages end just before the last three,
+# and at the end: 16x16 (24 ch), 8x8 (32), 4x4 (96) and 2x2 (1280) on a 32x32 input with the small stem.
+MOBILENET_V2_SPLIT = ["features.3", "features.6", "features.13", "features.18"]
+
+MODELS: dict[str, ModelEntry] = {
+    "resnet20": ModelEntry(lambda num_classes, image_size: CifarResNet(3, num_classes), RESNET_SPLIT[:3]),
+    "resnet56": ModelEntry(lambda num_classes, image_size: CifarResNet(9, num_classes), RESNET_SPLIT[:3]),
+    f"{TORCHVISION}resnet18": ModelEntry(_torchvision("resnet18"), RESNET_SPLIT),
+    f"{TORCHVISION}resnet50": ModelEntry(_torchvision("resnet50"), RESNET_SPLIT),
+    f"{TORCHVISION}mobilenet_v2": ModelEntry(_torchvision("mobilenet_v2"), MOBILENET_V2_SPLIT),
+}
+
+
+def register_model(name: str, factory: Factory, split: list[str] | None = None) -> None:
+    """Add a model under `name`: factory(num_classes, image_size) builds it, `split` ends its stages."""
+    if name in MODELS:
+        raise ConfigError(f"model '{name}' is already registered")
+    MODELS[name] = ModelEntry(factory, list(split) if split is not None else None)
+
+
+def _entry(name: str) -> ModelEntry:
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(TORCHVISION):  # any torchvision classifier, without a default split
+        return ModelEntry(_torchvision(name[len(TORCHVISION):]), None)
+    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, or torchvision:NAME")
+
+
+def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: int) -> nn.Module:
+    """The named model for num_classes at image_size x image_size inputs; a module passes through
+    unchanged (the caller's own network), so callers take either."""
+    if isinstance(name_or_module, nn.Module):
+        return name_or_module
+    return _entry(name_or_module).factory(num_classes, image_size)
+
+
+def default_split(name: str) -> list[str]:
+    """Where the named model's stages end; a model registered without one needs the caller's split."""
+    split = _entry(name).split
+    if split is None:
+        raise ConfigError(f"model '{name}' has no default split; give the module names that end its stages")
+    return list(split)
