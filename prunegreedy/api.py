@@ -286,6 +286,7 @@ def _start(cfg, ui):
 
 def _execute(cfg, record, ds, dev, ui, dist, first_line: str) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
+    from .train import stop
     from .trainers.run import execute
 
     hint = f"prunegreedy run --resume {record.path}"
@@ -293,10 +294,16 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str) -> Run:
     try:
         record.hold()
         ui.log(first_line)
-        execute(cfg, record, ds, dev, ui, dist)
+        with stop.graceful():  # SIGTERM and Ctrl-C: finish the step, checkpoint, stop
+            execute(cfg, record, ds, dev, ui, dist)
+    except stop.Stopped as e:
+        saved = f"a checkpoint at {e.where}" if e.where else "the last checkpoint"
+        ui.log(f"stopped by {e.name}; {record.meta.stages_done} finished stage(s) and {saved} are saved. "
+               f"Resume with: {hint}")
+        raise
     except KeyboardInterrupt:
-        ui.log(f"interrupted; {record.meta.stages_done} finished stage(s) and the last end-of-epoch checkpoint "
-               f"are saved. Resume with: {hint}")
+        ui.log(f"interrupted; {record.meta.stages_done} finished stage(s) and the last checkpoint are saved. "
+               f"Resume with: {hint}")
         raise
     except RunError as e:  # e.g. the disk filled up: finished stages stay loadable
         raise RunError(f"{e}; {record.meta.stages_done} finished stage(s) kept, resume with: {hint}") from None
@@ -336,19 +343,24 @@ def _sweep_budgets(budgets, kind: str) -> list[str]:
     return out
 
 
-def _slot_done(path: Path, ui) -> bool:
-    """True if `path` holds a finished run; an unfinished leftover is moved aside, never deleted.
+def _slot(path: Path, cfg, ui) -> str:
+    """What a sweep slot holds: "finished", "resume" (a run of this config that was stopped or
+    killed), or "empty". Anything else there is moved aside, never deleted.
 
     A slot that another process is writing (locked) stops the sweep: moving it would break that run."""
-    from .fileio import read_json
+    from .fileio import read_json, read_yaml
     from .records import RUN_FILE, RunLock, RunRecord
 
     RunLock.check_free(path)
     if RunRecord.is_run(path):
         try:
-            if read_json(path / RUN_FILE).get("status") == "finished":
-                return True
-        except (PrunegreedyError, AttributeError):  # damaged run.json: an unfinished leftover
+            status = read_json(path / RUN_FILE).get("status")
+            if status == "finished":
+                return "finished"
+            if status in ("interrupted", "running") and config_mod.from_dict(
+                    read_yaml(path / "config.yaml")).to_dict() == cfg.to_dict():
+                return "resume"
+        except (PrunegreedyError, AttributeError):  # damaged run.json or config: an unfinished leftover
             pass
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -357,14 +369,14 @@ def _slot_done(path: Path, ui) -> bool:
             aside, n = path.with_name(f"{path.name}.partial-{stamp}-{n}"), n + 1
         path.rename(aside)
         ui.log(f"moved the unfinished leftover {path} aside to {aside}")
-    return False
+    return "empty"
 
 
 def sweep(out: str | Path, config: str | None = None, *, prune_ratios=None, target_macs=None, target_params=None,
           dataset: Any = None, ui=None, **options) -> list[Run]:
     """The recipe once per prune ratio (or budget) into out/ratio-<r> (macs-<b>, params-<b>), then
-    out/report.html comparing them. Slots whose run already finished are skipped, so calling it
-    again resumes a sweep."""
+    out/report.html comparing them. Slots whose run already finished are skipped and a stopped one
+    is resumed, so calling it again resumes a sweep."""
     from .report.tables import load_runs, write_report
     from .trainers.registry import get_trainer
 
@@ -396,12 +408,16 @@ def sweep(out: str | Path, config: str | None = None, *, prune_ratios=None, targ
     for _, _, cfg in jobs:
         get_trainer(cfg)  # every run's config is checked before hours go into the first one
     for label, path, cfg in jobs:
-        if _slot_done(path, ui):
+        slot = _slot(path, cfg, ui)
+        if slot == "finished":
             ui.log(f"{label}: {path} already finished, skipped")
             continue
-        ui.log(f"{label}: training into {path}")
+        ui.log(f"{label}: {'resuming' if slot == 'resume' else 'training into'} {path}")
         try:
-            train_config(cfg, recipe, ui, data)
+            if slot == "resume":
+                resume(path, cfg.data.data_dir, ui=ui)
+            else:
+                train_config(cfg, recipe, ui, data)
         except PrunegreedyError as e:
             raise type(e)(f"{label}: {e}; run the same sweep again to resume (finished runs are skipped)") from None
     runs = load_runs([path for _, path, _ in jobs])

@@ -96,9 +96,13 @@ TargetParams = Annotated[Optional[str], typer.Option(help="Budget: final backbon
 
 
 def _interruptible(fn, *args, **kwargs):
-    """Ctrl-C: the library has said how to resume; exit 130 without a traceback."""
+    """Stopped by SIGTERM (exit 143) or Ctrl-C (130): the library has said how to resume."""
+    from .train.stop import EXIT_CODES, Stopped
+
     try:
         return fn(*args, **kwargs)
+    except Stopped as e:
+        raise typer.Exit(EXIT_CODES.get(e.signum, 130))
     except KeyboardInterrupt:
         raise typer.Exit(130)
 

@@ -64,6 +64,9 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | off; auto = bf16 where the device supports it fast
     channels_last: bool = True
     eval_batch_size: int = 500
+    # Minutes between checkpoints inside an epoch (besides the one at every epoch's end), so that a
+    # killed run loses at most this much; None: at epochs' ends only. ImageNet epochs take hours.
+    checkpoint_every: float | None = 15.0
 
 
 @dataclass
@@ -75,6 +78,9 @@ class CompressConfig:
     round_to: int = 1  # kept filter count is a multiple of this
     taylor_batches: int = 4  # batches used to estimate first-order Taylor importance
     at: float = 1.0  # when to cut, as a fraction of the block's training schedule; 1 = after training
+    cuts: int = 1  # cuts inside the schedule (at < 1): at at/n, ..., at, to Zhu and Gupta's cubic ratios
+    distill: float = 0.0  # after a cut inside the schedule: weight of the pre-cut block + head's soft outputs
+    distill_temperature: float = 4.0
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
@@ -325,6 +331,19 @@ def validate(cfg: Config) -> None:
     if not (0 < cfg.compress.at <= 1):
         raise ConfigError(f"compress.at must be in (0, 1] (a fraction of a block's training schedule; 1 = after "
                           f"training), got {cfg.compress.at}")
+    every = cfg.train.checkpoint_every
+    if every is not None and (not (every > 0) or math.isinf(every)):
+        raise ConfigError(f"train.checkpoint_every must be a positive number of minutes (or null: at epochs' ends "
+                          f"only), got {every}")
+    c = cfg.compress
+    if c.cuts < 1 or (c.cuts > 1 and c.at >= 1):
+        raise ConfigError(f"compress.cuts must be 1, or more with compress.at < 1 (cuts inside the schedule), "
+                          f"got {c.cuts} with compress.at {c.at:g}")
+    if not (0 <= c.distill <= 1) or (c.distill > 0 and c.at >= 1):
+        raise ConfigError(f"compress.distill must be in [0, 1], and above 0 only with compress.at < 1 (it follows a "
+                          f"cut inside the schedule), got {c.distill:g} with compress.at {c.at:g}")
+    if not (c.distill_temperature > 0) or math.isinf(c.distill_temperature):
+        raise ConfigError(f"compress.distill_temperature must be a positive number, got {c.distill_temperature}")
     if cfg.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {cfg.train.batch_size}")
     if not (cfg.train.lr > 0):

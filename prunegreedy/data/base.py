@@ -74,8 +74,8 @@ class Dataset:
         return train, Holdout(self.train_x[dev], self.train_y[dev], out)
 
     def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
-                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard)
+                      shard: tuple[int, int] = (0, 1), skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard, skip=skip)
 
     def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.test_x, self.test_y, batch_size, norm)
@@ -135,20 +135,34 @@ class Normalize:
         return (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
 
 
+def skip_crop_flip(n: int, pad: int, generator: torch.Generator) -> None:
+    """The random draws of random_crop_flip for n images, without the images."""
+    torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    torch.rand(n, generator=generator)
+
+
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize, generator: torch.Generator,
-                  augment: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  augment: bool = True, shard: tuple[int, int] = (0, 1),
+                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented, normalised batches (the last partial batch included).
 
     `shard = (rank, world)`: every rank draws the same global batch and augmentation (same
     generator state), then keeps images rank, rank + world, ...; so N processes see exactly the
     batches one process would. A last batch smaller than `world` is dropped on every rank alike.
+    `skip`: leave out the first batches (a loop resumed part-way through the epoch), drawing their
+    random numbers all the same, so the rest are exactly the batches the whole epoch would give.
     """
     rank, world = shard
     perm = to_device(torch.randperm(len(x), generator=generator), x.device)
-    for start in range(0, len(x), batch_size):
+    for i, start in enumerate(range(0, len(x), batch_size)):
         idx = perm[start:start + batch_size]
         if len(idx) < world:
             return
+        if i < skip:
+            if augment:
+                skip_crop_flip(len(idx), 4, generator)
+            continue
         xb = x[idx]
         if augment:
             xb = random_crop_flip(xb, 4, generator)

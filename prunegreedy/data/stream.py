@@ -73,12 +73,13 @@ class _SeededEpoch(Sampler):
 
     order: DistributedSampler
     seed: int
+    skip: int = 0  # keys left out at the start (a loop resumed part-way through the epoch)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.order) - min(self.skip, len(self.order))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((i, (self.seed + i) % 2**63) for i in self.order)
+        return ((i, (self.seed + i) % 2**63) for k, i in enumerate(self.order) if k >= self.skip)
 
 
 @dataclass
@@ -122,15 +123,17 @@ class StreamDataset:
         return replace(self, train=self.train.head(train_limit), test=self.test.head(test_limit))
 
     def train_batches(self, batch_size: int, norm: Normalize, generator: torch.Generator,
-                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      shard: tuple[int, int] = (0, 1), skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch; `batch_size` is global: each of `world` ranks gets batch_size // world images
-        per step, from its DistributedSampler part of the epoch (the last partial batch included)."""
+        per step, from its DistributedSampler part of the epoch (the last partial batch included).
+        `skip`: leave out the first batches (the epoch's order and seeds are drawn all the same)."""
         rank, world = shard
         order_seed, aug_seed = torch.randint(2**62, (2,), generator=generator).tolist()
         loader = self._loader(("train", batch_size, shard), self.train, batch_size // world, _SeededEpoch())
         loader.sampler.order = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=order_seed, drop_last=True)
         loader.sampler.seed = aug_seed
+        loader.sampler.skip = skip * (batch_size // world)
         return self._deliver(loader, norm)
 
     def eval_batches(self, batch_size: int, norm: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -61,6 +61,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
 
+    def any_true(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Each flag true if it holds on any rank (so every rank acts on it at the same step)."""
+        if not self.enabled:
+            return flags
+        t = torch.tensor([1 if f else 0 for f in flags], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
     def sync_buffers(self, *modules: nn.Module) -> None:
         """Rank 0's BatchNorm statistics everywhere: each rank's last forward moved its own."""
         if not self.enabled:

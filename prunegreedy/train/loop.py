@@ -8,6 +8,7 @@ schedule) is an event; the loop knows nothing about pruning.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.base import Dataset, Normalize
+from . import stop
 from .distributed import SINGLE, Dist
 from .modes import autocast, autocast_dtype, freeze
 from .schedules import lr_at
@@ -130,6 +132,8 @@ class Chain:
     pairs: list[tuple[nn.Module, nn.Module]]
     prefix: nn.Module = field(default_factory=nn.Sequential)
     label: Callable[[int], str] = lambda j: ""  # names pair j in a non-finite loss message
+    # loss(j, pair j's input, its logits, labels); None: cross-entropy. An event may set it (distillation).
+    loss: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def modules(self) -> list[nn.Module]:
         return [m for pair in self.pairs for m in pair]
@@ -146,15 +150,17 @@ class LoopState:
     seconds: float
     loss_sum: list[float]
     correct: list[int]
-    generator: torch.Tensor
+    generator: torch.Tensor  # the batch generator as the current epoch started (epoch_step 0: as the next one starts)
     momentum: list[torch.Tensor | None]
     events: dict[str, Any] = field(default_factory=dict)
+    epoch_step: int = 0  # steps already taken in the current epoch (0 at an epoch's end)
 
     def to_saved(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON scalars): how a record stores the state without knowing its fields."""
         tensors = {"generator": self.generator}
         tensors.update({f"momentum.{i}": m for i, m in enumerate(self.momentum) if m is not None})
-        scalars = {k: getattr(self, k) for k in ("step", "seen", "seconds", "loss_sum", "correct", "events")}
+        scalars = {k: getattr(self, k) for k in ("step", "seen", "seconds", "loss_sum", "correct", "events",
+                                                 "epoch_step")}
         return tensors, {**scalars, "momentum_count": len(self.momentum)}
 
     @classmethod
@@ -182,14 +188,22 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     """Train every pair of `chain` for `epochs` on one schedule.
 
     `events[s]` runs once, before step s; it may prune the modules in place, so the optimizers
-    (momentum included) are built anew after it. `on_epoch` receives the loop state after every
-    epoch; passing one back as `resume` (with the modules restored) continues exactly where it was
-    taken. Under torchrun (`dist`) every pair is wrapped in DistributedDataParallel and each rank
-    trains on its share of every global batch.
+    (momentum included) are built anew after it, and it never moves the batch stream (the
+    generator is put back after it). `on_epoch` receives the loop state after every epoch, every
+    `cfg.checkpoint_every` minutes within one, and when a stop is requested (SIGTERM, Ctrl-C: the
+    loop then raises stop.Stopped after the current step); passing one back as `resume` (with the
+    modules restored) continues exactly where it was taken. Under torchrun (`dist`) every pair is
+    wrapped in DistributedDataParallel, each rank trains on its share of every global batch, and
+    every rank stops and checkpoints at the same step.
     """
     def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
         return models, [make_optimizer([b, h], lr, cfg) for b, h in chain.pairs]
+
+    def state() -> LoopState:
+        loss_sum, correct = tally.sums()
+        return LoopState(step, seen, time.perf_counter() - start, loss_sum, correct, epoch_start, [
+            o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done), epoch_step)
 
     freeze(chain.prefix)
     for m in chain.modules():
@@ -199,47 +213,68 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     n, events = len(chain.pairs), dict(events or {})
     total = steps_of(epochs, ds.num_train, cfg.batch_size)
     if resume is None:
-        step, seen, elapsed, tally, done = 0, 0, 0.0, Tally(n, device), {}
+        step, seen, elapsed, tally, done, epoch_step = 0, 0, 0.0, Tally(n, device), {}, 0
     else:
         generator.set_state(resume.generator)
         for (o, p), buf in zip(_slots(opts), resume.momentum):
             if buf is not None:
                 o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
-        step, seen, elapsed = resume.step, resume.seen, resume.seconds
+        step, seen, elapsed, epoch_step = resume.step, resume.seen, resume.seconds, resume.epoch_step
         tally, done = Tally(n, device, resume.loss_sum, resume.correct), dict(resume.events)
+    every = Tally.CHECK_EVERY if dist.enabled else 1  # a collective per step would cost the GPUs a sync
+    due_every = cfg.checkpoint_every * 60 if cfg.checkpoint_every else None
     start = time.perf_counter() - elapsed
-    while step < total:
-        for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard):
-            if step >= total:
-                break
-            if step in events and str(step) not in done:
-                done[str(step)] = events[step]()
-                models, opts = build()
-            rate = lr_at(step, total, lr, schedule, cfg)
-            with autocast(device, amp), torch.no_grad():
-                x = chain.prefix(xb)
-            for j, (model, opt) in enumerate(zip(models, opts)):
-                for g in opt.param_groups:
-                    g["lr"] = rate
-                with autocast(device, amp):
-                    feats, logits = model(x)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # pair j's graph is freed here, before pair j+1 runs
-                opt.step()
-                x = feats.detach()
-                tally.add(j, step, loss, logits, yb)
-            seen += len(yb)
-            step += 1
-            if step % Tally.CHECK_EVERY == 0:  # every rank stops together, at the same step
-                tally.check(dist, device, total, chain.label)
-            if on_step is not None:
-                on_step(step, total, loss.item(), 100.0 * tally.correct[-1].item() / seen)
-        tally.check(dist, device, total, chain.label)  # never checkpoint a non-finite state
-        if on_epoch is not None:
-            loss_sum, correct = tally.sums()
-            on_epoch(LoopState(step, seen, time.perf_counter() - start, loss_sum, correct, generator.get_state(),
-                               [o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done)))
+    last_save = time.perf_counter()
+    with stop.loop():
+        while step < total:
+            epoch_start = generator.get_state()
+            for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard, skip=epoch_step):
+                if step >= total:
+                    break
+                if step in events and str(step) not in done:
+                    before = generator.get_state()
+                    done[str(step)] = events[step]()
+                    generator.set_state(before)
+                    models, opts = build()
+                rate = lr_at(step, total, lr, schedule, cfg)
+                with autocast(device, amp), torch.no_grad():
+                    x = chain.prefix(xb)
+                for j, (model, opt) in enumerate(zip(models, opts)):
+                    for g in opt.param_groups:
+                        g["lr"] = rate
+                    with autocast(device, amp):
+                        feats, logits = model(x)
+                        loss = (F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                                if chain.loss is None else chain.loss(j, x, logits, yb))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()  # pair j's graph is freed here, before pair j+1 runs
+                    opt.step()
+                    x = feats.detach()
+                    tally.add(j, step, loss, logits, yb)
+                seen += len(yb)
+                step += 1
+                epoch_step += 1
+                if step % Tally.CHECK_EVERY == 0:  # every rank stops together, at the same step
+                    tally.check(dist, device, total, chain.label)
+                if on_step is not None:
+                    on_step(step, total, loss.item(), 100.0 * tally.correct[-1].item() / seen)
+                if step % every == 0 and step < total:
+                    due = due_every is not None and time.perf_counter() - last_save >= due_every
+                    halt, due = dist.any_true([stop.requested() is not None, due], device)
+                    if (halt or due) and on_epoch is not None:
+                        tally.check(dist, device, total, chain.label)  # never checkpoint a non-finite state
+                        on_epoch(state())
+                        last_save = time.perf_counter()
+                    if halt:
+                        raise stop.Stopped(stop.requested() or signal.SIGTERM, f"step {step} of {total}")
+            epoch_step = 0
+            tally.check(dist, device, total, chain.label)  # never checkpoint a non-finite state
+            if on_epoch is not None:
+                epoch_start = generator.get_state()
+                on_epoch(state())
+                last_save = time.perf_counter()
+        if stop.requested() is not None:  # asked for during the last checkpoint: it is complete
+            raise stop.Stopped(stop.requested(), f"step {step} of {total}")
     seconds = time.perf_counter() - start
     dist.sync_buffers(*chain.modules())
     loss_sum, correct = tally.sums()

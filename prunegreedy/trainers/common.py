@@ -135,7 +135,8 @@ class Session:
                 replay(outcome)
         for name, m in modules.items():
             m.load_state_dict(weights[name])
-        self.ui.log(f"{label}continuing from step {state.step} (end-of-epoch checkpoint)")
+        where = "checkpoint inside an epoch" if state.epoch_step else "end-of-epoch checkpoint"
+        self.ui.log(f"{label}continuing from step {state.step} ({where})")
         return state
 
 

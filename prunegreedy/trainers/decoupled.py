@@ -46,6 +46,9 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
     if cfg.compress.hook not in ("none", "prune"):
         raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
                           f"or prune, not '{cfg.compress.hook}'")
+    if cfg.compress.cuts > 1 or cfg.compress.distill > 0:
+        raise ConfigError(f"compress.cuts {cfg.compress.cuts} and compress.distill {cfg.compress.distill:g} are for "
+                          f"the greedy trainer; --trainer decoupled cuts once (compress.cuts 1, compress.distill 0)")
 
 
 def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],

@@ -5,12 +5,15 @@ config, so a stage always grows on what the previous stage actually left behind.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from ..compress.context import StageContext
 from ..compress.hooks import finetune, get_hook
-from ..compress.prune import prune_block
+from ..compress.inside import cut_plan, distill_loss, teacher_of
+from ..compress.prune import kept_filters, prune_block
 from ..config import Config
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
@@ -18,7 +21,7 @@ from ..nn.spec import StageSpec
 from ..records import SENSITIVITY_FILE
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
-from .common import PhaseRecorder, Session, stage_ratio
+from .common import PhaseRecorder, Session, out_width, stage_ratio
 
 
 def greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
@@ -55,25 +58,48 @@ def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int,
     epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
     hook = get_hook(cfg.compress.hook)
     ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist)
-    events = {}
     inside = cfg.compress.at < 1 and ratio > 0  # cut part-way through the schedule (check: hook.cut exists)
-    if inside:
+    modules = {"block": block, "head": head}  # what a loop checkpoint holds (and a teacher, once there is one)
+    chain = Chain([(block, head)], prefix)
+    total = steps_of(epochs, s.ds.num_train, cfg.train.batch_size)
+    width0, alive = out_width(block), list(range(out_width(block)))  # alive: original index of each filter
+
+    def cut_to(cut_ratio: float, removed: list[int] | None = None) -> list[int]:
+        """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`); keep the
+        original indices of everything cut so far in run.json; distill from the uncut block after."""
+        if cfg.compress.distill > 0 and "teacher_block" not in modules:
+            modules["teacher_block"], modules["teacher_head"] = teacher = teacher_of(block, head)
+            chain.loss = distill_loss(teacher, cfg.compress, cfg.train.label_smoothing)
+        if removed is None:
+            keep = kept_filters(width0, cut_ratio, cfg.compress.round_to)
+            now = cut_ratio if len(alive) == width0 else 1 - keep / len(alive)  # of the filters still there
+            removed = hook.cut(replace(ctx, ratio=now), cfg.compress, rec)
+        else:
+            prune_block(block, head, in_shape, ratio, cfg.compress.importance, cfg.compress.round_to, replay=removed)
+        cut = set(removed)
+        gone = [a for i, a in enumerate(alive) if i in cut]
+        alive[:] = [a for i, a in enumerate(alive) if i not in cut]
+        if gone and cfg.compress.cuts > 1:
+            s.record.removed(j + 1, sorted(set(range(width0)) - set(alive)))
+        return removed
+
+    def event(cut_ratio: float):
         def cut() -> dict:  # what the cut removed and recorded: replayed if the stage is resumed
             first = len(s.record.rows)
-            removed = hook.cut(ctx, cfg.compress, rec)
-            return {"removed": removed, "rows": s.record.rows[first:]}
-        events[step_at(cfg.compress.at, steps_of(epochs, s.ds.num_train, cfg.train.batch_size))] = cut
+            return {"removed": cut_to(cut_ratio), "rows": s.record.rows[first:]}
+        return cut
+    events = {step_at(f, total): event(r) for f, r in cut_plan(cfg.compress.at, cfg.compress.cuts, ratio)} \
+        if inside else {}
 
     def replay(outcome: dict) -> None:
         """Repeat a recorded cut (the same filters) and its `pruned` row on a resumed stage."""
-        prune_block(block, head, in_shape, ratio, cfg.compress.importance, cfg.compress.round_to,
-                    replay=outcome["removed"])
+        cut_to(ratio, outcome["removed"])
         s.record.add_rows(outcome["rows"])
-        s.record.removed(j + 1, outcome["removed"])
+        if cfg.compress.cuts == 1:
+            s.record.removed(j + 1, outcome["removed"])
 
-    modules = {"block": block, "head": head}
     state = s.restore(j + 1, modules, f"stage {j + 1}: ", replay)
-    result = train(Chain([(block, head)], prefix), s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule,
+    result = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule,
                    s.device, gen, events=events, on_step=rec.progress("train"),
                    on_epoch=lambda st: s.record.save_partial(j + 1, modules, st), resume=state, dist=s.dist)
     stats = result.stats[0]
