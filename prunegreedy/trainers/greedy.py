@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from ..compress.context import StageContext
-from ..compress.hooks import finetune, get_hook
-from ..compress.prune import prune_block
+from ..compress.hooks import finetune, get_hook, replay_cut
 from ..config import Config
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
@@ -42,19 +41,28 @@ def greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
 
 def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int, int], net: GreedyNet,
            s: Session) -> tuple[nn.Module, nn.Module]:
-    """Train stage j, run the compression hook, record every phase; return its block and head."""
+    """Build stage j's block and head from the plan, then train and compress it."""
     stage = plan[j]
     torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
     block, = s.to_device(make_block(in_shape[0], stage))
     head, = s.to_device(make_head(stage.width, stage, s.ds.num_classes, output_shape(block, in_shape)[1:]))
-    prefix_blocks = list(net.blocks)
+    return train_stage(cfg, j, len(plan), block, head, list(net.blocks), in_shape, s, gen)
+
+
+def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, prefix_blocks: list[nn.Module],
+                in_shape: tuple[int, ...], s: Session, gen: torch.Generator, next_block: nn.Module | None = None,
+                graph: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Train stage j of n on the frozen prefix, run the compression hook, record every phase;
+    return its block and head. `graph`: the block is any module, cut through the dependency graph
+    into `next_block`'s input (compress.graph); otherwise a paper block."""
     prefix = freeze(nn.Sequential(*prefix_blocks))
-    ratio = stage_ratio(cfg, j, len(plan))
+    ratio = stage_ratio(cfg, j, n)
     rec = PhaseRecorder(s, j, prefix_blocks, in_shape, ratio)
-    epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
+    epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
     hook = get_hook(cfg.compress.hook)
-    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist)
+    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist,
+                       graph=graph, next_block=next_block)
     events = {}
     inside = cfg.compress.at < 1 and ratio > 0  # cut part-way through the schedule (check: hook.cut exists)
     if inside:
@@ -66,8 +74,7 @@ def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int,
 
     def replay(outcome: dict) -> None:
         """Repeat a recorded cut (the same filters) and its `pruned` row on a resumed stage."""
-        prune_block(block, head, in_shape, ratio, cfg.compress.importance, cfg.compress.round_to,
-                    replay=outcome["removed"])
+        replay_cut(ctx, outcome["removed"])
         s.record.add_rows(outcome["rows"])
         s.record.removed(j + 1, outcome["removed"])
 
