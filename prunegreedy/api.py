@@ -100,8 +100,16 @@ class Run:
         with_head is False (then it returns the features)."""
         from torch import nn
 
+        from .compress.network import KIND
+        from .fileio import read_json
         from .records import load_model
 
+        if read_json(self.path / "model.json").get("kind") == KIND:  # a whole network (model.arch)
+            if not with_head:
+                raise ConfigError("the features of a whole network: use load_network(path, heads=True) and its stages")
+            from .deploy.network import load_network
+
+            return load_network(self.path).requires_grad_(False)
         net, _ = load_model(self.path / "model")
         parts = [*net.blocks, net.heads[-1]] if with_head else list(net.blocks)
         return nn.Sequential(*parts).eval().requires_grad_(False)
@@ -293,6 +301,9 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
         from .trainers.arch import user_arch
 
         network = user_arch(model)[0]
+    elif (cfg.model.arch or "").startswith("user:"):
+        raise ConfigError(f"{path} trains your own {cfg.model.arch[5:]}; resume it from Python with "
+                          f"prunegreedy.resume(path, model=a_fresh_{cfg.model.arch[5:]}_instance)")
     if data_dir is not None:  # the data may have moved since; check_resumable compares them
         cfg.data.data_dir = str(data_dir)
     dist, dev, ui = _start(cfg, ui or _default_ui(quiet))

@@ -171,3 +171,32 @@ def test_a_cut_inside_the_schedule_is_an_event_of_the_stage_loop(tmp_path, cache
     rows = _run(out, "--model", "resnet20", "--prune-ratio", "0.5", "--set", "compress.at=0.5")
     assert list(zip(rows.stage, rows.phase)) == [(s, p) for s in (1, 2, 3) for p in ("pruned", "trained")]
     assert _first_convs(prunegreedy.load_network(out)) == [8] * 3 + [16] * 3 + [32] * 3
+
+
+def test_last_head_aux_gives_the_last_stage_an_aux_head_and_run_backbone_loads_the_model(tmp_path, cache_dir):
+    out = tmp_path / "aux"
+    rows = _run(out, "--model", "resnet20", "--set", "model.last_head=aux")
+    assert rows.phase.tolist() == ["trained"] * 3 and rows.params_head.iloc[-1] > 650  # not the 64 -> 10 fc
+    net, heads = prunegreedy.load_network(out, heads=True)
+    assert type(net) is CifarResNet and len(heads) == 3 and all(type(h).__name__ == "PooledHead" for h in heads)
+    assert type(prunegreedy.Run(out).backbone()) is CifarResNet
+    with pytest.raises(SpecError, match="the network of a plan loads with prunegreedy.load_model"):
+        prunegreedy.load_network(_plan_run(tmp_path))
+
+
+def _plan_run(tmp_path):
+    out = tmp_path / "plan"
+    _run(out, "--set", "model.widths=4,4,8,8")
+    return out
+
+
+def test_a_run_of_a_users_module_resumes_only_with_the_module(tmp_path, cache_dir):
+    run = prunegreedy.fit(out=tmp_path / "mine", model=TwoBlocks(), split=["body1", "body2"], epochs=0.2,
+                          quiet=True, set=TINY_SET)
+    meta = json.loads((run.path / "run.json").read_text())
+    meta.update(status="interrupted", stages_done=1)
+    (run.path / "run.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, ["run", "--resume", str(run.path), "--quiet"])
+    assert res.exit_code == 2 and "resume it from Python with prunegreedy.resume(path, model=" in res.output
+    done = prunegreedy.resume(run.path, model=TwoBlocks(), quiet=True)
+    assert done.status == "finished" and done.stages.stage.tolist() == [1, 2]

@@ -72,7 +72,8 @@ def check_same(model: nn.Module, spec: dict) -> None:
 def rebuild(spec: dict, model: nn.Module | None = None) -> tuple[Staged, bool]:
     """(the pruned network, whether its last stage kept the model's own tail), weights not loaded."""
     if not isinstance(spec, dict) or spec.get("kind") != KIND:
-        raise SpecError(f"not the spec of a trained network (kind '{KIND}')")
+        raise SpecError(f"not the spec of a whole network trained as model.arch (kind '{KIND}'); the network of "
+                        f"a plan loads with prunegreedy.load_model")
     arch, args = spec["arch"], spec["args"]
     if model is None:
         if arch.startswith(USER):
