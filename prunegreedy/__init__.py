@@ -8,7 +8,7 @@ _LAZY = {"fit": "prunegreedy.api", "resume": "prunegreedy.api", "sweep": "pruneg
          "open_export": "prunegreedy.deploy.deployed", "register_hook": "prunegreedy.compress.hooks",
          "load_model": "prunegreedy.records", "build_from_spec": "prunegreedy.nn.net",
          "build_model": "prunegreedy.nn.models", "register_model": "prunegreedy.nn.models",
-         "split_stages": "prunegreedy.nn.split"}
+         "split_stages": "prunegreedy.nn.split", "load_network": "prunegreedy.deploy.network"}
 
 
 def __getattr__(name: str):

@@ -100,8 +100,16 @@ class Run:
         with_head is False (then it returns the features)."""
         from torch import nn
 
+        from .compress.network import KIND
+        from .fileio import read_json
         from .records import load_model
 
+        if read_json(self.path / "model.json").get("kind") == KIND:  # a whole network (model.arch)
+            if not with_head:
+                raise ConfigError("the features of a whole network: use load_network(path, heads=True) and its stages")
+            from .deploy.network import load_network
+
+            return load_network(self.path).requires_grad_(False)
         net, _ = load_model(self.path / "model")
         parts = [*net.blocks, net.heads[-1]] if with_head else list(net.blocks)
         return nn.Sequential(*parts).eval().requires_grad_(False)
@@ -109,7 +117,7 @@ class Run:
 
 def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=None, prune_ratios=None,
               target_macs=None, target_params=None, importance=None, trainer=None, device=None, seed=None,
-              out=None, name=None, quiet=None, set=None) -> dict:
+              out=None, name=None, quiet=None, model=None, split=None, set=None) -> dict:
     """The config overrides the named options stand for (the CLI's options, by name)."""
     over = _sets(set)
     _budget_overrides(over, prune_ratio, prune_ratios, target_macs, target_params)
@@ -126,6 +134,10 @@ def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=N
         put("train", "epochs", ",".join(map(str, epochs)) if isinstance(epochs, (list, tuple)) else epochs)
     if trainer is not None:
         put("train", "trainer", trainer)
+    if model is not None:
+        put("model", "arch", model)
+    if split is not None:
+        put("model", "split", ",".join(split) if isinstance(split, (list, tuple)) else split)
     if prune_ratio is not None or prune_ratios is not None:
         over.setdefault("compress", {}).setdefault("hook", "prune")
     if prune_ratio is not None:
@@ -212,19 +224,41 @@ def fit(config: str | None = None, out: str | Path | None = None, *, dataset: An
     Log lines go to stdout (none with quiet=True; log.txt has them either way), or to `ui`.
 
     `dataset` is a registered name, or a prunegreedy Dataset already loaded (its name is used for
-    the config; the images are not read again). Every other option is the CLI's, by name."""
-    data = None
+    the config; the images are not read again). `model` is a registered model name
+    (prunegreedy.register_model, torchvision:NAME), or your own nn.Module (trained and pruned in
+    place; load it back with load_network(path, model=a_fresh_instance)) or a list of stage
+    modules, cut into stages at the module names of `split`. Every other option is the CLI's."""
+    data, network = None, None
     if dataset is not None and not isinstance(dataset, str):
         data, dataset = dataset, dataset.name
+    model, split = options.pop("model", None), options.pop("split", None)
+    if model is not None and not isinstance(model, str):
+        network, model, listed = _user_network(model, split)
+        split = split if listed is None else listed
     ui = ui or _default_ui(options.get("quiet"))
-    over = overrides(dataset=dataset, out=out, **options)
+    over = overrides(dataset=dataset, out=out, model=model, split=split, **options)
     recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
     cfg = config_mod.load(recipe, over)
-    return train_config(cfg, recipe, ui, data)
+    return train_config(cfg, recipe, ui, data, network)
 
 
-def train_config(cfg, recipe: str, ui, data=None) -> Run:
-    """Train a resolved config into a new run folder (fit and sweep call this)."""
+def _user_network(model, split):
+    """(module, its model.arch, the split of a list of stages): its split is checked before any folder."""
+    from .nn.split import split_stages
+    from .trainers.arch import user_arch
+
+    network, arch, listed = user_arch(model)
+    if listed is not None and split is not None:
+        raise ConfigError("a list of modules is already split into stages; give no split")
+    if split is None and listed is None:
+        raise ConfigError(f"model={type(network).__name__}(...) needs split=[module names ending its stages]")
+    split_stages(network, list(listed if listed is not None else split))
+    return network, arch, listed
+
+
+def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
+    """Train a resolved config into a new run folder (fit and sweep call this); `network`: the
+    caller's module of a model.arch "user:..." run."""
     from .data.registry import load_dataset
     from .records import RunRecord
     from .trainers.decisions import check_data as check_holdout
@@ -243,13 +277,16 @@ def train_config(cfg, recipe: str, ui, data=None) -> Run:
     dist.on_main(lambda: RunRecord.make_folder(path))
     record = RunRecord(path, new_meta(cfg, ds, dev, dist), writes=dist.is_main)
     procs = f" x {dist.world} processes" if dist.enabled else ""
+    what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
     return _execute(cfg, record, ds, dev, ui, dist,
-                    f"run folder: {path}  device: {dev}{procs}  plan: {cfg.model.plan}  trainer: "
-                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}")
+                    f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network)
 
 
-def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False) -> Run:
-    """Continue an interrupted run with its saved config (its data may have moved: `data_dir`)."""
+def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False,
+           model=None) -> Run:
+    """Continue an interrupted run with its saved config (its data may have moved: `data_dir`).
+    A run of your own module needs `model`: a fresh, unpruned instance (or the list of stages)."""
     from .data.registry import load_dataset
     from .fileio import read_yaml
     from .records import RunRecord
@@ -259,6 +296,14 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
     if not RunRecord.is_run(path):
         raise ConfigError(f"{path} is not a run folder (no run.json)")
     cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
+    network = None
+    if model is not None:
+        from .trainers.arch import user_arch
+
+        network = user_arch(model)[0]
+    elif (cfg.model.arch or "").startswith("user:"):
+        raise ConfigError(f"{path} trains your own {cfg.model.arch[5:]}; resume it from Python with "
+                          f"prunegreedy.resume(path, model=a_fresh_{cfg.model.arch[5:]}_instance)")
     if data_dir is not None:  # the data may have moved since; check_resumable compares them
         cfg.data.data_dir = str(data_dir)
     dist, dev, ui = _start(cfg, ui or _default_ui(quiet))
@@ -271,7 +316,8 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
     except BaseException:
         record.release()
         raise
-    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}")
+    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}",
+                    network)
 
 
 def _start(cfg, ui):
@@ -284,7 +330,7 @@ def _start(cfg, ui):
     return dist, dev, (ui if dist.is_main else NullUI())
 
 
-def _execute(cfg, record, ds, dev, ui, dist, first_line: str) -> Run:
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
     from .train import stop
     from .trainers.run import execute
@@ -295,7 +341,7 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str) -> Run:
         record.hold()
         ui.log(first_line)
         with stop.graceful():  # SIGTERM and Ctrl-C: finish the step, checkpoint, stop
-            execute(cfg, record, ds, dev, ui, dist)
+            execute(cfg, record, ds, dev, ui, dist, network)
     except stop.Stopped as e:
         saved = f"a checkpoint at {e.where}" if e.where else "the last checkpoint"
         ui.log(f"stopped by {e.name}; {record.meta.stages_done} finished stage(s) and {saved} are saved. "

@@ -85,6 +85,10 @@ Epochs = Annotated[Optional[str], typer.Option(help="Epochs per stage: one numbe
 Importance = Annotated[Optional[str], typer.Option(help="Pruning criterion: l1, l2, bn, taylor, random.")]
 Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once) or end-to-end "
                                                      "(the baseline; with pruning: prune-after-training).")]
+Model = Annotated[Optional[str], typer.Option("--model", help="A whole network instead of a plan: resnet20, resnet56, "
+                                                              "torchvision:NAME or a registered name.")]
+Split = Annotated[Optional[str], typer.Option(help="Module names ending the model's stages, comma separated "
+                                                   "(default: the model's own).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]
 Seed = Annotated[Optional[int], typer.Option()]
 Sets = Annotated[Optional[List[str]], typer.Option("--set", help="Override any config field: key.sub=value.")]
@@ -114,7 +118,7 @@ def run(
     prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
     prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
     target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
-    trainer: Trainer = None, device: Device = None, seed: Seed = None,
+    trainer: Trainer = None, model: Model = None, split: Split = None, device: Device = None, seed: Seed = None,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
     name: Optional[str] = typer.Option(None, help="Run name under runs/."),
     set_: Sets = None, quiet: Quiet = False,
@@ -127,7 +131,8 @@ def run(
     ui = ConsoleUI(quiet)
     options = dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
                    prune_ratios=prune_ratios, importance=importance, device=device, seed=seed, out=out, name=name,
-                   set=set_, trainer=trainer, target_macs=target_macs, target_params=target_params)
+                   set=set_, trainer=trainer, target_macs=target_macs, target_params=target_params, model=model,
+                   split=split)
     if resume is not None:
         given = [n for n, v in options.items() if v not in (None, [])]
         if given:
@@ -163,8 +168,8 @@ def sweep(
                                                          "(0.5x,0.25x,0.1x or 40M,20M)."),
     target_params: Optional[str] = typer.Option(None, help="Parameter budgets to compare instead (0.5x,100K)."),
     config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
-    importance: Importance = None, trainer: Trainer = None, device: Device = None, seed: Seed = None,
-    set_: Sets = None, quiet: Quiet = False, debug: Debug = False,
+    importance: Importance = None, trainer: Trainer = None, model: Model = None, split: Split = None,
+    device: Device = None, seed: Seed = None, set_: Sets = None, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Run the recipe once per prune ratio (or budget) into OUT, then compare them in OUT/report.html.
 
@@ -174,8 +179,8 @@ def sweep(
 
     _interruptible(api.sweep, out, config, prune_ratios=prune_ratios, target_macs=target_macs,
                    target_params=target_params, dataset=dataset, data_dir=data_dir, k=k, epochs=epochs,
-                   importance=importance, trainer=trainer, device=device, seed=seed, set=set_, quiet=quiet,
-                   ui=ConsoleUI(quiet))
+                   importance=importance, trainer=trainer, model=model, split=split, device=device, seed=seed,
+                   set=set_, quiet=quiet, ui=ConsoleUI(quiet))
 
 
 @app.command("export")

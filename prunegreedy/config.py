@@ -43,6 +43,10 @@ class ModelConfig:
     widths: list[int] | None = None  # explicit block widths; overrides plan widths * width_mult
     head: str | None = None  # a key of nn.heads.HEADS replacing the plan's aux heads; None = the plan's
     head_pool: int | None = None  # pooled / mlp-sr heads pool the map to this side first; None = a quarter
+    # A whole network instead of a plan: a key of nn.models.MODELS or torchvision:NAME (None = the plan).
+    arch: str | None = None
+    split: list[str] | None = None  # module names ending its stages; None = the model's registered default
+    last_head: str = "own"  # own: the last stage keeps the model's tail (pool + classifier); aux: a head of ours
 
 
 @dataclass
@@ -84,6 +88,7 @@ class CompressConfig:
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
+    scope: str = "internal"  # model stages: internal (inside residual blocks) | all (the stage's output too)
     # Budgets (issue 15): the final backbone's MACs or parameters, an absolute count with an optional
     # K/M/G suffix ("40M") or a fraction of the unpruned plan ("0.25x"). The per-stage ratios are then
     # chosen during training from each stage's sensitivity (compress.budget); ratio/ratios stay unset.
@@ -296,6 +301,8 @@ def load(recipe: str | None, overrides: dict[str, Any] | None = None) -> Config:
 
 
 AMP_CHOICES = ("auto", "bf16", "off")
+SCOPES = ("internal", "all")
+LAST_HEADS = ("own", "aux")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -352,5 +359,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown train.amp '{cfg.train.amp}'; valid: {', '.join(AMP_CHOICES)}")
     if cfg.run.device not in DEVICE_CHOICES:
         raise ConfigError(f"unknown device '{cfg.run.device}'; valid: {', '.join(DEVICE_CHOICES)}")
+    if cfg.compress.scope not in SCOPES:
+        raise ConfigError(f"compress.scope must be internal or all, got '{cfg.compress.scope}'")
+    if cfg.model.last_head not in LAST_HEADS:
+        raise ConfigError(f"model.last_head must be own or aux, got '{cfg.model.last_head}'")
     if not (cfg.model.width_mult > 0):
         raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")

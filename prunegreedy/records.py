@@ -42,21 +42,23 @@ def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
     write_json(stem.with_suffix(".json"), spec)
 
 
-def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild from the JSON spec (validated first), then load weights that must match exactly."""
+def read_saved(stem: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON spec and the safetensors weights of `stem`, nothing built (any architecture)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-
     spec = read_json(stem.with_suffix(".json"))
-    net = build_from_spec(spec)
     weights = stem.with_suffix(".safetensors")
     if not weights.exists():
         raise RunError(f"missing file {weights}")
     try:
-        state = load_file(weights)
+        return spec, load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{weights} is not a valid safetensors file ({e})") from None
+
+
+def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Load weights that must match the rebuilt network exactly: every name, every shape."""
     expected = net.state_dict()
     if set(state) != set(expected):
         raise SpecError(f"{weights} does not match its spec: tensors {sorted(set(state) ^ set(expected))[:3]} differ")
@@ -65,6 +67,14 @@ def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
             raise SpecError(f"{weights} does not match its spec: {name} has shape {tuple(t.shape)}, "
                             f"spec says {tuple(expected[name].shape)}")
     net.load_state_dict(state)
+
+
+def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild from the JSON spec (validated first), then load weights that must match exactly."""
+    spec = read_json(stem.with_suffix(".json"))
+    net = build_from_spec(spec)
+    _, state = read_saved(stem)
+    load_weights(net, state, stem.with_suffix(".safetensors"))
     return net, spec
 
 
@@ -297,16 +307,25 @@ class RunRecord:
 
     def load_stage(self, stage: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
         """The network saved after `stage` and the test softmax of stages 1..stage."""
+        net, _ = load_model(self.ckpt / f"stage-{stage}")
+        return net, self.load_probs(stage)
+
+    def read_stage(self, stage: int) -> tuple[dict, dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The spec, weights and test softmax saved after `stage`, for a trainer to rebuild itself."""
+        spec, state = read_saved(self.ckpt / f"stage-{stage}")
+        return spec, state, self.load_probs(stage)
+
+    def load_probs(self, stage: int) -> list[torch.Tensor]:
+        """The test softmax of stages 1..stage."""
         from safetensors.torch import load_file
 
-        net, _ = load_model(self.ckpt / f"stage-{stage}")
         probs = []
         for j in range(1, stage + 1):
             path = self.ckpt / f"stage-{j}.probs.safetensors"
             if not path.exists():
                 raise RunError(f"missing file {path}; the run cannot be resumed")
             probs.append(load_file(path)["probs"])
-        return net, probs
+        return probs
 
     def save_partial(self, stage: int, modules: dict[str, torch.nn.Module], state: LoopState) -> None:
         """The loop state of a stage in training and its modules' weights, as one file so it is never

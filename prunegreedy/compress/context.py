@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,10 @@ class StageContext:
     generator: torch.Generator
     ratio: float
     dist: Dist = SINGLE
+    # Any module as the block: cut through the dependency graph (compress.graph), into the next
+    # stage's input where there is one. False: a paper block, whose conv filters compress.prune cuts.
+    graph: bool = False
+    next_block: nn.Module | None = None
 
 
 class Recorder(Protocol):
@@ -39,7 +43,7 @@ class Recorder(Protocol):
 
 
 AfterHook = Callable[[StageContext, CompressConfig, Recorder], "tuple[nn.Module, nn.Module]"]
-CutHook = Callable[[StageContext, CompressConfig, Recorder], "list[int]"]
+CutHook = Callable[[StageContext, CompressConfig, Recorder], Any]  # what it removed; falsy: nothing
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..config import SCOPES
 from ..errors import ConfigError, SpecError
 from ..train.modes import eval_mode
 from .importance import NEEDS_GRADIENTS, check_importance, lowest
 from .prune import Agree, kept_filters
 
-SCOPES = ("internal", "all")
 ROOTS = (nn.Conv2d, nn.Linear)
 
 

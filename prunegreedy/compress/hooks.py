@@ -11,8 +11,10 @@ from torch import nn
 
 from ..config import CompressConfig
 from ..errors import ConfigError
+from ..measure.size import output_shape
 from ..train.loop import Chain, train
 from .context import AfterHook, Hook, Recorder, StageContext
+from .graph import prune_stage, replay
 from .prune import accumulate_gradients, prune_block
 
 
@@ -20,9 +22,12 @@ def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple
     return ctx.block, ctx.head
 
 
-def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> list[int]:
+def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> list[int] | dict | None:
     """Remove ctx.ratio of the block's filters in place (and the head's matching inputs), record the
-    `pruned` phase, return the removed indices (none: the model is unchanged)."""
+    `pruned` phase, return what was removed (falsy: the model is unchanged): a paper block's filter
+    indices, or for any module (ctx.graph) its pruning record."""
+    if ctx.graph:
+        return _cut_stage(ctx, cfg, record)
     block, head = ctx.block, ctx.head
     before = block.conv.out_channels
     start = time.perf_counter()
@@ -33,6 +38,33 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
     return removed
+
+
+def _cut_stage(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> dict | None:
+    """The cut of any module, through the traced graph (compress.graph): what is coupled to it in
+    the block, the head and the next block's input comes from the trace."""
+    block, head = ctx.block, ctx.head
+    before = output_shape(block, ctx.input_shape)[0]
+    start = time.perf_counter()
+    cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
+                      cfg.scope, gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
+                      agree=ctx.dist.broadcast)
+    if not cut.cuts:
+        return None
+    ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
+    removed = cut.as_dict()
+    record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
+    return removed
+
+
+def replay_cut(ctx: StageContext, removed: list[int] | dict | None) -> None:
+    """Cut again exactly what cut_filters removed (a resumed stage repeating a recorded cut)."""
+    if not removed:
+        return
+    if ctx.graph:
+        replay(ctx.block, ctx.head, ctx.next_block, ctx.input_shape, removed)
+    else:
+        prune_block(ctx.block, ctx.head, ctx.input_shape, ctx.ratio, "l1", replay=removed)
 
 
 def finetune(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> None:

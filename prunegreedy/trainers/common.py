@@ -28,6 +28,7 @@ from ..train.modes import autocast_dtype
 from ..train.schedules import SCHEDULES
 from .decisions import Decisions
 from .decisions import check_config as check_decisions
+from .arch import check_model
 
 
 class UI(Protocol):
@@ -49,7 +50,11 @@ def check(cfg: Config) -> list[StageSpec]:
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"unknown dataset '{cfg.data.name}'; valid: {', '.join(DATASETS)}")
     side = 32 if cfg.data.name.startswith("cifar10") else cfg.data.image_size  # CIFAR ignores image_size
-    plan = make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths, cfg.model.head, cfg.model.head_pool, side)
+    if cfg.model.arch is not None:
+        plan = check_model(cfg, side)
+    else:
+        plan = make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths, cfg.model.head, cfg.model.head_pool,
+                         side)
     hook = get_hook(cfg.compress.hook)
     if cfg.compress.at < 1 and cfg.compress.hook != "none" and hook.cut is None:
         raise ConfigError(f"compress.at {cfg.compress.at:g} cuts inside the schedule, which hook "
@@ -65,7 +70,8 @@ def check(cfg: Config) -> list[StageSpec]:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but the plan has {n} stages")
-    check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity
+    if cfg.model.arch is None:
+        check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity
     return plan
 
 
@@ -75,15 +81,13 @@ def stage_ratio(cfg: Config, stage: int, n: int) -> float:
     return cfg.stage_value(cfg.compress.ratios, cfg.compress.ratio, stage, n)
 
 
-def out_width(block: nn.Module) -> int:
-    """Output filters of a block, or of the last block of a Sequential of blocks (end-to-end)."""
-    return (block[-1] if isinstance(block, nn.Sequential) else block).conv.out_channels
-
-
-def removed_count(removed: list[int] | dict[int, list[int]] | None) -> int:
-    """Filters cut: a block's list, or every block's ({block: list}, prune-after-training)."""
+def removed_count(removed: list[int] | dict | None) -> int:
+    """Filters cut: a block's list, every block's ({block: list}, prune-after-training), or a
+    pruning record's ({"cuts": [...]}, any module)."""
     if removed is None:
         return 0
+    if isinstance(removed, dict) and "cuts" in removed:
+        return sum(len(c["removed"]) for c in removed["cuts"])
     return sum(map(len, removed.values())) if isinstance(removed, dict) else len(removed)
 
 
@@ -112,6 +116,7 @@ class Session:
     dist: Dist = SINGLE
     decisions: Decisions | None = None
     stage_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # test softmax of each stage's last phase
+    network: nn.Module | None = None  # the caller's own module (model.arch "user:..."), trained in place
 
     def spec(self, net: GreedyNet, plan_name: str) -> dict:
         d = self.record.meta.dataset
@@ -161,11 +166,12 @@ class PhaseRecorder:
         acc, probs = evaluate(prefix, block, head, s.ds, s.norm, s.eval_batch_size, s.device, s.amp)
         s.stage_probs[self.stage] = probs  # the last phase recorded is the stage's final head
         backbone = nn.Sequential(*self.prefix_blocks, block)
+        width = output_shape(block, self.block_input)[0]  # any module: from a forward pass
         row = {
             "stage": self.stage + 1, "phase": phase,
             "width_in": self.block_input[0],
-            "width_before": width_before if width_before is not None else out_width(block),
-            "width": out_width(block),
+            "width_before": width_before if width_before is not None else width,
+            "width": width,
             "test_acc": round(acc, 4),
             "train_loss": round(stats.train_loss, 5) if stats else None,
             "train_acc": round(stats.train_acc, 4) if stats else None,

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..compress.context import StageContext
-from ..compress.hooks import finetune, get_hook
+from ..compress.hooks import finetune, get_hook, replay_cut
 from ..compress.inside import cut_plan, distill_loss, teacher_of
-from ..compress.prune import kept_filters, prune_block
+from ..compress.prune import kept_filters
 from ..config import Config
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
@@ -45,19 +45,28 @@ def greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
 
 def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int, int], net: GreedyNet,
            s: Session) -> tuple[nn.Module, nn.Module]:
-    """Train stage j, run the compression hook, record every phase; return its block and head."""
+    """Build stage j's block and head from the plan, then train and compress it."""
     stage = plan[j]
     torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
     block, = s.to_device(make_block(in_shape[0], stage))
     head, = s.to_device(make_head(stage.width, stage, s.ds.num_classes, output_shape(block, in_shape)[1:]))
-    prefix_blocks = list(net.blocks)
+    return train_stage(cfg, j, len(plan), block, head, list(net.blocks), in_shape, s, gen)
+
+
+def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, prefix_blocks: list[nn.Module],
+                in_shape: tuple[int, ...], s: Session, gen: torch.Generator, next_block: nn.Module | None = None,
+                graph: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Train stage j of n on the frozen prefix, run the compression hook, record every phase;
+    return its block and head. `graph`: the block is any module, cut through the dependency graph
+    into `next_block`'s input (compress.graph); otherwise a paper block."""
     prefix = freeze(nn.Sequential(*prefix_blocks))
-    ratio = stage_ratio(cfg, j, len(plan))
+    ratio = stage_ratio(cfg, j, n)
     rec = PhaseRecorder(s, j, prefix_blocks, in_shape, ratio)
-    epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, len(plan))
+    epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
     hook = get_hook(cfg.compress.hook)
-    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist)
+    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist,
+                       graph=graph, next_block=next_block)
     inside = cfg.compress.at < 1 and ratio > 0  # cut part-way through the schedule (check: hook.cut exists)
     modules = {"block": block, "head": head}  # what a loop checkpoint holds (and a teacher, once there is one)
     chain = Chain([(block, head)], prefix)
@@ -75,11 +84,10 @@ def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int,
             now = cut_ratio if len(alive) == width0 else 1 - keep / len(alive)  # of the filters still there
             removed = hook.cut(replace(ctx, ratio=now), cfg.compress, rec)
         else:
-            prune_block(block, head, in_shape, ratio, cfg.compress.importance, cfg.compress.round_to, replay=removed)
-        cut = set(removed)
-        gone = [a for i, a in enumerate(alive) if i in cut]
-        alive[:] = [a for i, a in enumerate(alive) if i not in cut]
-        if gone and cfg.compress.cuts > 1:
+            replay_cut(ctx, removed)
+        if isinstance(removed, list) and cfg.compress.cuts > 1:  # a paper block's filter indices
+            cut = set(removed)
+            alive[:] = [a for i, a in enumerate(alive) if i not in cut]
             s.record.removed(j + 1, sorted(set(range(width0)) - set(alive)))
         return removed
 

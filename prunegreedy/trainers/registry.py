@@ -12,6 +12,12 @@ from . import decoupled as decoupled_mod
 from . import endtoend as endtoend_mod
 from .common import Session, check
 from .greedy import greedy
+from .modules import greedy_model
+
+
+def _greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
+    """The paper's plans, or a whole network cut into stages (model.arch)."""
+    return greedy_model(cfg, plan, s) if cfg.model.arch is not None else greedy(cfg, plan, s)
 
 
 def _no_checks(cfg: Config, plan: list[StageSpec]) -> None:
@@ -28,7 +34,7 @@ class Trainer:
 
 
 TRAINERS: dict[str, Trainer] = {
-    "greedy": Trainer(greedy),
+    "greedy": Trainer(_greedy),
     "decoupled": Trainer(decoupled_mod.decoupled, decoupled_mod.validate),
     "end-to-end": Trainer(endtoend_mod.end_to_end, endtoend_mod.validate, ensemble=False),
 }

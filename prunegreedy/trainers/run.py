@@ -6,10 +6,12 @@ import time
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..config import Config
 from ..data.base import Dataset, Normalize
 from ..errors import PrunegreedyError, RunError
+from ..nn.split import stage_shapes
 from ..records import SENSITIVITY_FILE, RunMeta, RunRecord
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import ensemble_accuracy
@@ -34,7 +36,7 @@ def new_meta(cfg: Config, ds: Dataset, device: torch.device, dist: Dist = SINGLE
                    dataset={"name": ds.name, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
                             "image_shape": list(ds.image_shape), "train_images": ds.num_train - held,
                             "test_images": len(ds.test_y)},
-                   plan=cfg.model.plan, trainer=cfg.train.trainer)
+                   plan=cfg.model.arch or cfg.model.plan, trainer=cfg.train.trainer)
 
 
 def check_resumable(record: RunRecord, ds: Dataset) -> None:
@@ -58,7 +60,7 @@ def reopen(record: RunRecord, cfg: Config, device: torch.device, dist: Dist = SI
 
 
 def open_session(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, ui: UI | None = None,
-                 dist: Dist = SINGLE) -> Session:
+                 dist: Dist = SINGLE, network: nn.Module | None = None) -> Session:
     """What the trainer runs with: the training images on the device (the held-out ones out, for a
     run that decides from data, with its Decisions), normalisation, precision, memory format."""
     train_ds, holdout = split_holdout(cfg, ds)  # only runs that decide from data hold images out
@@ -66,7 +68,7 @@ def open_session(cfg: Config, record: RunRecord, ds: Dataset, device: torch.devi
     train_ds = train_ds.to(device)
     s = Session(record, train_ds, device, amp, Normalize(ds.mean, ds.std, device, cfg.train.channels_last),
                 torch.channels_last if cfg.train.channels_last else torch.contiguous_format,
-                cfg.train.eval_batch_size, ui or NullUI(), dist)
+                cfg.train.eval_batch_size, ui or NullUI(), dist, network=network)
     if holdout is not None:
         s.decisions = Decisions(cfg, holdout, train_ds, device, amp, dist)
         record.meta.dataset["holdout_images"] = len(holdout)
@@ -79,14 +81,15 @@ def open_session(cfg: Config, record: RunRecord, ds: Dataset, device: torch.devi
 
 
 def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, ui: UI | None = None,
-            dist: Dist = SINGLE) -> dict:
+            dist: Dist = SINGLE, network: nn.Module | None = None) -> dict:
     """Train `cfg` into `record` (fresh, or reopened to resume); return the finished run.json.
 
+    `network` is the caller's own module for a model.arch "user:..." run (trained in place).
     Ctrl-C marks the run `interrupted` and a non-finite loss `failed`; either way the finished
     stages and the last loop checkpoint stay for `--resume`."""
     trainer = get_trainer(cfg)
     plan = check(cfg)
-    s = open_session(cfg, record, ds, device, ui, dist)
+    s = open_session(cfg, record, ds, device, ui, dist, network)
     if not record.rows:
         record.write_config(cfg.to_dict())
     record.set_status("running")
@@ -115,7 +118,7 @@ def _finish(record: RunRecord, s: Session, net, n: int, ensemble: bool) -> dict:
                    head_accs=[round(a, 4) for a in per_head], params=row["params_backbone"],
                    macs=row["macs_backbone"], params_with_head=row["params_backbone"] + row["params_head"],
                    macs_with_head=row["macs_backbone"] + row["macs_head"],
-                   widths=[b.conv.out_channels for b in net.blocks])
+                   widths=[shape[0] for shape in stage_shapes(list(net.blocks), s.ds.image_shape)])
     line = None
     if s.decisions is not None:
         line = s.decisions.finish(metrics[s.decisions.budget_rule.kind] if s.decisions.budget_rule else 0)
