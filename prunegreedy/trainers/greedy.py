@@ -21,7 +21,7 @@ from ..nn.spec import StageSpec
 from ..records import SENSITIVITY_FILE
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
-from .common import PhaseRecorder, Session, out_width, stage_ratio
+from .common import PhaseRecorder, Session, stage_ratio
 
 
 def greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
@@ -71,7 +71,8 @@ def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, 
     modules = {"block": block, "head": head}  # what a loop checkpoint holds (and a teacher, once there is one)
     chain = Chain([(block, head)], prefix)
     total = steps_of(epochs, s.ds.num_train, cfg.train.batch_size)
-    width0, alive = out_width(block), list(range(out_width(block)))  # alive: original index of each filter
+    width0 = output_shape(block, in_shape)[0]
+    alive = list(range(width0))  # the original index of every filter still there
 
     def cut_to(cut_ratio: float, removed: list[int] | None = None) -> list[int]:
         """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`); keep the
