@@ -215,7 +215,7 @@ def _start(cfg, ui: ConsoleUI):
     from .train import distributed, runtime
     from .trainers.common import NullUI
 
-    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
+    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device), timeout=cfg.dist.timeout)
     runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
     return dist, dev, (ui if dist.is_main else NullUI())
 
@@ -272,12 +272,20 @@ def _resume(path: Path, data_dir: Optional[Path], ui: ConsoleUI) -> None:
         run_dir.release()
 
 
+def _mark_failed(run, reason: str) -> None:
+    """run.json says `failed` with the reason (rank 0; other ranks write nothing)."""
+    run.meta.update(status="failed", error=reason)
+    run.run_dir.write_meta(run.meta)
+
+
 def _train(run, ui: ConsoleUI, dist) -> None:
     """Run the training loop; Ctrl-C keeps the finished stages and says how to go on."""
     run_dir = run.run_dir
-    resume_hint = f"prunegreedy run --resume {run_dir.path}"
+    resume_hint = f"{dist.launcher()} run --resume {run_dir.path}"
+    run.meta.pop("error", None)  # a resumed run no longer carries the failure that stopped it
     try:
-        run.run()
+        with dist.guard(on_lost=lambda reason: _mark_failed(run, reason)):  # a lost process (train.distributed)
+            run.run()
     except KeyboardInterrupt:
         ui.log(f"interrupted; {run.meta['stages_done']} finished stage(s) and the last end-of-epoch checkpoint "
                f"are saved. Resume with: {resume_hint}")
