@@ -325,7 +325,7 @@ def _start(cfg, ui):
     from .train import distributed, runtime
     from .trainers.common import NullUI
 
-    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device))
+    dist, dev = distributed.from_env(runtime.resolve_device(cfg.run.device), timeout=cfg.dist.timeout)
     runtime.setup(dev, cfg.run.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
     return dist, dev, (ui if dist.is_main else NullUI())
 
@@ -335,12 +335,14 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> R
     from .train import stop
     from .trainers.run import execute
 
-    hint = f"prunegreedy run --resume {record.path}"
+    hint = f"{dist.launcher()} run --resume {record.path}"
     ui = _Logged(ui, record)
     try:
         record.hold()
         ui.log(first_line)
-        with stop.graceful():  # SIGTERM and Ctrl-C: finish the step, checkpoint, stop
+        # A process of the run that is gone ends every other one in one line, the run marked failed;
+        # SIGTERM and Ctrl-C finish the step, checkpoint and stop.
+        with dist.guard(on_lost=lambda reason: record.set_status("failed", reason)), stop.graceful():
             execute(cfg, record, ds, dev, ui, dist, network)
     except stop.Stopped as e:
         saved = f"a checkpoint at {e.where}" if e.where else "the last checkpoint"

@@ -120,12 +120,21 @@ class RunConfig:
 
 
 @dataclass
+class DistConfig:
+    """Under torchrun: how long a collective waits for the other processes before the run fails
+    (a process that hangs instead of dying). Rank 0's own work between collectives (checkpoints,
+    a budget's choice) and the slowest process's data loading must fit in it."""
+    timeout: float = 600.0  # seconds
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,7 +300,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of sections (data, model, train, compress, run)")
+        raise ConfigError(f"config {path} must be a mapping of sections (data, model, train, compress, run, dist)")
     return data
 
 
@@ -363,5 +372,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"compress.scope must be internal or all, got '{cfg.compress.scope}'")
     if cfg.model.last_head not in LAST_HEADS:
         raise ConfigError(f"model.last_head must be own or aux, got '{cfg.model.last_head}'")
+    if not (cfg.dist.timeout > 0) or math.isinf(cfg.dist.timeout):
+        raise ConfigError(f"dist.timeout must be a positive number of seconds, got {cfg.dist.timeout}")
     if not (cfg.model.width_mult > 0):
         raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")

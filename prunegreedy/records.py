@@ -250,7 +250,7 @@ class RunRecord:
 
     def set_status(self, status: str, error: str | None = None) -> None:
         self.meta.status = status
-        if error is not None:
+        if error is not None or status == "running":  # a resumed run no longer carries what stopped it
             self.meta.error = error
         if status != "finished":
             self.meta.seconds_done = round(self.seconds(), 2)

@@ -2,16 +2,21 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from prunegreedy import config as config_mod
 from prunegreedy.data.registry import SAMPLE_DIR
-from prunegreedy.train.distributed import Dist
+from prunegreedy.errors import ConfigError, RunError
+from prunegreedy.train import distributed
+from prunegreedy.train.distributed import SIGTERM, Dist, PeerLost, lost_reason
 
 ARGS = ["run", "--dataset", "imagefolder", "--prune-ratio", "0.5", "--epochs", "2", "--device", "cpu", "--quiet",
         "--set", "model.widths=8,8,16,16", "--set", "train.batch_size=64", "--set", "train.lr=0.05",
@@ -73,3 +78,186 @@ def test_single_process_dist_is_a_no_op():
         lin.weight.fill_(1.0)
         lin.bias.fill_(0.5)
     assert d.check_same([lin], "weights") == 2.5 + 3  # sum of values plus element count
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+# Stage 2 trains long enough (8 epochs) to be killed in the middle of its schedule.
+KILL_ARGS = [*ARGS[:ARGS.index("--epochs") + 1], "2,8,2,2", *ARGS[ARGS.index("--epochs") + 2:]]
+
+
+def _worker_ranks(launcher: int) -> dict[int, int]:
+    """{RANK: pid} of torchrun's worker processes (its children), read from /proc."""
+    pids = []
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    ranks = {}
+    for pid in pids:
+        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+                   if "=" in kv)
+        if "RANK" in env:
+            ranks[int(env["RANK"])] = pid
+    return ranks
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def _stop_worker_in_stage_2(tmp_path: Path, env: dict, args: list[str], sig: int) -> tuple[Path, float, str]:
+    """A 2-process torchrun run whose rank 1 gets `sig` in stage 2, past its first epoch: (run folder,
+    seconds until rank 0 ended, rank 0's own stderr). A stopped (SIGSTOP) rank 1 is killed after."""
+    run, logs = tmp_path / "run", tmp_path / "logs"  # --redirects: each worker's own stderr in a file
+    proc = subprocess.Popen([*TORCHRUN, "--log-dir", str(logs), "--redirects", "3", "-m", "prunegreedy", *args,
+                             "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "partial-stage-2.safetensors").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.02)
+        ranks = _worker_ranks(proc.pid)
+        os.kill(ranks[1], sig)
+        sent = time.monotonic()
+        while not _ended(ranks[0]) and time.monotonic() < sent + 120:
+            time.sleep(0.02)
+        took = time.monotonic() - sent
+        if sig == signal.SIGSTOP:  # else torchrun waits 30 s for it to take its SIGTERM
+            os.kill(ranks[1], signal.SIGKILL)
+        _, launcher_err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, launcher_err[-3000:]
+    (survivor,) = [p for p in logs.rglob("stderr.log") if p.parent.name == "0"]
+    return run, took, survivor.read_text()
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_killed_worker_fails_the_run_in_one_line_and_resume_finishes(tiny_folder, tmp_path, cache_dir):
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    args = [*KILL_ARGS, "--set", "dist.timeout=30", "--data-dir", str(tiny_folder)]
+    done = subprocess.run([sys.executable, "-m", "prunegreedy", *args, "--out", str(tmp_path / "whole")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = pd.read_csv(tmp_path / "whole" / "stages.csv")
+
+    run, took, err = _stop_worker_in_stage_2(tmp_path, env, args, signal.SIGKILL)
+    print(f"rank 0 ended {took:.2f}s after rank 1 was killed")
+    assert took < 30  # noticed at once, not at dist.timeout
+    line = _one_error_line(err)
+    assert "process 1 of 2 stopped (connection" in line and f"--resume {run}" in line, line
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["error"].startswith("process 1 of 2 stopped (connection"), meta
+    assert meta["stages_done"] == 1 and (run / "checkpoints" / "partial-stage-2.safetensors").exists()
+
+    # Resume under torchrun as the run started, and a copy with one process: the global batch is kept.
+    shutil.copytree(run, tmp_path / "run-one")
+    for cmd, path in ((TORCHRUN, run), ([sys.executable], tmp_path / "run-one")):
+        res = subprocess.run([*cmd, "-m", "prunegreedy", "run", "--resume", str(path), "--quiet"], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        meta = json.loads((path / "run.json").read_text())
+        assert meta["status"] == "finished" and "error" not in meta and meta["resumed"] == 1
+        assert meta["processes"] == (2 if cmd is TORCHRUN else 1)
+        rows = pd.read_csv(path / "stages.csv")
+        assert len(rows) == len(whole) == 12
+        assert rows[["stage", "phase", "width"]].values.tolist() == whole[["stage", "phase", "width"]].values.tolist()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_hanging_worker_fails_the_run_at_dist_timeout(tiny_folder, tmp_path, cache_dir):
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    args = [*KILL_ARGS, "--set", "dist.timeout=10", "--data-dir", str(tiny_folder)]
+    run, took, err = _stop_worker_in_stage_2(tmp_path, env, args, signal.SIGSTOP)
+    print(f"rank 0 ended {took:.2f}s after rank 1 was stopped")
+    assert 10 <= took < 40
+    line = _one_error_line(err)
+    assert "process 1 of 2 did not answer within dist.timeout=10s" in line, line
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "failed" and "dist.timeout=10s" in meta["error"], meta
+
+
+GLOO_CLOSED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+               "[127.0.0.1]:20743. This is typically caused by a remote worker crashing.")
+GLOO_RESET = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:42141: Connection "
+              "reset by peer. This is typically caused by a remote worker hanging or bugs in the application.")
+GLOO_TIMEOUT = "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv"
+NCCL_REMOTE = ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error, "
+               "NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a remote "
+               "process exiting prematurely.")
+NCCL_WATCHDOG = ("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran "
+                 "for 600046 milliseconds before timing out.")
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (RuntimeError(GLOO_CLOSED), "connection closed"),
+    (RuntimeError(GLOO_RESET), "connection reset"),
+    (torch.distributed.DistBackendError(GLOO_TIMEOUT), "timeout"),
+    (torch.distributed.DistBackendError(NCCL_REMOTE), "remote process exited"),
+    (torch.distributed.DistBackendError(NCCL_WATCHDOG), "timeout"),
+    (torch.distributed.DistNetworkError("failed to recv, got 0 bytes"), "connection closed"),
+    (torch.distributed.DistStoreError("client socket closed"), "connection lost"),
+    (RuntimeError("Connection reset by peer"), None),  # not from a distributed backend
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),
+    (ValueError(GLOO_CLOSED), None),
+    (KeyboardInterrupt(), None),
+])
+def test_lost_reason_classifies_collective_failures(exc, reason):
+    assert lost_reason(exc) == reason
+
+
+def test_guard_turns_a_lost_peer_into_one_peer_lost(monkeypatch):
+    monkeypatch.setattr(distributed, "_stopping", False)
+    monkeypatch.setattr(distributed, "_lost", False)
+    failed = []
+    d = Dist(rank=0, world=2, timeout=30)
+    with pytest.raises(PeerLost) as caught:
+        with d.guard(on_lost=failed.append):
+            raise RuntimeError(GLOO_CLOSED)  # what DDP's all-reduce raises from loss.backward()
+    assert str(caught.value) == "process 1 of 2 stopped (connection closed)" == failed[0]
+    assert isinstance(caught.value, RunError)  # the CLI prints it as one `error:` line
+    assert distributed._stopping and distributed._lost  # SIGTERM ignored, process group left alone
+
+    # A SIGTERM that broke into a failing collective gives way to the collective's reason.
+    with pytest.raises(PeerLost) as caught:
+        with Dist(rank=1, world=4, timeout=30).guard(on_lost=failed.append):
+            try:
+                raise torch.distributed.DistBackendError(GLOO_TIMEOUT)
+            except RuntimeError:
+                raise PeerLost("stopped", SIGTERM)
+    assert failed[1] == str(caught.value) == \
+        "another process of 4 did not answer within dist.timeout=30s (it hangs or has stopped)"
+    # torchrun's SIGTERM alone: this process says it was stopped.
+    monkeypatch.setattr(distributed, "_stopping", False)
+    with pytest.raises(PeerLost, match="process 0 of 2 was stopped by SIGTERM"):
+        with d.guard(on_lost=failed.append):
+            d.on_sigterm(signal.SIGTERM, None)
+    d.on_sigterm(signal.SIGTERM, None)  # once stopping, a further SIGTERM is ignored
+    # Anything else passes unchanged, and one process guards nothing.
+    for dd in (d, Dist()):
+        with pytest.raises(ZeroDivisionError):
+            with dd.guard(on_lost=failed.append):
+                1 / 0
+    with pytest.raises(RuntimeError):
+        with Dist().guard(on_lost=failed.append):
+            raise RuntimeError(GLOO_CLOSED)
+    assert len(failed) == 3
+
+
+def test_dist_timeout_config_and_launcher_hint():
+    assert config_mod.load(None).dist.timeout == 600
+    assert config_mod.load(None, {"dist": {"timeout": "30"}}).dist.timeout == 30
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ConfigError, match="dist.timeout"):
+            config_mod.load(None, {"dist": {"timeout": bad}})
+    assert Dist().launcher() == "prunegreedy"
+    assert Dist(rank=0, world=2, local_world=2).launcher() == "torchrun --nproc_per_node=2 -m prunegreedy"
+    assert Dist(rank=0, world=8, local_world=4).launcher() == "torchrun --nnodes=2 ... --nproc_per_node=4 -m prunegreedy"
