@@ -89,7 +89,9 @@ def main() -> None:
     runtime.setup(device, None)
     ui = PrintUI()
     data = {"name": args.dataset, **({"data_dir": str(args.data_dir)} if args.data_dir else {})}
-    base = config.merge({"data": data, "run": {"device": args.device, "quiet": True, "seed": 0}},
+    # The recipe prunes by ratio inside the schedule; these runs cut after training, as they were measured.
+    base = config.merge({"data": data, "run": {"device": args.device, "quiet": True, "seed": 0},
+                         "compress": {"at": 1.0, "finetune_epochs": 0.5}},
                          config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load(RECIPE, base).data)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-def _has_fast_cpu_bf16() -> bool:
+def has_fast_cpu_bf16() -> bool:
     """bf16 autocast pays off only with native bf16 instructions; on plain AVX2 it is ~4x slower."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -24,7 +24,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16
-    if device.type == "cpu" and _has_fast_cpu_bf16():
+    if device.type == "cpu" and has_fast_cpu_bf16():
         return torch.bfloat16
     return None
 
