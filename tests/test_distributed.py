@@ -201,6 +201,7 @@ NCCL_WATCHDOG = ("[Rank 0] Watchdog caught collective operation timeout: WorkNCC
     (RuntimeError(GLOO_CLOSED), "connection closed"),
     (RuntimeError(GLOO_RESET), "connection reset"),
     (torch.distributed.DistBackendError(GLOO_TIMEOUT), "timeout"),
+    (RuntimeError("Application timeout caused pair closure"), "timeout"),  # gloo, from DDP's wrap
     (torch.distributed.DistBackendError(NCCL_REMOTE), "remote process exited"),
     (torch.distributed.DistBackendError(NCCL_WATCHDOG), "timeout"),
     (torch.distributed.DistNetworkError("failed to recv, got 0 bytes"), "connection closed"),
@@ -261,3 +262,32 @@ def test_dist_timeout_config_and_launcher_hint():
     assert Dist().launcher() == "prunegreedy"
     assert Dist(rank=0, world=2, local_world=2).launcher() == "torchrun --nproc_per_node=2 -m prunegreedy"
     assert Dist(rank=0, world=8, local_world=4).launcher() == "torchrun --nnodes=2 ... --nproc_per_node=4 -m prunegreedy"
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches(tiny_folder, tmp_path, cache_dir):
+    """Slurm's time limit: torchrun passes SIGTERM on to every worker; they agree on a step, rank 0
+    writes the checkpoint and marks the run interrupted; a resume reaches the uninterrupted records."""
+    env = {**os.environ, "PRUNEGREEDY_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    args = [*KILL_ARGS, "--data-dir", str(tiny_folder)]
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    proc = subprocess.Popen([*TORCHRUN, "--log-dir", str(logs), "--redirects", "3", "-m", "prunegreedy", *args,
+                             "--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "partial-stage-2.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["stages_done"] == 1
+    (out0,) = [p for p in logs.rglob("stdout.log") if p.parent.name == "0"]
+    assert "stopped by SIGTERM; 1 finished stage(s) and" in out0.read_text()
+    resumed = subprocess.run([*TORCHRUN, "-m", "prunegreedy", "run", "--resume", str(run), "--quiet"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = tmp_path / "whole"
+    done = subprocess.run([*TORCHRUN, "-m", "prunegreedy", *args, "--out", str(whole)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    timing = ["seconds", "images_per_s"]
+    pd.testing.assert_frame_equal(*(pd.read_csv(p / "stages.csv").drop(columns=timing) for p in (run, whole)))

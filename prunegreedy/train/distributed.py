@@ -56,6 +56,7 @@ _LOST_TEXTS = (
     ("got 0 bytes", "connection closed"),
     ("remote process exit", "remote process exited"),
     ("ncclremoteerror", "remote process exited"),
+    ("application timeout", "timeout"),  # gloo: "Application timeout caused pair closure"
     ("timed out", "timeout"),
     ("timing out", "timeout"),
     ("timeout", "timeout"),
@@ -65,7 +66,7 @@ _LOST_TEXTS = (
     ("ncclinternalerror", "NCCL error"),
 )
 # A plain RuntimeError counts only if it comes from a distributed backend (gloo's carry its source path).
-_BACKEND_TEXTS = ("gloo", "nccl", "c10d", "processgroup", "remote worker", "tcpstore")
+_BACKEND_TEXTS = ("gloo", "nccl", "c10d", "processgroup", "remote worker", "tcpstore", "pair closure")
 
 
 def _stop() -> None:

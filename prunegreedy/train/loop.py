@@ -201,9 +201,12 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
         return models, [make_optimizer([b, h], lr, cfg) for b, h in chain.pairs]
 
     def state() -> LoopState:
+        """The loop state, its sums taken over every rank (so any number of processes can resume it)."""
         loss_sum, correct = tally.sums()
-        return LoopState(step, seen, time.perf_counter() - start, loss_sum, correct, epoch_start, [
-            o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done), epoch_step)
+        sums = dist.all_sum([*loss_sum, *correct, seen], device)
+        return LoopState(step, int(sums[-1]), time.perf_counter() - start, sums[:n], [int(c) for c in sums[n:-1]],
+                         epoch_start, [o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done),
+                         epoch_step)
 
     freeze(chain.prefix)
     for m in chain.modules():
@@ -219,8 +222,11 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
         for (o, p), buf in zip(_slots(opts), resume.momentum):
             if buf is not None:
                 o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
-        step, seen, elapsed, epoch_step = resume.step, resume.seen, resume.seconds, resume.epoch_step
-        tally, done = Tally(n, device, resume.loss_sum, resume.correct), dict(resume.events)
+        step, elapsed, epoch_step, done = resume.step, resume.seconds, resume.epoch_step, dict(resume.events)
+        if dist.is_main:  # the saved sums are every rank's: one rank carries them on
+            seen, tally = resume.seen, Tally(n, device, resume.loss_sum, resume.correct)
+        else:
+            seen, tally = 0, Tally(n, device)
     every = Tally.CHECK_EVERY if dist.enabled else 1  # a collective per step would cost the GPUs a sync
     due_every = cfg.checkpoint_every * 60 if cfg.checkpoint_every else None
     start = time.perf_counter() - elapsed
@@ -273,8 +279,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 epoch_start = generator.get_state()
                 on_epoch(state())
                 last_save = time.perf_counter()
-        if stop.requested() is not None:  # asked for during the last checkpoint: it is complete
-            raise stop.Stopped(stop.requested(), f"step {step} of {total}")
+            if dist.any_true([stop.requested() is not None], device)[0]:  # the epoch's checkpoint is complete
+                raise stop.Stopped(stop.requested() or signal.SIGTERM, f"step {step} of {total}")
     seconds = time.perf_counter() - start
     dist.sync_buffers(*chain.modules())
     loss_sum, correct = tally.sums()
