@@ -301,6 +301,7 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from .data.registry import load_dataset
     from .records import RunRecord
     from .trainers.decisions import check_data as check_holdout
+    from .trainers.plan_table import make_run_plan
     from .trainers.registry import get_trainer
     from .trainers.run import new_meta
 
@@ -313,13 +314,15 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
     check_holdout(cfg, ds)  # a budget's held-out slice must leave training images (before the folder)
+    planned = make_run_plan(cfg, ds.num_classes, ds.image_shape, network)  # torch's random state is kept
     dist.on_main(lambda: RunRecord.make_folder(path))
     record = RunRecord(path, new_meta(cfg, ds, dev, dist), writes=dist.is_main)
+    record.meta.planned = planned.as_dict()
     procs = f" x {dist.world} processes" if dist.enabled else ""
     what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
     return _execute(cfg, record, ds, dev, ui, dist,
                     f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "
-                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network)
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines())
 
 
 def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False,
@@ -369,7 +372,7 @@ def _start(cfg, ui):
     return dist, dev, (ui if dist.is_main else NullUI())
 
 
-def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> Run:
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = ()) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
     from .train import stop
     from .trainers.run import execute
@@ -378,7 +381,8 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> R
     ui = _Logged(ui, record)
     try:
         record.hold()
-        ui.log(first_line)
+        for line in (first_line, *plan_lines):
+            ui.log(line)
         # A process of the run that is gone ends every other one in one line, the run marked failed;
         # SIGTERM and Ctrl-C finish the step, checkpoint and stop.
         with dist.guard(on_lost=lambda reason: record.set_status("failed", reason)), stop.graceful():

@@ -52,6 +52,7 @@ def _check_counts(plan: pd.DataFrame, rows: pd.DataFrame, meta: dict) -> None:
     t = plan.attrs["totals"]
     assert (t["params_after"], t["macs_after"], t["params_with_head_after"], t["macs_with_head_after"]) == (
         meta["params"], meta["macs"], meta["params_with_head"], meta["macs_with_head"])
+    assert meta["planned"] == json.loads(json.dumps(plan.attrs))  # run.json keeps the same plan
 
 
 @pytest.mark.parametrize("ratios", [["--prune-ratio", "0.5"], ["--prune-ratios", "0.25,0.5,0.5,0.75"]],
@@ -61,6 +62,8 @@ def test_the_quick_plan_predicts_what_the_run_records(tmp_path, cache_dir, ratio
     rows, meta = _run(tmp_path / "run", [*ratios, *TINY])
     assert len(plan) == 4 and plan.width.tolist() == [16, 16, 32, 32]
     _check_counts(plan, rows, meta)
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    assert "plan of cifar10-k2: 4 stages" in log[1] and "MACs" in log[1]
 
 
 @pytest.mark.parametrize("scope", ["internal", "all"])
