@@ -157,8 +157,8 @@ def _paper_stages(cfg: Config, plan: list[StageSpec], num_classes: int, image_sh
         prune_block(block, head, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to)
         after = _measure(block, head, shape)
         kind = spec.block + "+psi" * spec.psi + "+pool" * spec.pool + " no-BN" * (not spec.bn)
-        yield _stage(j, [f"blocks.{j}"], kind, block, f"{spec.head} k={spec.k}", shape, ratios[j], before, after,
-                     groups)
+        head_name = spec.head + (f" k={spec.k}" if "k" in getattr(type(head), "FIELDS", {}) else "")
+        yield _stage(j, [f"blocks.{j}"], kind, block, head_name, shape, ratios[j], before, after, groups)
         shape = after[4]
 
 
