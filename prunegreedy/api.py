@@ -1,4 +1,4 @@
-"""The Python API: `fit`, `resume`, `sweep`. The CLI is a thin layer over these.
+"""The Python API: `fit`, `plan`, `resume`, `sweep`. The CLI is a thin layer over these.
 
     import prunegreedy
     run = prunegreedy.fit("quick", out="runs/demo", prune_ratio=0.5, epochs=1)
@@ -228,6 +228,47 @@ def fit(config: str | None = None, out: str | Path | None = None, *, dataset: An
     (prunegreedy.register_model, torchvision:NAME), or your own nn.Module (trained and pruned in
     place; load it back with load_network(path, model=a_fresh_instance)) or a list of stage
     modules, cut into stages at the module names of `split`. Every other option is the CLI's."""
+    ui = ui or _default_ui(options.get("quiet"))
+    cfg, recipe, data, network = _resolve(config, out, dataset, ui, options)
+    return train_config(cfg, recipe, ui, data, network)
+
+
+def plan(config: str | None = None, out: str | Path | None = None, *, dataset: Any = None, ui=None,
+         **options):
+    """What `fit` with the same arguments would build and cut, before any training: a DataFrame,
+    one row per stage (modules, shapes, head, params and MACs before and after the cut, the
+    pruning groups), the totals and any budget in its `.attrs`. The stages are built from the
+    run's seed and cut in memory on untrained weights, so the counts are the ones the run will
+    record. Nothing is written unless `out` is given: then plan.csv there (a new or empty folder).
+    Bad input is refused as `fit` refuses it. The lines the CLI prints go to `ui`, if given."""
+    from .data.registry import data_shape
+    from .fileio import atomic_write
+    from .trainers.common import NullUI
+    from .trainers.plan_table import make_run_plan
+    from .trainers.registry import get_trainer
+    from .train.runtime import resolve_device
+
+    ui = ui or NullUI()
+    cfg, _, data, network = _resolve(config, None, dataset, ui, options)
+    get_trainer(cfg)  # the checks a run makes before its folder, in the same order
+    resolve_device(cfg.run.device)
+    classes, shape = (data.num_classes, data.image_shape) if data is not None else data_shape(cfg.data)
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose another --out for plan.csv")
+    planned = make_run_plan(cfg, classes, shape, network)
+    for line in planned.lines():
+        ui.log(line)
+    if out is not None:
+        path = Path(out) / "plan.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = planned.csv()
+        atomic_write(path, lambda f: f.write(text.encode()))
+        ui.log(f"plan: {path}")
+    return planned.table()
+
+
+def _resolve(config, out, dataset, ui, options: dict):
+    """(config, recipe, a Dataset object given, the caller's module): what fit and plan run."""
     data, network = None, None
     if dataset is not None and not isinstance(dataset, str):
         data, dataset = dataset, dataset.name
@@ -235,11 +276,9 @@ def fit(config: str | None = None, out: str | Path | None = None, *, dataset: An
     if model is not None and not isinstance(model, str):
         network, model, listed = _user_network(model, split)
         split = split if listed is None else listed
-    ui = ui or _default_ui(options.get("quiet"))
     over = overrides(dataset=dataset, out=out, model=model, split=split, **options)
     recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
-    cfg = config_mod.load(recipe, over)
-    return train_config(cfg, recipe, ui, data, network)
+    return config_mod.load(recipe, over), recipe, data, network
 
 
 def _user_network(model, split):
@@ -262,6 +301,7 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from .data.registry import load_dataset
     from .records import RunRecord
     from .trainers.decisions import check_data as check_holdout
+    from .trainers.plan_table import make_run_plan
     from .trainers.registry import get_trainer
     from .trainers.expected import start_line
     from .trainers.run import new_meta
@@ -276,13 +316,15 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     ui.log(f"data: {ds.name}, {ds.num_train:,} train / {len(ds.test_y):,} test images "
            f"{'x'.join(map(str, ds.image_shape))}, loaded in {time.perf_counter() - t0:.1f}s")
     check_holdout(cfg, ds)  # a budget's held-out slice must leave training images (before the folder)
+    planned = make_run_plan(cfg, ds.num_classes, ds.image_shape, network)  # torch's random state is kept
     dist.on_main(lambda: RunRecord.make_folder(path))
     record = RunRecord(path, new_meta(cfg, ds, dev, dist), writes=dist.is_main)
+    record.meta.planned = planned.as_dict()
     procs = f" x {dist.world} processes" if dist.enabled else ""
     what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
     return _execute(cfg, record, ds, dev, ui, dist,
                     f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "
-                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network)
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines())
 
 
 def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False,
@@ -332,7 +374,7 @@ def _start(cfg, ui):
     return dist, dev, (ui if dist.is_main else NullUI())
 
 
-def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> Run:
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = ()) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
     from .train import stop
     from .trainers.run import execute
@@ -341,7 +383,8 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None) -> R
     ui = _Logged(ui, record)
     try:
         record.hold()
-        ui.log(first_line)
+        for line in (first_line, *plan_lines):
+            ui.log(line)
         # A process of the run that is gone ends every other one in one line, the run marked failed;
         # SIGTERM and Ctrl-C finish the step, checkpoint and stop.
         with dist.guard(on_lost=lambda reason: record.set_status("failed", reason)), stop.graceful():

@@ -97,6 +97,9 @@ Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 TargetMacs = Annotated[Optional[str], typer.Option(help="Budget: final backbone MACs, a count (40M) or a fraction of "
                                                         "the unpruned plan (0.25x); the ratios are chosen.")]
 TargetParams = Annotated[Optional[str], typer.Option(help="Budget: final backbone parameters (100K, 0.25x).")]
+PruneRatio = Annotated[Optional[float], typer.Option(help="Fraction of each block's filters to prune, [0, 1).")]
+PruneRatios = Annotated[Optional[str], typer.Option(help="One ratio per stage, comma separated.")]
+Name = Annotated[Optional[str], typer.Option(help="Run name under runs/.")]
 
 
 def _interruptible(fn, *args, **kwargs):
@@ -115,13 +118,11 @@ def _interruptible(fn, *args, **kwargs):
 @user_errors
 def run(
     config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
-    prune_ratio: Optional[float] = typer.Option(None, help="Fraction of each block's filters to prune, [0, 1)."),
-    prune_ratios: Optional[str] = typer.Option(None, help="One ratio per stage, comma separated."),
+    prune_ratio: PruneRatio = None, prune_ratios: PruneRatios = None,
     target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
     trainer: Trainer = None, model: Model = None, split: Split = None, device: Device = None, seed: Seed = None,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
-    name: Optional[str] = typer.Option(None, help="Run name under runs/."),
-    set_: Sets = None, quiet: Quiet = False,
+    name: Name = None, set_: Sets = None, quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last finished stage."),
     debug: Debug = False,
 ) -> None:
@@ -140,6 +141,26 @@ def run(
         _interruptible(api.resume, resume, data_dir, ui=ui)
         return
     _interruptible(api.fit, data_dir=data_dir, quiet=quiet, ui=ui, **options)
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(
+    config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
+    prune_ratio: PruneRatio = None, prune_ratios: PruneRatios = None,
+    target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
+    trainer: Trainer = None, model: Model = None, split: Split = None, device: Device = None, seed: Seed = None,
+    out: Optional[Path] = typer.Option(None, help="New or empty folder for plan.csv (default: nothing written)."),
+    name: Name = None, set_: Sets = None, quiet: Quiet = False, debug: Debug = False,
+) -> None:
+    """Show how `run` with the same options splits the network, what each cut touches and what it
+    costs (params, MACs), before any training: the stages are built and cut on untrained weights."""
+    from . import api
+
+    api.plan(config, out, dataset=dataset, data_dir=data_dir, k=k, epochs=epochs, prune_ratio=prune_ratio,
+             prune_ratios=prune_ratios, importance=importance, device=device, seed=seed, name=name, set=set_,
+             trainer=trainer, target_macs=target_macs, target_params=target_params, model=model, split=split,
+             ui=ConsoleUI(quiet))
 
 
 @app.command()

@@ -123,7 +123,7 @@ class RunLock:
 
 # Keys of run.json that are written only once they have a value (as every run.json had them).
 _OPTIONAL = ("trainer", "resumed", "sensitivity", "budget", "error", "seconds", "final_acc", "head_accs", "params",
-             "macs", "params_with_head", "macs_with_head", "widths")
+             "macs", "params_with_head", "macs_with_head", "widths", "planned")
 
 
 @dataclass
@@ -154,6 +154,7 @@ class RunMeta:
     params_with_head: int | None = None
     macs_with_head: int | None = None
     widths: list | None = None
+    planned: dict | None = None  # what the run planned before training (trainers.plan_table); `plan` is its name
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -183,9 +183,8 @@ def scan_split(root: Path, transform: Callable[[Image.Image], Image.Image]) -> t
     return classes, _Files(str(root), np.array(names, dtype=np.bytes_), np.array(labels, dtype=np.int64), transform)
 
 
-def load_imagenet(cfg: DataConfig, cache_dir: Path) -> StreamDataset:
-    """Any image folder in ImageNet's layout; `val/` may be called `test/`. Nothing is decoded ahead,
-    so `cache_dir` is unused. Crops are data.image_size square, normalised with ImageNet's statistics."""
+def imagenet_root(cfg: DataConfig) -> tuple[Path, str]:
+    """(the data folder, its evaluation split's name), the layout checked without reading an image."""
     if cfg.data_dir is None:
         raise DataError(f"the imagenet dataset needs --data-dir PATH ({LAYOUT})")
     root = Path(cfg.data_dir).expanduser()
@@ -195,6 +194,13 @@ def load_imagenet(cfg: DataConfig, cache_dir: Path) -> StreamDataset:
     for split in ("train", test_split):
         if not (root / split).is_dir():
             raise DataError(f"{root} has no {split}/ folder ({LAYOUT}; test/ may stand for val/)")
+    return root, test_split
+
+
+def load_imagenet(cfg: DataConfig, cache_dir: Path) -> StreamDataset:
+    """Any image folder in ImageNet's layout; `val/` may be called `test/`. Nothing is decoded ahead,
+    so `cache_dir` is unused. Crops are data.image_size square, normalised with ImageNet's statistics."""
+    root, test_split = imagenet_root(cfg)
     classes, train = scan_split(root / "train", train_transform(cfg.image_size))
     test_classes, test = scan_split(root / test_split, eval_transform(cfg.image_size))
     if classes != test_classes:
