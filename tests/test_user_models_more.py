@@ -148,8 +148,26 @@ def test_prune_after_training_with_scope_all_narrows_the_stage_outputs(tmp_path,
     assert json.loads((out / "run.json").read_text())["widths"] == [8, 16, 32]
 
 
-def test_decoupled_is_still_refused_for_models(tmp_path, cache_dir):
-    res = runner.invoke(app, ["run", "--out", str(tmp_path / "d"), "--model", "resnet20", "--trainer", "decoupled",
-                              *TINY])
-    assert res.exit_code == 2 and "trains with the greedy or end-to-end trainer" in res.output
-    assert not (tmp_path / "d").exists()
+def test_decoupled_cuts_every_stage_at_once_with_its_own_head(tmp_path, cache_dir):
+    out = tmp_path / "dc"
+    invoke("run", "--out", out, "--model", "resnet20", "--trainer", "decoupled", "--prune-ratio", "0.5", *TINY)
+    rows = pd.read_csv(out / "stages.csv")
+    assert list(zip(rows.stage, rows.phase)) == [(s, p) for p in ("trained", "pruned", "finetuned") for s in (1, 2, 3)]
+    assert rows[rows.phase == "pruned"].removed.tolist() == [3 * 8, 3 * 16, 3 * 32]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["trainer"] == "decoupled" and meta["widths"] == [16, 32, 64] and meta["ensemble_acc"] is not None
+    net = prunegreedy.load_network(out)
+    assert type(net) is CifarResNet and _first_convs(net) == [8] * 3 + [16] * 3 + [32] * 3
+
+
+def test_decoupled_cut_inside_the_schedule_with_scope_all(tmp_path, cache_dir, images):
+    out = tmp_path / "dcat"
+    invoke("run", "--out", out, "--model", "resnet20", "--trainer", "decoupled", "--prune-ratio", "0.5",
+           "--set", "compress.at=0.5", "--set", "compress.scope=all", *TINY)
+    rows = pd.read_csv(out / "stages.csv")
+    assert rows.phase.tolist() == ["pruned"] * 3 + ["trained"] * 3 and rows.width.tolist()[-3:] == [8, 16, 32]
+    net = prunegreedy.load_network(out)
+    assert net.conv1.out_channels == 8 and net.fc.in_features == 32
+    invoke("export", out, "--out", tmp_path / "x", "--format", "onnx", "--with-head")
+    with torch.no_grad():
+        assert (open_export(tmp_path / "x")(images) - net(images)).abs().max().item() <= TOLERANCE
