@@ -171,3 +171,19 @@ def test_decoupled_cut_inside_the_schedule_with_scope_all(tmp_path, cache_dir, i
     invoke("export", out, "--out", tmp_path / "x", "--format", "onnx", "--with-head")
     with torch.no_grad():
         assert (open_export(tmp_path / "x")(images) - net(images)).abs().max().item() <= TOLERANCE
+
+
+def test_your_own_module_exports_and_reloads_onto_a_fresh_instance(tmp_path, cache_dir, images):
+    from tests.test_user_models import TINY_SET, TwoBlocks
+
+    net = TwoBlocks()
+    run = prunegreedy.fit(out=tmp_path / "mine", model=net, split=["body1", "body2"], prune_ratio=0.5, epochs=0.2,
+                          quiet=True, set=TINY_SET)
+    for fmt in ("native", "onnx"):
+        prunegreedy.export_run(run.path, tmp_path / fmt, fmt, with_head=True, model=TwoBlocks())
+    loaded = prunegreedy.load_network(tmp_path / "native", model=TwoBlocks())
+    assert type(loaded) is TwoBlocks and loaded.body2[0].out_channels == 8
+    net.eval().to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        assert (loaded(images) - net(images)).abs().max().item() <= TOLERANCE
+        assert (open_export(tmp_path / "onnx")(images) - net(images)).abs().max().item() <= TOLERANCE

@@ -11,6 +11,7 @@ through the same writers and checks.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import tempfile
@@ -21,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .backbone import ARTIFACTS, FORMAT_VERSION, KIND, SPEC_FILE, sha256, validate_backbone_spec
+from .backbone import ARTIFACTS, FORMAT_VERSION, KIND, SPEC_FILE, read_export_spec, sha256, validate_backbone_spec
 from . import quantize
 from ..config import DataConfig
 from ..data.base import Normalize
@@ -29,7 +30,7 @@ from ..data.registry import load_dataset
 from .deployed import onnx_forward, open_export, require_onnx
 from ..errors import ExportError, RunError, SpecError
 from .fold import fold_network
-from .network import exported_module, fold_staged, load_staged
+from .network import exported_module, fold_staged, load_network_export, load_staged
 from ..compress.network import KIND as NETWORK_KIND, Staged
 from ..nn.net import GreedyNet
 from ..fileio import atomic_write, read_json, read_yaml, write_json
@@ -173,11 +174,15 @@ class _Features(torch.nn.Module):
 
 def export_whole_network(staged: Staged, own: bool, model_spec: dict, out: Path, fmt: str = "native",
                          with_head: bool = False, images: torch.Tensor | None = None, source: dict | None = None,
-                         int8: quantize.Calibration | None = None) -> dict:
+                         int8: quantize.Calibration | None = None, fresh: torch.nn.Module | None = None) -> dict:
     """The export of a whole network (a model.arch run, loaded as `staged`), as export_network does
-    for a plan: the model itself with its own classifier, else its stages (and last aux head)."""
+    for a plan: the model itself with its own classifier, else its stages (and last aux head).
+    `fresh`: an unpruned instance of your own module, to reload a native export onto for its check."""
     out = Path(out)
     _check_request(fmt, out, None if int8 is None else len(int8.images))
+    reopen = open_export
+    if fresh is not None and fmt == "native":  # your own module reloads only onto an instance of it
+        reopen = lambda folder: load_network_export(*read_export_spec(folder), with_head, fresh)  # noqa: E731
     folded_staged, pairs = fold_staged(staged, own, model_spec)
     model = exported_module(folded_staged, own, with_head).eval().requires_grad_(False)
     head = ({"type": "own"} if own else {"type": "aux"}) if with_head else None
@@ -186,11 +191,12 @@ def export_whole_network(staged: Staged, own: bool, model_spec: dict, out: Path,
             "network": model_spec, "folded": pairs, "head": head,
             **{k: list(model_spec[k]) for k in ("input_shape", "mean", "std", "classes")},
             "params": sum(p.numel() for p in model.parameters()), "source": source or {}}
-    return _write_checked(exported_module(staged, own, with_head), model, spec, out, fmt, images, int8)
+    return _write_checked(exported_module(staged, own, with_head), model, spec, out, fmt, images, int8, reopen)
 
 
 def _write_checked(reference: torch.nn.Module, model: torch.nn.Module, spec: dict, out: Path, fmt: str,
-                   images: torch.Tensor | None, int8: quantize.Calibration | None) -> dict:
+                   images: torch.Tensor | None, int8: quantize.Calibration | None,
+                   reopen: Callable[[Path], Callable] = open_export) -> dict:
     """Check the folded `model` against the trained `reference`, write it in `fmt`, reopen the file
     as users will and check it again; on any failure nothing is left behind."""
     shape, kind, with_head = spec["input_shape"], spec["format"], spec["head"] is not None
@@ -220,7 +226,8 @@ def _write_checked(reference: torch.nn.Module, model: torch.nn.Module, spec: dic
         validate_backbone_spec(spec)
         written.append(out / SPEC_FILE)
         write_json(out / SPEC_FILE, spec)  # last: a folder with a spec is a complete export
-        got = open_export(out)(x)
+        with torch.no_grad():
+            got = reopen(out)(x)
         if int8 is None:
             diff = _max_diff(folded, got)
         if fmt == "native" and not torch.equal(folded, got):
@@ -273,6 +280,7 @@ def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = Fals
     meta, model_spec = finished_run(run)
     network = is_network(model_spec)
     if network:
+        fresh = copy.deepcopy(model) if model is not None else None  # `model` is pruned as it is loaded
         staged, own, model_spec = load_staged(run, model)
     else:
         net, model_spec, meta = load_run_network(run)
@@ -285,5 +293,5 @@ def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = Fals
               "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"),
               "plan": model_spec.get("arch") if network else model_spec.get("plan")}
     if network:
-        return export_whole_network(staged, own, model_spec, out, fmt, with_head, images, source, int8)
+        return export_whole_network(staged, own, model_spec, out, fmt, with_head, images, source, int8, fresh)
     return export_network(net, model_spec, out, fmt, with_head, images, source, int8)
