@@ -150,7 +150,7 @@ def test_torchvision_resnet18_in_four_stages_reloads_as_torchvisions_resnet(tmp_
     (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet20, resnet56, torchvision:resnet18"),
     (["--model", "resnet20", "--split", "layer1,layer9"], "'layer9' is not a module of CifarResNet"),
     (["--model", "resnet20", "--set", "compress.scope=most"], "compress.scope must be internal or all, got 'most'"),
-    (["--model", "resnet20", "--trainer", "end-to-end"], "trains with the greedy trainer"),
+    (["--model", "resnet20", "--target-macs", "0.5x"], "budgets and sensitivity take the paper's plans only"),
 ])
 def test_bad_models_and_splits_exit_2_without_a_folder(tmp_path, cache_dir, args, message):
     out = tmp_path / "bad"

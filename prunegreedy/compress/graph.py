@@ -98,7 +98,9 @@ def _trace(block: nn.Module, head: nn.Module, next_block: nn.Module | None, inpu
     if p is None:
         raise ConfigError(f"{type(block).__name__} has no parameters: there is nothing to prune")
     example = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
-    with eval_mode(probe):  # tracing runs a forward pass: BN statistics stay where they are
+    # Tracing runs a forward pass (BN statistics stay where they are) and reads autograd, so it
+    # works inside a caller's torch.no_grad() too (loading a network to run it).
+    with torch.enable_grad(), eval_mode(probe):
         graph = tp.DependencyGraph().build_dependency(
             probe, example_inputs=example, output_transform=lambda outs: sum(o.sum() for o in outs), verbose=False)
     parts = {"block": block, "head": head, "next": next_block}

@@ -60,6 +60,12 @@ def head_for(settings: dict, shape: tuple[int, ...], num_classes: int) -> nn.Mod
     return make_head(shape[0], stage, num_classes, tuple(shape[1:]))
 
 
+def downstream(stages: list[nn.Module], j: int) -> nn.Module:
+    """What reads stage j's output in a network trained end-to-end, to trace a cut of stage j: the
+    stages after it (Torch-Pruning offers no channels of a tensor the traced module returns)."""
+    return nn.Sequential(*stages[j + 1:])
+
+
 def check_same(model: nn.Module, spec: dict) -> None:
     """Refuse a model of another architecture than the one the spec was trained on, before any cut."""
     want, have = spec["shapes"], shapes(model)
@@ -88,9 +94,15 @@ def rebuild(spec: dict, model: nn.Module | None = None) -> tuple[Staged, bool]:
     for j, cut in enumerate(spec["pruning"]):  # the stages trained so far, in order
         stage = stages[j]
         out = stage_shapes([stage], shape)[0]
-        head = tail if own and j == len(stages) - 1 else head_for(spec["heads"][str(j)], out, args["num_classes"])
+        nxt = stages[j + 1] if j + 1 < len(stages) else None
+        if own and j == len(stages) - 1:
+            head = probe = tail
+        elif str(j) in spec["heads"]:
+            head = probe = head_for(spec["heads"][str(j)], out, args["num_classes"])
+        else:  # trained without a head of its own (end-to-end)
+            head, probe, nxt = nn.Identity(), downstream(stages, j), None
         if cut:
-            replay(stage, head, stages[j + 1] if j + 1 < len(stages) else None, shape, cut)
+            replay(stage, probe, nxt, shape, cut)
         heads.append(head)
         shape = stage_shapes([stage], shape)[0]
     return Staged(model, stages, heads, tail), own

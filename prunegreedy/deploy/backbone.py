@@ -9,7 +9,9 @@ An export folder holds `backbone.json` (the spec below) and one artifact named b
 
 The network takes images normalised with the spec's mean/std and returns the last block's
 features, or logits when exported with the head. The spec is checked completely before any
-module is built, and the weight file's header before any tensor is read.
+module is built, and the weight file's header before any tensor is read. The export of a whole
+network (a model.arch run) has `network` (its run's spec: how to build and cut it) and `folded`
+in place of `blocks`, and loads with deploy.network.load_network.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..compress.network import KIND as NETWORK_KIND
 from ..nn.blocks import BLOCKS
 from ..errors import ExportError, RunError, SpecError
 from ..nn.heads import MLPSRHead, PooledHead, VGGHead
@@ -120,7 +123,8 @@ def validate_backbone_spec(spec: dict) -> None:
                         f"{FORMAT_VERSION}); export the run again")
     if spec.get("format") not in ARTIFACTS:
         raise SpecError(f"unknown export format {spec.get('format')!r}; valid: {', '.join(ARTIFACTS)}")
-    if spec.get("bn_folded") is not True:
+    network = "network" in spec  # a whole network (model.arch): folded where a trace finds conv + BN
+    if spec.get("bn_folded") is not True and not (network and spec.get("bn_folded") is False):
         raise SpecError("this version reads only BatchNorm-folded exports ('bn_folded': true)")
     shape = spec.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v > 0 for v in shape)):
@@ -134,6 +138,31 @@ def validate_backbone_spec(spec: dict) -> None:
     classes = spec.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise SpecError("'classes' must be a non-empty list of class names")
+    if network:
+        _validate_network(spec)
+    else:
+        _validate_blocks(spec, shape, classes)
+    if not isinstance(spec.get("source", {}), dict):
+        raise SpecError("'source' must be an object")
+    if not (isinstance(spec.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", spec["sha256"])):
+        raise SpecError(f"'sha256' must be the hex SHA-256 of {ARTIFACTS[spec['format']]}")
+
+
+def _validate_network(spec: dict) -> None:
+    """The fields of a whole network's export; the network spec itself is checked as it is rebuilt."""
+    net = spec["network"]
+    if not isinstance(net, dict) or net.get("kind") != NETWORK_KIND:
+        raise SpecError(f"'network' must be the spec of a whole network (kind '{NETWORK_KIND}')")
+    folded = spec.get("folded")
+    if folded is not None and not (isinstance(folded, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in folded)):
+        raise SpecError("'folded' must list [conv, batchnorm] module names, or be null")
+    if spec.get("head") not in (None, {"type": "own"}, {"type": "aux"}):
+        raise SpecError(f"head of a whole network must be null, {{'type': 'own'}} or {{'type': 'aux'}}, "
+                        f"got {spec.get('head')!r}")
+
+
+def _validate_blocks(spec: dict, shape: list, classes: list) -> None:
     blocks = spec.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         raise SpecError("backbone spec needs a non-empty 'blocks' list")
@@ -156,10 +185,6 @@ def validate_backbone_spec(spec: dict) -> None:
     head = spec.get("head")
     if head is not None:
         _validate_head(head, prev, size, len(classes))
-    if not isinstance(spec.get("source", {}), dict):
-        raise SpecError("'source' must be an object")
-    if not (isinstance(spec.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", spec["sha256"])):
-        raise SpecError(f"'sha256' must be the hex SHA-256 of {ARTIFACTS[spec['format']]}")
 
 
 def _validate_head(head: dict, channels: int, size: tuple[int, int], num_classes: int) -> None:
@@ -207,6 +232,9 @@ def load_backbone(path: Path, with_head: bool = False) -> Backbone:
     from safetensors import SafetensorError, safe_open
 
     folder, spec = read_export_spec(path)
+    if "network" in spec:
+        raise ExportError(f"{folder} holds a whole network ({spec['network'].get('class')}); load it with "
+                          f"prunegreedy.load_network({str(folder)!r})")
     if spec["format"] != "native":
         raise ExportError(f"{folder} holds a {spec['format']} export ({ARTIFACTS[spec['format']]}); "
                           f"load_backbone reads native exports")

@@ -69,16 +69,14 @@ def bench_path(path: Path, threads: int | None = None, repeats: int = 10,
                with_head: bool = False) -> tuple[dict, Path]:
     """Measure an export folder, or a run folder's folded network; write and return bench.json."""
     from .deployed import open_export
-    from .export import load_run_network
-    from .fold import fold_network
+    from .export import folded_run
 
     path = Path(path)
     threads = threads if threads is not None else torch.get_num_threads()
     if threads < 1 or repeats < 1:
         raise ConfigError(f"--threads and --repeats must be at least 1, got {threads} and {repeats}")
     if (path / RUN_FILE).exists() and not (path / SPEC_FILE).exists():
-        net, spec, _ = load_run_network(path)
-        fn, shape, folder = fold_network(net, spec["input_shape"], with_head), spec["input_shape"], path
+        (fn, shape), folder = folded_run(path, with_head), path
         what = {"format": "native", "source": "run", "with_head": with_head}
     else:
         deployed = open_export(path, threads)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .backbone import artifact, load_backbone, read_export_spec
+from .network import load_network_export
 from ..data.base import Dataset, Normalize
 from ..errors import DataError, ExportError
 
@@ -47,6 +48,8 @@ def require_onnx():
 
 
 def _open_native(folder: Path, spec: dict, threads: int | None) -> Forward:
+    if "network" in spec:  # a whole network: rebuilt as the user's own class
+        return load_network_export(folder, spec, with_head=spec["head"] is not None)
     return load_backbone(folder, with_head=spec["head"] is not None)
 
 

@@ -6,9 +6,12 @@ TOLERANCE, and the written file, opened the way users will open it, must match t
 network (bit for bit for the native format, within TOLERANCE for TorchScript and ONNX).
 An int8 export (`int8=`, ONNX only) writes the checked fp32 ONNX file to a temporary folder,
 quantizes it (deploy.quantize) and records its agreement with fp32 in the spec's `quantization`.
+A whole network (a model.arch run) exports as itself, BatchNorm folded in place (deploy.network),
+through the same writers and checks.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import tempfile
@@ -19,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .backbone import ARTIFACTS, SPEC_FILE, Backbone, sha256, validate_backbone_spec
+from .backbone import ARTIFACTS, FORMAT_VERSION, KIND, SPEC_FILE, read_export_spec, sha256, validate_backbone_spec
 from . import quantize
 from ..config import DataConfig
 from ..data.base import Normalize
@@ -27,6 +30,8 @@ from ..data.registry import load_dataset
 from .deployed import onnx_forward, open_export, require_onnx
 from ..errors import ExportError, RunError, SpecError
 from .fold import fold_network
+from .network import exported_module, fold_staged, load_network_export, load_staged
+from ..compress.network import KIND as NETWORK_KIND, Staged
 from ..nn.net import GreedyNet
 from ..fileio import atomic_write, read_json, read_yaml, write_json
 from ..records import RUN_FILE, load_model
@@ -35,14 +40,14 @@ TOLERANCE = 1e-4  # max abs difference of outputs (features or logits)
 CHECK_IMAGES = 64
 
 
-def _write_native(model: Backbone, x: torch.Tensor, path: Path) -> None:
+def _write_native(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: f.write(save(state)))
 
 
-def _write_torchscript(model: Backbone, x: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # current torch marks TorchScript as deprecated on every call
@@ -50,7 +55,7 @@ def _write_torchscript(model: Backbone, x: torch.Tensor, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def _write_onnx(model: Backbone, x: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
     onnx, _ = require_onnx()
     buf = io.BytesIO()
     try:
@@ -66,7 +71,7 @@ def _write_onnx(model: Backbone, x: torch.Tensor, path: Path) -> None:
 
 
 # Export format -> writer(folded model, example batch, artifact path).
-WRITERS: dict[str, Callable[[Backbone, torch.Tensor, Path], None]] = {
+WRITERS: dict[str, Callable[[torch.nn.Module, torch.Tensor, Path], None]] = {
     "native": _write_native, "torchscript": _write_torchscript, "onnx": _write_onnx,
 }
 
@@ -86,8 +91,8 @@ def _check_request(fmt: str, out: Path, calibration: int | None = None) -> None:
         raise ExportError(f"{out} exists and is not an empty folder; choose another --out")
 
 
-def load_run_network(run: Path) -> tuple[GreedyNet, dict, dict]:
-    """The latest finished network of a run folder (eval mode), its spec, and run.json."""
+def finished_run(run: Path) -> tuple[dict, dict]:
+    """(run.json, model.json) of a run folder with at least one finished stage."""
     run = Path(run)
     if not (run / RUN_FILE).exists():
         raise RunError(f"{run} is not a run folder (no {RUN_FILE})")
@@ -95,11 +100,34 @@ def load_run_network(run: Path) -> tuple[GreedyNet, dict, dict]:
     done = meta.get("stages_done") if isinstance(meta, dict) else None
     if not isinstance(done, int) or done < 1 or not (run / "model.json").exists():
         raise RunError(f"{run} has no finished stage yet; nothing to export")
-    net, spec = load_model(run / "model")
+    spec = read_json(run / "model.json")
     missing = [k for k in ("input_shape", "mean", "std", "classes") if k not in spec]
     if missing:
         raise SpecError(f"{run / 'model.json'} lacks {', '.join(missing)}")
+    return meta, spec
+
+
+def is_network(spec: dict) -> bool:
+    """Whether a run's model.json is a whole network (model.arch) rather than a plan's blocks."""
+    return isinstance(spec, dict) and spec.get("kind") == NETWORK_KIND
+
+
+def load_run_network(run: Path) -> tuple[GreedyNet, dict, dict]:
+    """The latest finished network of a plan's run folder (eval mode), its spec, and run.json."""
+    meta, _ = finished_run(run)
+    net, spec = load_model(Path(run) / "model")
     return net.eval(), spec, meta
+
+
+def folded_run(run: Path, with_head: bool = False, model: torch.nn.Module | None = None,
+               ) -> tuple[torch.nn.Module, list[int]]:
+    """A run folder's latest network folded as `export` folds it, and its input shape."""
+    _, spec = finished_run(run)
+    if is_network(spec):
+        staged, own, spec = load_staged(run, model)
+        return exported_module(fold_staged(staged, own, spec)[0], own, with_head).eval(), spec["input_shape"]
+    net, spec, _ = load_run_network(run)
+    return fold_network(net, spec["input_shape"], with_head), spec["input_shape"]
 
 
 def check_images(input_shape, n: int = CHECK_IMAGES) -> torch.Tensor:
@@ -126,20 +154,62 @@ def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "nati
     it, and summarise. On any failure nothing is left in `out` (nor `out` itself, if made here)."""
     out = Path(out)
     _check_request(fmt, out, None if int8 is None else len(int8.images))
-    shape = model_spec["input_shape"]
+    model = fold_network(net, model_spec["input_shape"], with_head)
+    spec = model.spec(fmt if int8 is None else "onnx-int8", model_spec["input_shape"], model_spec["mean"],
+                      model_spec["std"], model_spec["classes"], source)
+    reference = net if with_head else _Features(net)
+    return _write_checked(reference, model, spec, out, fmt, images, int8)
+
+
+class _Features(torch.nn.Module):
+    """A plan's blocks alone, as a module: the reference of a features-only export."""
+
+    def __init__(self, net: GreedyNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+def export_whole_network(staged: Staged, own: bool, model_spec: dict, out: Path, fmt: str = "native",
+                         with_head: bool = False, images: torch.Tensor | None = None, source: dict | None = None,
+                         int8: quantize.Calibration | None = None, fresh: torch.nn.Module | None = None) -> dict:
+    """The export of a whole network (a model.arch run, loaded as `staged`), as export_network does
+    for a plan: the model itself with its own classifier, else its stages (and last aux head).
+    `fresh`: an unpruned instance of your own module, to reload a native export onto for its check."""
+    out = Path(out)
+    _check_request(fmt, out, None if int8 is None else len(int8.images))
+    reopen = open_export
+    if fresh is not None and fmt == "native":  # your own module reloads only onto an instance of it
+        reopen = lambda folder: load_network_export(*read_export_spec(folder), with_head, fresh)  # noqa: E731
+    folded_staged, pairs = fold_staged(staged, own, model_spec)
+    model = exported_module(folded_staged, own, with_head).eval().requires_grad_(False)
+    head = ({"type": "own"} if own else {"type": "aux"}) if with_head else None
+    spec = {"kind": KIND, "version": FORMAT_VERSION, "format": fmt if int8 is None else "onnx-int8",
+            "bn_folded": not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+            "network": model_spec, "folded": pairs, "head": head,
+            **{k: list(model_spec[k]) for k in ("input_shape", "mean", "std", "classes")},
+            "params": sum(p.numel() for p in model.parameters()), "source": source or {}}
+    return _write_checked(exported_module(staged, own, with_head), model, spec, out, fmt, images, int8, reopen)
+
+
+def _write_checked(reference: torch.nn.Module, model: torch.nn.Module, spec: dict, out: Path, fmt: str,
+                   images: torch.Tensor | None, int8: quantize.Calibration | None,
+                   reopen: Callable[[Path], Callable] = open_export) -> dict:
+    """Check the folded `model` against the trained `reference`, write it in `fmt`, reopen the file
+    as users will and check it again; on any failure nothing is left behind."""
+    shape, kind, with_head = spec["input_shape"], spec["format"], spec["head"] is not None
     if int8 is not None and list(int8.images.shape[1:]) != list(shape):
         raise ExportError(f"calibration images have shape {list(int8.images.shape[1:])}, the model takes {shape}")
-    model = fold_network(net, shape, with_head)
-    kind = fmt if int8 is None else "onnx-int8"
-    spec = model.spec(kind, shape, model_spec["mean"], model_spec["std"], model_spec["classes"], source)
     x = Normalize(spec["mean"], spec["std"], torch.device("cpu"), channels_last=False)(
         images if images is not None else check_images(shape))
-    was_training = net.training
-    net.eval()
+    was_training = reference.training
+    reference.eval()
     with torch.no_grad():
-        ref = net(x) if with_head else net.features(x)
+        ref = reference(x)
         folded = model(x)
-    net.train(was_training)
+    reference.train(was_training)
     fold_diff = _max_diff(ref, folded)
     if not fold_diff <= TOLERANCE:  # also catches NaN
         raise ExportError(f"folding BatchNorm changed the outputs by {fold_diff:.3g} (> {TOLERANCE:g}); not exported")
@@ -151,12 +221,13 @@ def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "nati
         if int8 is None:
             WRITERS[fmt](model, x, path)
         else:
-            spec["quantization"], diff = _write_int8(model, x, folded, path, int8, spec)
+            spec["quantization"], diff = _write_int8(model, x, folded, path, int8, spec, with_head)
         spec["sha256"] = sha256(path)
         validate_backbone_spec(spec)
         written.append(out / SPEC_FILE)
         write_json(out / SPEC_FILE, spec)  # last: a folder with a spec is a complete export
-        got = open_export(out)(x)
+        with torch.no_grad():
+            got = reopen(out)(x)
         if int8 is None:
             diff = _max_diff(folded, got)
         if fmt == "native" and not torch.equal(folded, got):
@@ -174,8 +245,8 @@ def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "nati
             "fold_max_diff": fold_diff, "export_max_diff": diff, "quantization": spec.get("quantization")}
 
 
-def _write_int8(model: Backbone, x: torch.Tensor, folded: torch.Tensor, path: Path, calib: quantize.Calibration,
-                spec: dict) -> tuple[dict, float]:
+def _write_int8(model: torch.nn.Module, x: torch.Tensor, folded: torch.Tensor, path: Path,
+                calib: quantize.Calibration, spec: dict, logits: bool) -> tuple[dict, float]:
     """The fp32 ONNX file, checked against PyTorch like an onnx export, then quantized into `path`;
     returns the spec's `quantization` and the fp32 file's max difference from PyTorch."""
     with tempfile.TemporaryDirectory(prefix="prunegreedy-fp32-") as tmp:
@@ -184,7 +255,7 @@ def _write_int8(model: Backbone, x: torch.Tensor, folded: torch.Tensor, path: Pa
         diff = _max_diff(folded, onnx_forward(fp32)(x))
         if not diff <= TOLERANCE:
             raise ExportError(f"the fp32 ONNX file differs from PyTorch by {diff:.3g} (> {TOLERANCE:g}); not quantized")
-        info = quantize.quantize_onnx(fp32, path, calib, spec["mean"], spec["std"], logits=model.head is not None)
+        info = quantize.quantize_onnx(fp32, path, calib, spec["mean"], spec["std"], logits=logits)
     return info, diff
 
 
@@ -200,17 +271,27 @@ def run_dataset(run: Path, data_dir: Path | None = None):
 
 def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = False,
                images: torch.Tensor | None = None, calibration: int | None = None,
-               data_dir: Path | None = None, calibration_data=None) -> dict:
+               data_dir: Path | None = None, calibration_data=None, model: torch.nn.Module | None = None) -> dict:
     """Export the latest finished network of run folder `run` (see export_network). With
     `calibration` (a number of images), an int8 ONNX export calibrated on the training split of
-    the dataset `calibration_data` (default: the run's own, read from `data_dir` if given)."""
+    the dataset `calibration_data` (default: the run's own, read from `data_dir` if given).
+    `model`: a fresh, unpruned instance of your own module, for a run that trained one."""
     _check_request(fmt, Path(out), calibration)
-    net, model_spec, meta = load_run_network(run)
+    meta, model_spec = finished_run(run)
+    network = is_network(model_spec)
+    if network:
+        fresh = copy.deepcopy(model) if model is not None else None  # `model` is pruned as it is loaded
+        staged, own, model_spec = load_staged(run, model)
+    else:
+        net, model_spec, meta = load_run_network(run)
     int8 = None
     if calibration is not None:
         ds = calibration_data if calibration_data is not None else run_dataset(run, data_dir)
         int8 = quantize.calibration_from(ds, calibration)
     dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     source = {"run": str(Path(run).resolve()), "status": meta.get("status"), "stages_done": meta.get("stages_done"),
-              "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"), "plan": model_spec.get("plan")}
+              "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"),
+              "plan": model_spec.get("arch") if network else model_spec.get("plan")}
+    if network:
+        return export_whole_network(staged, own, model_spec, out, fmt, with_head, images, source, int8, fresh)
     return export_network(net, model_spec, out, fmt, with_head, images, source, int8)

@@ -115,6 +115,11 @@ def _folder(table: dict, module: nn.Module) -> Callable:
     return table[type(module)]
 
 
+def fold_any_head(head: nn.Module, in_size: tuple[int, int]) -> nn.Module:
+    """The BN-free copy of any registered head type (HEAD_FOLDERS), for the output size in_size."""
+    return _folder(HEAD_FOLDERS, head)(head, in_size)
+
+
 def fold_network(net: GreedyNet, input_shape, with_head: bool = False) -> Backbone:
     """The eval-mode, BN-free copy of `net`'s blocks (and its last head if `with_head`)."""
     if not len(net.blocks):
@@ -127,3 +132,43 @@ def fold_network(net: GreedyNet, input_shape, with_head: bool = False) -> Backbo
         last = net.heads[-1]
         head = _folder(HEAD_FOLDERS, last)(last, feature_size(input_shape, [b.spec() for b in blocks]))
     return Backbone(blocks, head).eval().requires_grad_(False)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]] | None:
+    """(conv, BatchNorm2d) module names where the BN reads the conv's output alone, from a torch.fx
+    trace of the whole model; None when fx cannot trace it (its BatchNorms then stay)."""
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # fx raises TraceError, TypeError, NotImplementedError, ... by construct
+        return None
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    pairs = []
+    for n in graph.nodes:
+        src = n.args[0] if n.op == "call_module" and n.args else None
+        if isinstance(modules.get(n.target), nn.BatchNorm2d) and getattr(src, "op", None) == "call_module" \
+                and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1 \
+                and calls[n.target] == calls[src.target] == 1:
+            pairs.append((src.target, n.target))
+    return pairs
+
+
+@torch.no_grad()
+def fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Fold each BN into its conv in place (the conv gains a bias, the BN becomes nn.Identity), so
+    the model keeps its own class and forward; eval-mode BN statistics are what is folded."""
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                           device=conv.weight.device, dtype=conv.weight.dtype)
+        fold_conv_bn(conv, bn, folded)
+        conv.weight.copy_(folded.weight)
+        conv.bias = folded.bias
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())

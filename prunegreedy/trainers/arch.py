@@ -18,6 +18,9 @@ from ..nn.spec import StageSpec
 from ..nn.split import split_stages
 
 
+MODEL_TRAINERS = ("greedy", "decoupled", "end-to-end")
+
+
 def model_split(cfg: Config) -> list[str]:
     """Where the run's stages end: model.split, or the registered model's default."""
     if cfg.model.split is not None:
@@ -37,9 +40,9 @@ def _stage_count(arch: str, split: tuple[str, ...], side: int) -> int:
 def check_model(cfg: Config, side: int) -> list[StageSpec]:
     """One entry per stage, giving only its aux head (`model.head`, default pooled); the widths
     come from the model by a forward pass. The options model runs do not take yet are refused."""
-    if cfg.train.trainer != "greedy":
-        raise ConfigError(f"model {cfg.model.arch} trains with the greedy trainer; --trainer "
-                          f"{cfg.train.trainer} takes the paper's plans only so far")
+    if cfg.train.trainer not in MODEL_TRAINERS:
+        raise ConfigError(f"model {cfg.model.arch} trains with the {', '.join(MODEL_TRAINERS)} trainers; "
+                          f"--trainer {cfg.train.trainer} takes the paper's plans only so far")
     if cfg.compress.target_macs or cfg.compress.target_params or cfg.compress.sensitivity:
         raise ConfigError(f"budgets and sensitivity take the paper's plans only so far, not model {cfg.model.arch}")
     if cfg.compress.cuts > 1:

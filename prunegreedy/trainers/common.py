@@ -82,13 +82,13 @@ def stage_ratio(cfg: Config, stage: int, n: int) -> float:
 
 
 def removed_count(removed: list[int] | dict | None) -> int:
-    """Filters cut: a block's list, every block's ({block: list}, prune-after-training), or a
-    pruning record's ({"cuts": [...]}, any module)."""
+    """Filters cut: a block's list, every block's ({block: list}, prune-after-training), a
+    pruning record's ({"cuts": [...]}, any module), or every stage's ({stage: pruning record})."""
     if removed is None:
         return 0
     if isinstance(removed, dict) and "cuts" in removed:
         return sum(len(c["removed"]) for c in removed["cuts"])
-    return sum(map(len, removed.values())) if isinstance(removed, dict) else len(removed)
+    return sum(map(removed_count, removed.values())) if isinstance(removed, dict) else len(removed)
 
 
 def versions() -> dict[str, str]:

@@ -9,6 +9,7 @@ training (then fine-tunes, all blocks again at once) or at `compress.at` of the 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -98,10 +99,6 @@ def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
                 rec("pruned", blocks[j], heads[j], seconds, width_before=before[j], removed=removed.get(j, []))
         return removed
 
-    def cut_event() -> dict:
-        first = len(s.record.rows)
-        return {"removed": cut(), "rows": s.record.rows[first:]}
-
     def replay(outcome: dict) -> None:
         removed = {int(j): r for j, r in outcome["removed"].items()}
         cut(replay=removed)
@@ -109,12 +106,29 @@ def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
         for j, r in removed.items():
             s.record.removed(j + 1, r)
 
+    train_at_once(cfg, blocks, heads, recs, ratios, s, gen, epochs, cut, replay, "block")
+    net = GreedyNet([freeze(b) for b in blocks], [freeze(h) for h in heads])
+    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
+    return net
+
+
+def train_at_once(cfg: Config, blocks: list[nn.Module], heads: list[nn.Module], recs: list[PhaseRecorder],
+                  ratios: list[float], s: Session, gen: torch.Generator, epochs: float,
+                  cut: Callable[[], dict], replay: Callable[[dict], None], label: str) -> None:
+    """Train every (block, head) pair in one schedule, cut them all by `cut()` at compress.at or
+    after training (`replay(outcome)` repeats a recorded cut on resume), then fine-tune them all."""
+    n = len(blocks)
+
+    def cut_event() -> dict:
+        first = len(s.record.rows)
+        return {"removed": cut(), "rows": s.record.rows[first:]}
+
     inside = cfg.compress.at < 1 and any(ratios)
     events = {step_at(cfg.compress.at, steps_of(epochs, s.ds.num_train, cfg.train.batch_size)): cut_event} \
         if inside else {}
     modules = {"block": nn.ModuleList(blocks), "head": nn.ModuleList(heads)}
     state = s.restore(n, modules, "", replay)
-    chain = Chain(list(zip(blocks, heads)), label=lambda j: f"block {j + 1}'s ")
+    chain = Chain(list(zip(blocks, heads)), label=lambda j: f"{label} {j + 1}'s ")
     result = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule, s.device, gen,
                    events=events, on_step=recs[-1].progress("train"),
                    on_epoch=lambda st: s.record.save_partial(n, modules, st), resume=state, dist=s.dist)
@@ -127,6 +141,3 @@ def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
                    dist=s.dist).stats
         for j in range(n):
             recs[j]("finetuned", blocks[j], heads[j], ft[j].seconds, stats=ft[j], epochs=cfg.compress.finetune())
-    net = GreedyNet([freeze(b) for b in blocks], [freeze(h) for h in heads])
-    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
-    return net

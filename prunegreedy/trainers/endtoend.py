@@ -14,6 +14,7 @@ end-to-end run like a greedy one.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,10 +63,25 @@ def end_to_end(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
     blocks, head = build_plan_net(plan, s.ds.image_shape, s.ds.num_classes)
     body, head = s.to_device(nn.Sequential(*blocks), head)
-    chain = Chain([(body, head)])  # no frozen prefix: gradients flow through every block
     ratios = [stage_ratio(cfg, j, n) for j in range(n)]
-    # One "stage", the whole network, recorded as stage n at the largest ratio of its blocks.
-    rec = PhaseRecorder(s, n - 1, [], s.ds.image_shape, max(ratios), "end-to-end, blocks 1 -")
+    c = cfg.compress
+
+    def cut(gradients: Callable[[], None]) -> dict:
+        return prune_network(blocks, head, s.ds.image_shape, ratios, c.importance, c.round_to, gradients=gradients,
+                             agree=s.dist.broadcast)
+
+    train_jointly(cfg, n, body, head, ratios, s, gen, cut, "end-to-end, blocks 1 -")
+    net = GreedyNet([freeze(b) for b in body], [freeze(head)])
+    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
+    return net
+
+
+def train_jointly(cfg: Config, n: int, body: nn.Module, head: nn.Module, ratios: list[float], s: Session,
+                  gen: torch.Generator, cut: Callable[[Callable[[], None]], dict], label: str) -> None:
+    """Train body + head as one network, then (prune-after-training) `cut(gradients)` every part of
+    it and fine-tune; every phase recorded as the one "stage" n, at the largest ratio of its parts."""
+    chain = Chain([(body, head)])  # no frozen prefix: gradients flow through every block
+    rec = PhaseRecorder(s, n - 1, [], s.ds.image_shape, max(ratios), label)
     epochs = total_epochs(cfg, n)
     modules = {"block": body, "head": head}
     state = s.restore(n, modules, "")
@@ -75,19 +91,14 @@ def end_to_end(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
     rec("trained", body, head, stats.seconds, stats=stats, epochs=epochs)
     c = cfg.compress
     if c.hook == "prune" and any(ratios):  # prune-after-training
-        before = blocks[-1].conv.out_channels
+        before = output_shape(body, s.ds.image_shape)[0]
         ctx = StageContext(n - 1, nn.Sequential(), body, head, s.ds.image_shape, s.ds, s.norm, cfg.train, s.device,
                            gen, max(ratios), s.dist)
         t0 = time.perf_counter()
-        removed = prune_network(blocks, head, s.ds.image_shape, ratios, c.importance, c.round_to,
-                                gradients=lambda: accumulate_gradients(ctx, body, head, c.taylor_batches),
-                                agree=s.dist.broadcast)
+        removed = cut(lambda: accumulate_gradients(ctx, body, head, c.taylor_batches))
         s.dist.check_same([body, head], "pruned weights")
         rec("pruned", body, head, time.perf_counter() - t0, width_before=before, removed=removed)
         if c.finetune() > 0:
             stats = train(chain, s.ds, s.norm, cfg.train, c.finetune(), c.finetune_lr, c.finetune_schedule, s.device,
                           gen, on_step=rec.progress("fine-tune"), dist=s.dist).stats[0]
             rec("finetuned", body, head, stats.seconds, stats=stats, epochs=c.finetune())
-    net = GreedyNet([freeze(b) for b in body], [freeze(head)])
-    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
-    return net

@@ -28,7 +28,7 @@ from .common import Session
 from .greedy import train_stage
 
 
-def _fresh_spec(cfg: Config, model: torch.nn.Module, split: list[str], s: Session) -> dict:
+def fresh_spec(cfg: Config, model: torch.nn.Module, split: list[str], s: Session) -> dict:
     d = s.record.meta.dataset
     return {"kind": KIND, "arch": cfg.model.arch, "class": type(model).__name__,
             "args": {"num_classes": s.ds.num_classes, "image_size": s.ds.image_shape[1]}, "split": split,
@@ -36,18 +36,28 @@ def _fresh_spec(cfg: Config, model: torch.nn.Module, split: list[str], s: Sessio
             "std": d["std"], "classes": d["classes"], "shapes": shapes(model), "heads": {}, "pruning": []}
 
 
+def build_fresh(cfg: Config, s: Session) -> torch.nn.Module:
+    """The run's network, untrained: the caller's own module, or the named model built here."""
+    torch.manual_seed(cfg.run.seed)  # the model's initial weights, before any stage's own seed
+    return build_model(s.network if s.network is not None else cfg.model.arch, s.ds.num_classes,
+                       s.ds.image_shape[1])
+
+
+def cut_fresh(cfg: Config, model: torch.nn.Module, s: Session) -> tuple[Staged, bool, dict]:
+    """(the untrained model cut into its stages, whether the last keeps the model's own tail, its spec)."""
+    split = model_split(cfg)
+    spec = fresh_spec(cfg, model, split, s)
+    stages, tail = split_stages(model, split)
+    own = cfg.model.last_head == "own" and tail is not None
+    return Staged(model, stages, [], tail), own, spec
+
+
 def _start(cfg: Config, s: Session) -> tuple[Staged, bool, dict]:
     """The network to train: built afresh, or rebuilt from the last finished stage of a resumed run."""
-    torch.manual_seed(cfg.run.seed)  # the model's initial weights, before any stage's own seed
-    model = build_model(s.network if s.network is not None else cfg.model.arch, s.ds.num_classes,
-                        s.ds.image_shape[1])
+    model = build_fresh(cfg, s)
     done = s.record.meta.stages_done
     if not done:
-        split = model_split(cfg)
-        spec = _fresh_spec(cfg, model, split, s)
-        stages, tail = split_stages(model, split)
-        own = cfg.model.last_head == "own" and tail is not None
-        return Staged(model, stages, [], tail), own, spec
+        return cut_fresh(cfg, model, s)
     spec, state, probs = s.record.read_stage(done)
     staged, own = rebuild(spec, model)
     load_weights(staged.saved(own), state, s.record.ckpt / f"stage-{done}.safetensors")

@@ -11,6 +11,8 @@ from ..nn.spec import StageSpec
 from . import decoupled as decoupled_mod
 from . import endtoend as endtoend_mod
 from .common import Session, check
+from .decoupled_model import decoupled_model
+from .endtoend_model import end_to_end_model
 from .greedy import greedy
 from .modules import greedy_model
 
@@ -18,6 +20,16 @@ from .modules import greedy_model
 def _greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
     """The paper's plans, or a whole network cut into stages (model.arch)."""
     return greedy_model(cfg, plan, s) if cfg.model.arch is not None else greedy(cfg, plan, s)
+
+
+def _end_to_end(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
+    """The plan's blocks, or a whole network (model.arch), trained jointly into the last head."""
+    return end_to_end_model(cfg, plan, s) if cfg.model.arch is not None else endtoend_mod.end_to_end(cfg, plan, s)
+
+
+def _decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
+    """The plan's blocks, or a whole network's stages (model.arch), all at once, each with its head."""
+    return decoupled_model(cfg, plan, s) if cfg.model.arch is not None else decoupled_mod.decoupled(cfg, plan, s)
 
 
 def _no_checks(cfg: Config, plan: list[StageSpec]) -> None:
@@ -35,8 +47,8 @@ class Trainer:
 
 TRAINERS: dict[str, Trainer] = {
     "greedy": Trainer(_greedy),
-    "decoupled": Trainer(decoupled_mod.decoupled, decoupled_mod.validate),
-    "end-to-end": Trainer(endtoend_mod.end_to_end, endtoend_mod.validate, ensemble=False),
+    "decoupled": Trainer(_decoupled, decoupled_mod.validate),
+    "end-to-end": Trainer(_end_to_end, endtoend_mod.validate, ensemble=False),
 }
 
 
