@@ -16,7 +16,6 @@ only from an idle machine); distillation's extra cost per step is measured on it
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch

@@ -24,7 +24,6 @@ from ..records import RunRecord
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import evaluate
 from ..train.loop import LoopState, StepCallback
-from ..train.modes import autocast_dtype
 from ..train.schedules import SCHEDULES
 from .decisions import Decisions
 from .decisions import check_config as check_decisions
