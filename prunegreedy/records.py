@@ -25,21 +25,12 @@ import torch
 import yaml
 
 from .errors import RunError, SpecError
-from .fileio import atomic_write, read_json, write_json
+from .fileio import atomic_write, read_json
 from .nn.net import build_from_spec
 from .train.loop import LoopState
 
 RUN_FILE = "run.json"
 SENSITIVITY_FILE = "sensitivity.csv"  # runs that decide from held-out data (trainers.decisions)
-
-
-def save_model(net: torch.nn.Module, spec: dict, stem: Path) -> None:
-    """`stem.json` (architecture) + `stem.safetensors` (weights); no pickle."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(save(state)))
-    write_json(stem.with_suffix(".json"), spec)
 
 
 def read_saved(stem: Path) -> tuple[dict, dict[str, torch.Tensor]]:
