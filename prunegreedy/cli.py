@@ -215,17 +215,21 @@ def export_cmd(
                                                    "per-channel weights), checked against fp32."),
     calibration: Optional[int] = typer.Option(None, help="--int8: training images to calibrate on (default 1,000)."),
     data_dir: Optional[Path] = typer.Option(None, help="--int8: the run's dataset folder, if it moved since training."),
+    model: Optional[str] = typer.Option(None, "--model", help="A run of your own module: MODULE:FACTORY (e.g. "
+                                        "mynets:MyNet), imported and called for a fresh, unpruned instance."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Export a run's network for inference: BatchNorm folded, outputs checked on real images."""
     from .deploy.export import export_run
     from .deploy.quantize import DEFAULT_CALIBRATION
     from .errors import ExportError
+    from .nn.models import import_module_factory
 
     if not int8 and (calibration is not None or data_dir is not None):
         raise ExportError(f"--{'calibration' if calibration is not None else 'data-dir'} applies to --int8 exports")
     n = (DEFAULT_CALIBRATION if calibration is None else calibration) if int8 else None
-    r = export_run(run_dir, out, format_, with_head, calibration=n, data_dir=data_dir)
+    fresh = import_module_factory(model) if model is not None else None
+    r = export_run(run_dir, out, format_, with_head, calibration=n, data_dir=data_dir, model=fresh)
     what = "network with head" if r["with_head"] else "backbone (features only)"
     typer.echo(f"exported {r['format']} {what} to {r['out']}: {r['file']} {r['bytes']:,} bytes, "
                f"{r['params']:,} params; max abs diff vs trained {r['fold_max_diff']:.2g}, "

@@ -85,6 +85,9 @@ class CompressConfig:
     cuts: int = 1  # cuts inside the schedule (at < 1): at at/n, ..., at, to Zhu and Gupta's cubic ratios
     distill: float = 0.0  # after a cut inside the schedule: weight of the pre-cut block + head's soft outputs
     distill_temperature: float = 4.0
+    # after the last cut inside the schedule the learning rate starts its schedule over (learning-rate
+    # rewinding, Renda et al. 2020), instead of going on from where the cut found it
+    rewind: bool = False
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
@@ -358,6 +361,9 @@ def validate(cfg: Config) -> None:
     if not (0 <= c.distill <= 1) or (c.distill > 0 and c.at >= 1):
         raise ConfigError(f"compress.distill must be in [0, 1], and above 0 only with compress.at < 1 (it follows a "
                           f"cut inside the schedule), got {c.distill:g} with compress.at {c.at:g}")
+    if c.rewind and c.at >= 1:
+        raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
+                          f"got compress.at {c.at:g}")
     if not (c.distill_temperature > 0) or math.isinf(c.distill_temperature):
         raise ConfigError(f"compress.distill_temperature must be a positive number, got {c.distill_temperature}")
     if cfg.train.batch_size < 1:

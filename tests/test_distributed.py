@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import prunegreedy
 from prunegreedy import config as config_mod
 from prunegreedy.data.registry import SAMPLE_DIR
 from prunegreedy.errors import ConfigError, RunError
@@ -66,6 +67,25 @@ def test_two_gloo_processes_match_one_process(trainer, tiny_folder, tmp_path, ca
     mean, most = (3.0, 7.5) if trainer == "greedy" else (4.5, 11.0)
     assert gap.mean() <= mean and gap.max() <= most, pairs  # 7.5 points = 15 of 200 test images
     assert list((tmp_path / "two").glob("*.tmp*")) == []  # only rank 0 wrote, atomically
+
+
+def test_two_gloo_processes_train_and_prune_a_model_as_one_process_does(tiny_folder, tmp_path, cache_dir):
+    """A whole network (resnet20, cut through the dependency graph inside the schedule) under torchrun:
+    rank 0's cut reaches every rank, and the run reloads as the model's own class."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "prunegreedy"]
+    model = ["--model", "resnet20", "--set", "compress.at=0.5", "--set", "model.widths=null",
+             "--set", "compress.finetune_epochs=0"]
+    one_meta, one = _run([sys.executable, "-m", "prunegreedy"], tmp_path / "one", tiny_folder, cache_dir, model)
+    two_meta, two = _run(torchrun, tmp_path / "two", tiny_folder, cache_dir, model)
+    assert (one_meta["processes"], two_meta["processes"]) == (1, 2)
+    assert list(zip(two.stage, two.phase)) == [(s, p) for s in (1, 2, 3) for p in ("pruned", "trained")]
+    for column in ("width", "params_backbone", "macs_backbone", "removed"):
+        assert one[column].tolist() == two[column].tolist(), column
+    assert two[two.phase == "pruned"].removed.tolist() == [3 * 8, 3 * 16, 3 * 32]
+    net = prunegreedy.load_network(tmp_path / "two")
+    assert type(net).__name__ == "CifarResNet" and net.layer3[0].conv1.out_channels == 32
+    assert list((tmp_path / "two").glob("*.tmp*")) == []
 
 
 def test_single_process_dist_is_a_no_op():

@@ -61,7 +61,7 @@ def test_torchvision_resnet18_stage1_has_the_groups_the_notes_observed():
     model = build_model("torchvision:resnet18", 10, 32)
     stages, _ = split_stages(model, default_split("torchvision:resnet18"))
     head = PooledHead(64, 64, 2, 10, in_pool=8, in_size=[32, 32])  # the notes' small pooled aux head
-    graph, found = cgraph._trace(stages[0], head, stages[1], (3, 32, 32))
+    graph, found = cgraph.trace_groups(stages[0], head, stages[1], (3, 32, 32))
     out = [info for info, _ in found if info.kind == "output"]
     internal = [info for info, _ in found if info.kind == "internal"]
     assert [g.root for g in internal] == ["layer1.0.conv1", "layer1.1.conv1"]

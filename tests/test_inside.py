@@ -46,7 +46,16 @@ def test_distillation_changes_training_after_the_cut_only(tmp_path, cache_dir):
     assert plain[plain.phase == "trained"].train_loss.tolist() != distilled[distilled.phase == "trained"].train_loss.tolist()
 
 
-@pytest.mark.parametrize("sets", [{"compress.distill": 0.7}, {"compress.cuts": 3, "compress.at": 0.6}])
+def test_rewinding_restarts_the_schedule_after_the_cut_only(tmp_path, cache_dir):
+    plain = _fit(tmp_path / "plain").stages
+    rewound = _fit(tmp_path / "rw", **{"compress.rewind": True}).stages
+    first = lambda t: t[(t.stage == 1) & (t.phase == "pruned")]  # noqa: E731  before the restart
+    pd.testing.assert_frame_equal(first(plain).drop(columns=["seconds"]), first(rewound).drop(columns=["seconds"]))
+    assert plain[plain.phase == "trained"].train_loss.tolist() != rewound[rewound.phase == "trained"].train_loss.tolist()
+
+
+@pytest.mark.parametrize("sets", [{"compress.distill": 0.7}, {"compress.cuts": 3, "compress.at": 0.6},
+                                  {"compress.rewind": True}])
 def test_a_stop_after_a_distilled_or_gradual_cut_resumes_exactly(sets, tmp_path, cache_dir):
     whole = _fit(tmp_path / "whole", **sets).path
     out = tmp_path / "stopped"
@@ -62,7 +71,9 @@ def test_a_stop_after_a_distilled_or_gradual_cut_resumes_exactly(sets, tmp_path,
     (["--set", "compress.distill=1.5", "--set", "compress.at=0.5"], "compress.distill must be in [0, 1]"),
     (["--prune-ratio", "0.5", "--set", "compress.distill=0.5"], "compress.distill must be in [0, 1], and above 0 only"),
     (["--trainer", "decoupled", "--prune-ratio", "0.5", "--set", "compress.at=0.5", "--set", "compress.cuts=2"],
-     "compress.cuts 2 and compress.distill 0 are for the greedy trainer"),
+     "compress.cuts 2, compress.distill 0 and compress.rewind are for the greedy trainer"),
+    (["--prune-ratio", "0.5", "--set", "compress.rewind=true"], "compress.rewind restarts the schedule after a cut "
+     "inside it: it needs compress.at < 1, got compress.at 1"),
 ])
 def test_bad_cut_settings_are_refused_in_one_line(args, message, tmp_path):
     res = CliRunner().invoke(app, ["run", *args, "--out", str(tmp_path / "r")])

@@ -30,6 +30,14 @@ def test_linear_schedule_with_warmup():
         train_schedules.lr_at(0, 10, 0.1, "exp", cfg)
 
 
+def test_a_restart_runs_the_schedule_again_over_the_steps_left():
+    cfg = TrainConfig(warmup=0.1)
+    assert train_schedules.lr_at(49, 100, 0.1, "linear", cfg, restart=50) == pytest.approx(0.1 * 0.51)
+    assert train_schedules.lr_at(50, 100, 0.1, "linear", cfg, restart=50) == pytest.approx(0.1 * 1 / 5)  # warm-up again
+    assert train_schedules.lr_at(55, 100, 0.1, "linear", cfg, restart=50) == pytest.approx(0.1 * 0.9)
+    assert train_schedules.lr_at(75, 100, 0.1, "linear", cfg, restart=50) == pytest.approx(0.05)
+
+
 def test_stage_freezes_prefix_bit_identically_and_trains_the_block(sample):
     net = tiny_net()
     prefix = nn.Sequential(*net.blocks[:2])

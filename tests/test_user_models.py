@@ -150,7 +150,6 @@ def test_torchvision_resnet18_in_four_stages_reloads_as_torchvisions_resnet(tmp_
     (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet20, resnet56, torchvision:resnet18"),
     (["--model", "resnet20", "--split", "layer1,layer9"], "'layer9' is not a module of CifarResNet"),
     (["--model", "resnet20", "--set", "compress.scope=most"], "compress.scope must be internal or all, got 'most'"),
-    (["--model", "resnet20", "--target-macs", "0.5x"], "budgets and sensitivity take the paper's plans only"),
 ])
 def test_bad_models_and_splits_exit_2_without_a_folder(tmp_path, cache_dir, args, message):
     out = tmp_path / "bad"
@@ -164,6 +163,62 @@ def test_fit_refuses_a_users_module_with_a_bad_split_before_any_folder(tmp_path)
     with pytest.raises(ConfigError, match="needs split="):
         prunegreedy.fit(out=tmp_path / "x", model=TwoBlocks(), quiet=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_sensitivity_of_a_residual_stage_cuts_copies_as_its_hook_does(tmp_path, cache_dir):
+    out = tmp_path / "sens"
+    rows = _run(out, "--model", "resnet20", "--prune-ratio", "0.5", "--set", "compress.sensitivity=true",
+                "--set", "data.holdout=50", "--set", "compress.sensitivity_ratios=0.25,0.5")
+    sens = pd.read_csv(out / "sensitivity.csv")
+    assert list(zip(sens.stage, sens.ratio)) == [(s, r) for s in (1, 2, 3) for r in (0.0, 0.25, 0.5)]
+    assert sens.width.tolist() == [16] * 3 + [32] * 3 + [64] * 3  # internal scope: stage outputs kept
+    at = lambda r: sens[sens.ratio == r].params_backbone.tolist()  # noqa: E731
+    assert at(0.0) == rows[rows.phase == "trained"].params_backbone.tolist()
+    assert at(0.5) == rows[rows.phase == "pruned"].params_backbone.tolist()  # the copy lost what the hook cut
+    assert at(0.5)[0] == 7520 and at(0.0)[0] == 14480
+    assert all(a > b > c for a, b, c in zip(at(0.0), at(0.25), at(0.5)))
+    assert sens.holdout_acc.between(0, 100).all() and len(pd.unique(sens.holdout_acc)) > 1
+
+
+def test_a_budget_on_a_model_cuts_every_stage_at_the_one_ratio_that_meets_it(tmp_path, cache_dir):
+    out = tmp_path / "budget"
+    rows = _run(out, "--model", "resnet20", "--target-macs", "0.6x")
+    meta = json.loads((out / "run.json").read_text())
+    b = meta["budget"]
+    assert (b["kind"], b["text"], b["unpruned"], b["target"]) == ("macs", "0.6x", 41213952, 24728371)
+    assert meta["macs"] == b["final"] == b["predicted"] <= b["target"] and b["met"] is True
+    assert rows[rows.phase == "pruned"].prune_ratio.tolist() == [b["uniform_ratio"]] * 3
+    # The smallest such ratio (to 4 decimals): a hair less misses the target.
+    cut = lambda r: prunegreedy.plan(model="resnet20", dataset="cifar10-sample", prune_ratio=r).attrs  # noqa: E731
+    assert cut(b["uniform_ratio"])["totals"]["macs_after"] == b["final"]
+    assert cut(b["uniform_ratio"] - 1e-4)["totals"]["macs_after"] > b["target"]
+    assert "holdout_images" not in meta["dataset"] and not (out / "sensitivity.csv").exists()
+    assert "target_macs: 0.6x" in (out / "config.yaml").read_text()  # the request, as given
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-macs", "0.05x"], "--target-macs 0.05x (2060697 MACs) cannot be met: model resnet20 cut at ratio 0.99"),
+    (["--target-macs", "0.5x", "--prune-ratio", "0.5"], "--target-macs chooses every stage's prune ratio itself; drop --prune-ratio"),
+])
+def test_a_budget_a_model_cannot_meet_is_refused_before_any_folder(tmp_path, cache_dir, args, message):
+    out = tmp_path / "bad"
+    res = runner.invoke(app, ["run", "--out", str(out), "--model", "resnet20", *args, *TINY])
+    assert res.exit_code == 2 and message in res.output.replace(",", "") and not out.exists(), res.output
+
+
+def test_three_cuts_of_a_residual_stage_count_from_its_original_widths_and_reload(tmp_path, cache_dir):
+    out = tmp_path / "cuts"
+    rows = _run(out, "--model", "resnet20", "--prune-ratio", "0.5", "--set", "compress.at=0.6",
+                "--set", "compress.cuts=3", "--set", "train.batch_size=8")  # 5 steps: a cut at 1, 2 and 3
+    pruned = rows[rows.phase == "pruned"]
+    # Cubic ratios 0.352, 0.481, 0.5 of the original inner widths: 16 -> 10 -> 8 (the third cut finds
+    # 8 already: no row), 32 -> 21 -> 17 -> 16, 64 -> 41 -> 33 -> 32; three blocks a stage.
+    assert pruned.groupby("stage").size().tolist() == [2, 3, 3]
+    assert pruned.removed.tolist() == [3 * 6, 3 * 2, 3 * 11, 3 * 4, 3 * 1, 3 * 23, 3 * 8, 3 * 1]
+    cuts = json.loads((out / "run.json").read_text())["removed_filters"]
+    assert [len(cuts[s]["cuts"]) for s in ("1", "2", "3")] == [6, 9, 9]  # every cut of every block, in order
+    net = prunegreedy.load_network(out)
+    assert _first_convs(net) == [8] * 3 + [16] * 3 + [32] * 3
 
 
 def test_a_cut_inside_the_schedule_is_an_event_of_the_stage_loop(tmp_path, cache_dir):

@@ -187,3 +187,24 @@ def test_your_own_module_exports_and_reloads_onto_a_fresh_instance(tmp_path, cac
     with torch.no_grad():
         assert (loaded(images) - net(images)).abs().max().item() <= TOLERANCE
         assert (open_export(tmp_path / "onnx")(images) - net(images)).abs().max().item() <= TOLERANCE
+
+
+def test_the_cli_exports_a_run_of_your_own_module_named_as_module_and_factory(tmp_path, cache_dir, images):
+    from tests.test_user_models import TINY_SET, TwoBlocks
+
+    net = TwoBlocks()
+    run = prunegreedy.fit(out=tmp_path / "mine", model=net, split=["body1", "body2"], prune_ratio=0.5, epochs=0.2,
+                          quiet=True, set=TINY_SET)
+    invoke("export", run.path, "--out", tmp_path / "x", "--with-head", "--format", "onnx",
+           "--model", "tests.test_user_models:TwoBlocks")
+    net.eval().to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        assert (open_export(tmp_path / "x")(images) - net(images)).abs().max().item() <= TOLERANCE
+    for bad, message in (("TwoBlocks", "--model takes MODULE:FACTORY (e.g. mynets:MyNet), got 'TwoBlocks'"),
+                         ("tests.test_user_models:Nope", "--model tests.test_user_models:Nope: cannot import it"),
+                         ("tests.test_user_models:TINY", "--model tests.test_user_models:TINY is a list, not a class"),
+                         ("tests.test_user_models:ConfigError", "gave a ConfigError, not an nn.Module")):
+        res = CliRunner().invoke(app, ["export", str(run.path), "--out", str(tmp_path / "y"), "--model", bad])
+        assert res.exit_code == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "y").exists()
+

@@ -39,7 +39,7 @@ from typing import Callable
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..nn.spec import StageSpec
-from .prune import kept_filters
+from .graph import kept_filters
 
 KINDS = ("macs", "params")
 TOLERANCE = 0.01  # a stage's cut must leave the target reachable within 1 % (the goal: 2 %)

@@ -32,6 +32,8 @@ class StageContext:
     # stage's input where there is one. False: a paper block, whose conv filters compress.prune cuts.
     graph: bool = False
     next_block: nn.Module | None = None
+    # With several cuts: each group's width before the first, so that ratio counts from the original.
+    widths: dict[str, int] | None = None
 
 
 class Recorder(Protocol):

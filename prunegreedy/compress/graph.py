@@ -9,20 +9,20 @@ input). Names are the block's qualified module names; no attribute (`.conv`) is 
 
 Scope rule: "internal" prunes the internal groups, and where a block has none (a plain block of
 one conv: the paper's blocks, a VGG layer) its output groups instead, so the paper's blocks cut
-their filters as `compress.prune.prune_block` does; "all" prunes both kinds. A group whose
+their filters (`compress.prune.prune_block` cuts them through here); "all" prunes both kinds. A group whose
 channels also run out of the next block (a residual stream crossing the cut) keeps its width:
 the stage after next is not in the trace, so those channels are not offered. Cuts are made on
 copies first, so a coupling the trace cannot see (psi's pixel_unshuffle before the next block)
 is refused before the real modules change.
 
 Scores are `compress.importance`'s criteria on the whole group (tp's group importances: "l1" is
-the mean-normalised L1 of every coupled weight, as `prune_block` scores a paper block).
+the mean-normalised L1 of every coupled weight).
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch_pruning as tp
@@ -32,9 +32,15 @@ from ..config import SCOPES
 from ..errors import ConfigError, SpecError
 from ..train.modes import eval_mode
 from .importance import NEEDS_GRADIENTS, check_importance, lowest
-from .prune import Agree, kept_filters
 
 ROOTS = (nn.Conv2d, nn.Linear)
+Agree = Callable[[Any], Any]  # every rank gets rank 0's decision (Dist.broadcast); identity alone
+
+
+def kept_filters(n: int, ratio: float, round_to: int = 1) -> int:
+    """Filters left after removing `ratio` of `n`, rounded to a multiple of round_to (at least one)."""
+    keep = round(n * (1.0 - ratio) / round_to) * round_to
+    return int(min(n, max(round_to if round_to <= n else n, keep)))
 
 
 class Member(NamedTuple):
@@ -91,7 +97,7 @@ class _Probe(nn.Module):
         return (self.head(z),) if self.next is None else (self.head(z), self.next(z))
 
 
-def _trace(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...]):
+def trace_groups(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...]):
     """The dependency graph and [(GroupInfo, root module)] of every group rooted in the block."""
     probe = _Probe(block, head, next_block)
     p = next(block.parameters(), None)
@@ -101,8 +107,9 @@ def _trace(block: nn.Module, head: nn.Module, next_block: nn.Module | None, inpu
     # Tracing runs a forward pass (BN statistics stay where they are) and reads autograd, so it
     # works inside a caller's torch.no_grad() too (loading a network to run it).
     with torch.enable_grad(), eval_mode(probe):
-        graph = tp.DependencyGraph().build_dependency(
-            probe, example_inputs=example, output_transform=lambda outs: sum(o.sum() for o in outs), verbose=False)
+        # The outputs as they are (tp traces each): a sum over them would make a block whose output
+        # is the probe's own (no head layer after it) one group with a scalar, which tp cannot cut.
+        graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example, verbose=False)
     parts = {"block": block, "head": head, "next": next_block}
     where = {m: (part, name) for part, mod in parts.items() if mod is not None for name, m in mod.named_modules()}
     order = {m: i for i, m in enumerate(block.modules())}
@@ -141,28 +148,33 @@ def _select(found: list, scope: str) -> list:
 def coupled_groups(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
                    input_shape: tuple[int, ...], scope: str = "internal") -> list[GroupInfo]:
     """The groups prune_stage would cut in `scope`, in the block's module order."""
-    return [info for info, _ in _select(_trace(block, head, next_block, input_shape)[1], scope)]
+    return [info for info, _ in _select(trace_groups(block, head, next_block, input_shape)[1], scope)]
 
 
 def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
                 ratio: float, importance: str, round_to: int = 1, scope: str = "internal",
-                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x) -> PruneRecord:
+                gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x,
+                widths: dict[str, int] | None = None) -> PruneRecord:
     """Cut `ratio` of every selected group's channels in place (the least important by `importance`),
     with everything coupled to them in the head and the next block. Every group is scored on the
     uncut stage before any is cut, so the result does not depend on the order of the groups.
-    `agree` gives every rank rank 0's choice (as in prune_block)."""
+    `agree` gives every rank rank 0's choice. `widths` (root: width before an earlier cut): the
+    ratio counts from those, so a later cut of several only takes what the earlier ones left."""
     check_importance(importance, gradients)
-    graph, found = _trace(block, head, next_block, input_shape)
-    selected = _select(found, scope)
+    graph, found = trace_groups(block, head, next_block, input_shape)
+    original = widths or {}
+    selected = [(info, root, min(info.width, kept_filters(original.get(info.root, info.width), ratio, round_to)))
+                for info, root in _select(found, scope)]
+    selected = [(info, root, keep) for info, root, keep in selected if keep < info.width]
+    if not selected:
+        return PruneRecord(())  # nothing to cut: no gradients drawn, no batches taken from the stream
     if importance in NEEDS_GRADIENTS:
         gradients()
     cuts = []
-    for info, root in selected:
-        keep = kept_filters(info.width, ratio, round_to)
-        if keep < info.width:
-            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
-                                            idxs=list(range(info.width)))
-            cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep)), info.kind))
+    for info, root, keep in selected:
+        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                        idxs=list(range(info.width)))
+        cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep)), info.kind))
     chosen = agree([list(c.removed) for c in cuts])
     cuts = [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
     _dry_run(block, head, next_block, input_shape, cuts)
@@ -177,18 +189,19 @@ def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, inpu
            record: PruneRecord | dict) -> None:
     """Cut exactly what `record` says on fresh, uncut modules (then load the pruned weights into them)."""
     record = record if isinstance(record, PruneRecord) else PruneRecord.from_dict(record)
-    graph, found = _trace(block, head, next_block, input_shape)
-    roots = {info.root: info for info, _ in found}
+    graph, found = trace_groups(block, head, next_block, input_shape)
+    width = {info.root: info.width for info, _ in found}  # as the cuts, in order, leave them
     for c in record.cuts:
-        if c.root not in roots:
+        if c.root not in width:
             raise SpecError(f"pruning record cuts '{c.root}', which roots no group of this block; "
-                            f"roots: {', '.join(roots) or 'none'}")
-        if roots[c.root].width != c.width:
-            raise SpecError(f"pruning record cuts {c.width} filters of '{c.root}', which has {roots[c.root].width}")
+                            f"roots: {', '.join(width) or 'none'}")
+        if width[c.root] != c.width:
+            raise SpecError(f"pruning record cuts {c.width} filters of '{c.root}', which has {width[c.root]}")
         if not all(0 <= i < c.width for i in c.removed) or len(set(c.removed)) != len(c.removed) \
                 or len(c.removed) >= c.width:
             raise SpecError(f"pruning record removes filters {list(c.removed)} of '{c.root}', which has {c.width}: "
                             f"each at most once, and not all")
+        width[c.root] -= len(c.removed)
     _cut(graph, block, record.cuts)
 
 
@@ -200,7 +213,7 @@ def _dry_run(block: nn.Module, head: nn.Module, next_block: nn.Module | None, in
     if not cuts:
         return
     probe = _Probe(*copy.deepcopy((block, head, next_block)))
-    graph, _ = _trace(probe.block, probe.head, probe.next, input_shape)
+    graph, _ = trace_groups(probe.block, probe.head, probe.next, input_shape)
     _cut(graph, probe.block, cuts)
     p = next(probe.block.parameters())
     try:

@@ -29,7 +29,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
     if ctx.graph:
         return _cut_stage(ctx, cfg, record)
     block, head = ctx.block, ctx.head
-    before = block.conv.out_channels
+    before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
     removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                           gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
@@ -48,7 +48,7 @@ def _cut_stage(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> dict
     start = time.perf_counter()
     cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                       cfg.scope, gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
-                      agree=ctx.dist.broadcast)
+                      agree=ctx.dist.broadcast, widths=ctx.widths)
     if not cut.cuts:
         return None
     ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")

@@ -1,5 +1,8 @@
 """Sensitivity of a trained stage: its head's held-out accuracy with block j pruned at each ratio.
 
+A stage of any module (compress.graph) is cut as its hook cuts it, one copy per ratio, each
+copy recalibrated and evaluated on its own; what follows is the paper blocks' shortcut.
+
 Right after stage j trains, deep copies of block j + head j are pruned (compress.prune.prune_block,
 the same criterion the hook uses) and evaluated, without fine-tuning, on the held-out images. The
 global random state is restored before each copy is pruned, and Taylor gradients are drawn with a
@@ -24,9 +27,10 @@ import torch
 from torch import nn
 
 from ..data.base import Holdout, Normalize
-from ..measure.size import count_macs, count_params
+from ..measure.size import count_macs, count_params, output_shape
 from ..train.modes import autocast, eval_mode
-from .prune import kept_filters, prune_block
+from .graph import kept_filters, prune_stage
+from .prune import prune_block
 
 # gradients(block copy, head copy): fill .grad for Taylor importance (None for other criteria)
 Gradients = Callable[[nn.Module, nn.Module], None]
@@ -103,15 +107,21 @@ def holdout_accuracies(heads: list[tuple[nn.Module, list[int] | None]], outputs:
 def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, input_shape: tuple[int, int, int],
             ratios: list[float], importance: str, round_to: int, holdout: Holdout, norm: Normalize,
             batch_size: int, device: torch.device, amp: torch.dtype | None = None,
-            gradients: Gradients | None = None, calibration: torch.Tensor | None = None) -> list[dict]:
+            gradients: Gradients | None = None, calibration: torch.Tensor | None = None,
+            graph: bool = False, next_block: nn.Module | None = None, scope: str = "internal") -> list[dict]:
     """One row per ratio (0, the trained block, first): ratio, width, held-out accuracy, and the
     parameters and MACs of the backbone so far (blocks 1..j-1 and the pruned copy of block j).
 
     calibration: uint8 training images (none of them held out) on which every head copy's BatchNorm
     statistics are re-estimated before it is evaluated; None evaluates with the trained statistics.
-    The stage's own block and head are never changed.
+    `graph`: the block is any module, cut through the dependency graph as the hook cuts it (with
+    `next_block` and `scope`); its copies change inside, so each runs on its own. The stage's own
+    block and head are never changed.
     """
-    n = block.conv.out_channels
+    if graph:
+        return _measure_stage(prefix_blocks, block, head, input_shape, ratios, importance, round_to, holdout, norm,
+                              batch_size, device, amp, gradients, calibration, next_block, scope)
+    n = output_shape(block, input_shape)[0]
     ratios = [0.0] + sorted(r for r in ratios if r > 0)
     # One pruned copy per kept width: (block copy, head copy, kept channels of the trained block).
     copies: dict[int, tuple[nn.Module, nn.Module, list[int] | None]] = {
@@ -134,9 +144,36 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
                     apply)
     outputs = _outputs(prefix, block, front, holdout.x, batch_size, norm, device, amp)
     accs = dict(zip(copies, holdout_accuracies(heads, outputs, holdout.y, device, amp, apply)))
-    image_shape = tuple(holdout.x.shape[1:])
-    sizes = {w: (count_params(nn.Sequential(*prefix_blocks, b)), count_macs(nn.Sequential(*prefix_blocks, b),
-                                                                           image_shape))
-             for w, (b, _, _) in copies.items()}
+    sizes = {w: _sizes(prefix_blocks, b, holdout) for w, (b, _, _) in copies.items()}
     return [{"ratio": r, "width": w, "holdout_acc": round(accs[w], 4), "params_backbone": sizes[w][0],
              "macs_backbone": sizes[w][1]} for r, w in ((r, kept_filters(n, r, round_to)) for r in ratios)]
+
+
+def _sizes(prefix_blocks: list[nn.Module], block: nn.Module, holdout: Holdout) -> tuple[int, int]:
+    backbone = nn.Sequential(*prefix_blocks, block)
+    return count_params(backbone), count_macs(backbone, tuple(holdout.x.shape[1:]))
+
+
+def _measure_stage(prefix_blocks, block, head, input_shape, ratios, importance, round_to, holdout, norm, batch_size,
+                   device, amp, gradients, calibration, next_block, scope) -> list[dict]:
+    """measure() for a stage of any module: one pruned copy of block + head (and of the next block,
+    so that the trace couples what the hook's does) per ratio, each run on its own."""
+    ratios = [0.0] + sorted(r for r in ratios if r > 0)
+    prefix = nn.Sequential(*prefix_blocks)
+    rows = []
+    for r in ratios:
+        b, h, nxt = copy.deepcopy((block, head, next_block))
+        if r > 0:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                prune_stage(b, h, nxt, input_shape, r, importance, round_to, scope,
+                            gradients=(lambda b=b, h=h: gradients(b, h)) if gradients is not None else None)
+        front, apply = split_head(h)
+        if calibration is not None:
+            recalibrate([(h, None)], _outputs(prefix, b, front, calibration, batch_size, norm, device, amp), device,
+                        amp, apply)
+        outputs = _outputs(prefix, b, front, holdout.x, batch_size, norm, device, amp)
+        acc, = holdout_accuracies([(h, None)], outputs, holdout.y, device, amp, apply)
+        params, macs = _sizes(prefix_blocks, b, holdout)
+        rows.append({"ratio": r, "width": output_shape(b, input_shape)[0], "holdout_acc": round(acc, 4),
+                     "params_backbone": params, "macs_backbone": macs})
+    return rows

@@ -1,8 +1,9 @@
 """Network pieces: psi (invertible downsampling), the paper's conv block and the VGG block.
 
 `nn.net.make_block` picks a block class from BLOCKS by the stage's `block` name. Every block has
-a `conv` (pruning cuts its filters) and a `bn` (export folds it), and declares `FIELDS`: its
-spec's fields and their types, checked before a spec is built.
+a `conv` and a `bn` (export folds it), and declares `FIELDS`: its spec's fields and their types,
+checked before a spec is built. Pruning finds a block's filters through the traced graph
+(compress.graph), not by these names.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from .spec import StageSpec
@@ -97,6 +99,14 @@ class VGGBlock(Block):
     def spec(self) -> dict:
         return {"type": "vgg", "in_channels": self.conv.in_channels, "out_channels": self.conv.out_channels,
                 "pool": isinstance(self.pool, nn.MaxPool2d), "bn": isinstance(self.bn, nn.BatchNorm2d)}
+
+
+def cut_input(block: Block, removed: list[int]) -> None:
+    """Remove from `block`'s conv the input channels fed by the previous block's filters `removed`.
+    After psi each of them is 4 channels (c -> 4c..4c+3, pixel_unshuffle's order), which
+    torch-pruning's tracer cannot follow, so the paper's blocks say it here."""
+    per = 4 if isinstance(getattr(block, "psi", None), Psi) else 1
+    tp.prune_conv_in_channels(block.conv, idxs=[c * per + i for c in removed for i in range(per)])
 
 
 # Block types by the name stored in specs and plans; export and checkpoints rebuild through this.

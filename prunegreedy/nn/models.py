@@ -141,3 +141,24 @@ def default_split(name: str) -> list[str]:
     if split is None:
         raise ConfigError(f"model '{name}' has no default split; give the module names that end its stages")
     return list(split)
+
+
+def import_module_factory(path: str) -> nn.Module:
+    """A fresh instance of your own module named as MODULE:FACTORY (mynets:MyNet), imported from
+    your code and called with no arguments: how the command line gets one (Python passes model=)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ConfigError(f"--model takes MODULE:FACTORY (e.g. mynets:MyNet), got '{path}'")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--model {path}: cannot import it ({e})") from None
+    if not callable(factory):
+        raise ConfigError(f"--model {path} is a {type(factory).__name__}, not a class or function")
+    made = factory()
+    if not isinstance(made, nn.Module):
+        raise ConfigError(f"--model {path} gave a {type(made).__name__}, not an nn.Module")
+    return made
+

@@ -184,7 +184,7 @@ def _slots(opts: list[torch.optim.Optimizer]) -> list[tuple[torch.optim.Optimize
 def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: float, lr: float, schedule: str,
           device: torch.device, generator: torch.Generator, *, events: dict[int, Event] | None = None,
           on_step: StepCallback | None = None, on_epoch: Callable[[LoopState], None] | None = None,
-          resume: LoopState | None = None, dist: Dist = SINGLE) -> LoopResult:
+          resume: LoopState | None = None, dist: Dist = SINGLE, restart: int | None = None) -> LoopResult:
     """Train every pair of `chain` for `epochs` on one schedule.
 
     `events[s]` runs once, before step s; it may prune the modules in place, so the optimizers
@@ -194,7 +194,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     loop then raises stop.Stopped after the current step); passing one back as `resume` (with the
     modules restored) continues exactly where it was taken. Under torchrun (`dist`) every pair is
     wrapped in DistributedDataParallel, each rank trains on its share of every global batch, and
-    every rank stops and checkpoints at the same step.
+    every rank stops and checkpoints at the same step. From step `restart` on, the learning-rate
+    schedule (warm-up included) starts over across the steps that remain.
     """
     def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
@@ -238,11 +239,12 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 if step >= total:
                     break
                 if step in events and str(step) not in done:
+                    dist.sync_buffers(*chain.modules())  # each rank's last forward moved its own BN statistics
                     before = generator.get_state()
                     done[str(step)] = events[step]()
                     generator.set_state(before)
                     models, opts = build()
-                rate = lr_at(step, total, lr, schedule, cfg)
+                rate = lr_at(step, total, lr, schedule, cfg, restart)
                 with autocast(device, amp), torch.no_grad():
                     x = chain.prefix(xb)
                 for j, (model, opt) in enumerate(zip(models, opts)):

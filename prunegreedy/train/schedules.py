@@ -34,8 +34,12 @@ SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
 }
 
 
-def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` of `total_steps`, with linear warm-up over cfg.warmup."""
+def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: TrainConfig,
+          restart: int | None = None) -> float:
+    """Learning rate for optimizer step `step` of `total_steps`, with linear warm-up over cfg.warmup.
+    From step `restart` on, the schedule starts over across the steps that remain."""
+    if restart is not None and step >= restart:
+        step, total_steps = step - restart, total_steps - restart
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
     t = step / max(1, total_steps)

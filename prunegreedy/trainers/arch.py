@@ -43,11 +43,6 @@ def check_model(cfg: Config, side: int) -> list[StageSpec]:
     if cfg.train.trainer not in MODEL_TRAINERS:
         raise ConfigError(f"model {cfg.model.arch} trains with the {', '.join(MODEL_TRAINERS)} trainers; "
                           f"--trainer {cfg.train.trainer} takes the paper's plans only so far")
-    if cfg.compress.target_macs or cfg.compress.target_params or cfg.compress.sensitivity:
-        raise ConfigError(f"budgets and sensitivity take the paper's plans only so far, not model {cfg.model.arch}")
-    if cfg.compress.cuts > 1:
-        raise ConfigError(f"compress.cuts {cfg.compress.cuts} takes the paper's plans only so far, not model "
-                          f"{cfg.model.arch}; use compress.cuts 1")
     split = model_split(cfg)
     n = len(split) if cfg.model.arch.startswith(USER) else _stage_count(cfg.model.arch, tuple(split), side)
     return [StageSpec(width=0, head=cfg.model.head or "pooled", head_pool=cfg.model.head_pool)] * n

@@ -18,6 +18,7 @@ from ..compress.context import StageContext
 from ..compress.importance import NEEDS_GRADIENTS
 from ..compress.prune import accumulate_gradients
 from ..compress.sensitivity import Gradients, measure
+from ..measure.size import block_widths, output_shape
 from ..config import Config
 from ..data.base import Dataset, Holdout
 from ..errors import ConfigError, DataError
@@ -28,16 +29,19 @@ from ..train.distributed import Dist
 
 
 def takes_decisions(cfg: Config) -> bool:
-    """Does this run choose anything from data (and so hold data.holdout images out of training)?"""
-    return cfg.compress.sensitivity or budget_of(cfg.compress) is not None
+    """Does this run choose anything from data (and so hold data.holdout images out of training)?
+    A budget on a whole network does not: its one ratio comes from the untrained network."""
+    return cfg.compress.sensitivity or (budget_of(cfg.compress) is not None and cfg.model.arch is None)
 
 
 def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int]) -> None:
     """Budgets and sensitivity, checked with the rest of the config before any folder or data."""
     budget = budget_of(cfg.compress)  # a malformed budget is refused even when nothing else is set
+    what = f"{budget.option} {budget.text}" if budget else "compress.sensitivity"
+    if budget is not None:
+        _check_budget_cut(cfg, what)
     if not takes_decisions(cfg):
         return
-    what = f"{budget.option} {budget.text}" if budget else "compress.sensitivity"
     if cfg.train.trainer != "greedy":
         raise ConfigError(f"{what} needs the greedy trainer (per-stage heads measure sensitivity), "
                           f"got --trainer {cfg.train.trainer}")
@@ -47,8 +51,11 @@ def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int
     if cfg.compress.at < 1:
         raise ConfigError(f"{what} measures the trained, unpruned block, so it needs compress.at 1 "
                           f"(prune after training), got compress.at {cfg.compress.at:g}")
-    if budget is None:
-        return
+    if budget is not None and cfg.model.arch is None:
+        check_feasible(budget, CostModel.of(plan, image_shape), cfg.compress.round_to, cfg.model.plan)
+
+
+def _check_budget_cut(cfg: Config, what: str) -> None:
     if cfg.compress.hook != "prune":
         raise ConfigError(f"{what} prunes with compress.hook prune, got '{cfg.compress.hook}'")
     if cfg.compress.ratio != 0 or cfg.compress.ratios is not None:
@@ -56,7 +63,6 @@ def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int
                  else f"compress.ratio {cfg.compress.ratio:g}")
         raise ConfigError(f"{what} chooses every stage's prune ratio itself; drop {given} "
                           f"(--prune-ratio / --prune-ratios)")
-    check_feasible(budget, CostModel.of(plan, image_shape), cfg.compress.round_to, cfg.model.plan)
 
 
 def check_data(cfg: Config, ds) -> None:
@@ -94,7 +100,8 @@ class Decisions:
         pick = torch.randperm(ds.num_train, generator=torch.Generator().manual_seed(cfg.run.seed))[:k]
         self.calibration = ds.train_x[pick.sort().values.to(ds.train_x.device)] if k else None
         self.rows: list[dict] = []
-        self.budget_rule: Budget | None = budget_of(cfg.compress)
+        # a whole network's budget is met by one ratio found before training (planning.run_ratios)
+        self.budget_rule: Budget | None = budget_of(cfg.compress) if cfg.model.arch is None else None
         self.sensitivity = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
                             "bn_images": k, "seconds": {}}
         self.budget: dict | None = None
@@ -122,7 +129,7 @@ class Decisions:
         start = time.perf_counter()
         rows = measure(list(ctx.prefix), ctx.block, ctx.head, ctx.input_shape, c.sensitivity_ratios, c.importance,
                        c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, self.amp,
-                       self._gradients(ctx), self.calibration)
+                       self._gradients(ctx), self.calibration, ctx.graph, ctx.next_block, c.scope)
         seconds = time.perf_counter() - start
         self.rows = [r for r in self.rows if r["stage"] != stage] + [{"stage": stage, **r} for r in rows]
         self.sensitivity["seconds"][str(stage)] = round(seconds, 3)
@@ -132,7 +139,7 @@ class Decisions:
         if self.budget_rule is None:
             return StageDecision(ratio, lines)
         kind = self.budget_rule.kind
-        fixed = [b.conv.out_channels for b in ctx.prefix]  # the kept widths of blocks 1..j-1
+        fixed = block_widths(ctx.prefix, ctx.ds.image_shape)  # the kept widths of blocks 1..j-1
         curves = [[(r["ratio"], r["holdout_acc"]) for r in self.rows if r["stage"] == s] for s in range(1, stage + 1)]
         choice = self.dist.broadcast(choose(self.model, kind, self.target, fixed, curves, c.round_to,
                                             100.0 / self.num_classes))
@@ -140,7 +147,7 @@ class Decisions:
             "ratio": choice.ratio, "width": choice.width, "rule": choice.rule,
             "rest_ratio": None if choice.rest_ratio is None else round(choice.rest_ratio, 4),
             "predicted_drop": choice.predicted_drop}
-        n = ctx.block.conv.out_channels
+        n = output_shape(ctx.block, ctx.input_shape)[0]
         if choice.rest_ratio is not None:
             why = f"later blocks need ratio {choice.rest_ratio:.3f}"
             if choice.predicted_drop is not None:

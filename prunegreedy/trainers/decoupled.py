@@ -18,7 +18,7 @@ from ..compress.context import StageContext
 from ..compress.prune import accumulate_gradients, prune_network
 from ..config import Config
 from ..errors import ConfigError
-from ..measure.size import output_shape
+from ..measure.size import block_widths, output_shape
 from ..nn.net import GreedyNet, make_block, make_head
 from ..nn.spec import StageSpec
 from ..train.loop import Chain, step_at, steps_of, train
@@ -47,9 +47,10 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
     if cfg.compress.hook not in ("none", "prune"):
         raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
                           f"or prune, not '{cfg.compress.hook}'")
-    if cfg.compress.cuts > 1 or cfg.compress.distill > 0:
-        raise ConfigError(f"compress.cuts {cfg.compress.cuts} and compress.distill {cfg.compress.distill:g} are for "
-                          f"the greedy trainer; --trainer decoupled cuts once (compress.cuts 1, compress.distill 0)")
+    if cfg.compress.cuts > 1 or cfg.compress.distill > 0 or cfg.compress.rewind:
+        raise ConfigError(f"compress.cuts {cfg.compress.cuts}, compress.distill {cfg.compress.distill:g} and "
+                          f"compress.rewind are for the greedy trainer; --trainer decoupled cuts once (compress.cuts 1, "
+                          f"compress.distill 0, compress.rewind false)")
 
 
 def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],
@@ -79,7 +80,7 @@ def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
         c = cfg.compress
         if not any(ratios):
             return {}
-        before = [b.conv.out_channels for b in blocks]
+        before = block_widths(blocks, shapes[0])
         t0 = time.perf_counter()
 
         def gradients() -> None:  # Taylor importance: each block's gradient from its own head's loss

@@ -13,7 +13,7 @@ from torch import nn
 from ..compress.context import StageContext
 from ..compress.hooks import finetune, get_hook, replay_cut
 from ..compress.inside import cut_plan, distill_loss, teacher_of
-from ..compress.prune import kept_filters
+from ..compress.graph import coupled_groups, kept_filters
 from ..config import Config
 from ..measure.size import output_shape
 from ..nn.net import GreedyNet, make_block, make_head
@@ -73,6 +73,11 @@ def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, 
     total = steps_of(epochs, s.ds.num_train, cfg.train.batch_size)
     width0 = output_shape(block, in_shape)[0]
     alive = list(range(width0))  # the original index of every filter still there
+    # Several cuts of any module: each group's original width, and every cut so far, in order.
+    several = graph and inside and cfg.compress.cuts > 1
+    originals = {g.root: g.width for g in coupled_groups(block, head, next_block, in_shape, cfg.compress.scope)} \
+        if several else None
+    graph_cuts: list[dict] = []
 
     def cut_to(cut_ratio: float, removed: list[int] | None = None) -> list[int]:
         """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`); keep the
@@ -83,13 +88,17 @@ def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, 
         if removed is None:
             keep = kept_filters(width0, cut_ratio, cfg.compress.round_to)
             now = cut_ratio if len(alive) == width0 else 1 - keep / len(alive)  # of the filters still there
-            removed = hook.cut(replace(ctx, ratio=now), cfg.compress, rec)
+            removed = hook.cut(replace(ctx, ratio=cut_ratio, widths=originals) if several
+                               else replace(ctx, ratio=now), cfg.compress, rec)
         else:
             replay_cut(ctx, removed)
         if isinstance(removed, list) and cfg.compress.cuts > 1:  # a paper block's filter indices
             cut = set(removed)
             alive[:] = [a for i, a in enumerate(alive) if i not in cut]
             s.record.removed(j + 1, sorted(set(range(width0)) - set(alive)))
+        elif several and removed:  # pruning records: one that replays every cut in order
+            graph_cuts.extend(removed["cuts"])
+            s.record.removed(j + 1, {"cuts": list(graph_cuts)})
         return removed
 
     def event(cut_ratio: float):
@@ -110,7 +119,8 @@ def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, 
     state = s.restore(j + 1, modules, f"stage {j + 1}: ", replay)
     result = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule,
                    s.device, gen, events=events, on_step=rec.progress("train"),
-                   on_epoch=lambda st: s.record.save_partial(j + 1, modules, st), resume=state, dist=s.dist)
+                   on_epoch=lambda st: s.record.save_partial(j + 1, modules, st), resume=state, dist=s.dist,
+                   restart=max(events) if events and cfg.compress.rewind else None)
     stats = result.stats[0]
     if s.decisions is not None:  # sensitivity.csv; under a budget, this stage's ratio
         decision = s.decisions.after_training(ctx, ratio)

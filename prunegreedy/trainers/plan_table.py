@@ -95,7 +95,7 @@ def _x(after: int, before: int) -> str:
 def make_run_plan(cfg: Config, num_classes: int, image_shape: tuple[int, int, int],
                   network: nn.Module | None = None) -> RunPlan:
     """The plan of a checked config (registry.get_trainer(cfg) first) on data of that shape."""
-    ratios, budget = run_ratios(cfg, check(cfg), image_shape)
+    ratios, budget = run_ratios(cfg, check(cfg), image_shape, num_classes, network)
     stages = plan_stages(cfg, num_classes, image_shape, network, ratios)
     unpruned = plan_stages(cfg, num_classes, image_shape, network, [0.0] * len(ratios)) if any(ratios) else stages
     before, after = unpruned[-1], stages[-1]
@@ -126,6 +126,11 @@ def _notes(cfg: Config, budget: dict | None) -> list[str]:
                      f"differ from the greedy stages shown")
     if budget is not None:
         unit = "MACs" if budget["kind"] == "macs" else "params"
+        if cfg.model.arch is not None:
+            notes.append(f"budget --target-{budget['kind']} {budget['text']}: {budget['target']:,} {unit} of the "
+                         f"unpruned {budget['unpruned']:,}; every stage is cut at ratio {budget['uniform_ratio']:g}, "
+                         f"the smallest that meets it alike (a whole network has no per-stage rule yet)")
+            return notes
         notes.append(f"budget --target-{budget['kind']} {budget['text']}: {budget['target']:,} {unit} of the "
                      f"unpruned {budget['unpruned']:,}. The rule chooses each stage's ratio once the stage is "
                      f"trained, from its held-out sensitivity (compress.budget), so no ratio is known yet; shown: "

@@ -10,6 +10,8 @@ at the start of a run changes nothing the run draws.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -17,10 +19,11 @@ import torch
 from torch import nn
 
 from ..compress.budget import CostModel, budget_of, rest_ratio, widths_at
-from ..compress.graph import GroupInfo, Member, coupled_groups, prune_stage
+from ..compress.graph import GroupInfo, Member, coupled_groups, kept_filters, prune_stage
 from ..compress.network import head_for, head_settings
-from ..compress.prune import kept_filters, prune_block
+from ..compress.prune import prune_block
 from ..config import Config
+from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
 from ..nn.models import build_model
 from ..nn.net import make_block, make_head
@@ -74,13 +77,16 @@ class StagePlan:
     groups: list[GroupPlan] = field(default_factory=list)
 
 
-def run_ratios(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int]
-               ) -> tuple[list[float], dict | None]:
+def run_ratios(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int], num_classes: int = 10,
+               network: nn.Module | None = None) -> tuple[list[float], dict | None]:
     """The ratio each stage is cut at, and for a budget what the rule can know before training:
-    its target and the one ratio that, applied to every stage alike, meets it."""
+    its target and the one ratio that, applied to every stage alike, meets it. For a whole
+    network that ratio is the run's (see model_budget)."""
     budget = budget_of(cfg.compress)
     if budget is None:
         return [stage_ratio(cfg, j, len(plan)) for j in range(len(plan))], None
+    if cfg.model.arch is not None:
+        return model_budget(cfg, len(plan), num_classes, image_shape, network)
     model, round_to = CostModel.of(plan, image_shape), cfg.compress.round_to
     unpruned = model.unpruned(budget.kind)
     target = budget.target(unpruned)
@@ -92,11 +98,55 @@ def run_ratios(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, 
                                    "unpruned": unpruned, "uniform_ratio": uniform}
 
 
+def model_budget(cfg: Config, n: int, num_classes: int, image_shape: tuple[int, int, int],
+                 network: nn.Module | None) -> tuple[list[float], dict]:
+    """A budget on a whole network: the smallest ratio (to 4 decimals) that, applied to every stage
+    alike, brings the backbone within the target, by bisection on the untrained network cut as the
+    hook cuts it. The paper plans' per-stage rule needs their cost model (compress.budget), which
+    a whole network does not have, so every stage gets this one ratio."""
+    budget = budget_of(cfg.compress)
+    cost = functools.partial(_model_cost, cfg, num_classes, image_shape, network, budget.kind)
+    unpruned = cost(0.0)
+    target = budget.target(unpruned)
+    lo, hi = 0.0, 0.99
+    if cost(hi) > target:
+        unit = "MACs" if budget.kind == "macs" else "parameters"
+        raise ConfigError(f"{budget.option} {budget.text} ({target:,} {unit}) cannot be met: model "
+                          f"{cfg.model.arch} cut at ratio {hi:g} (scope {cfg.compress.scope}) still costs "
+                          f"{cost(hi):,}; valid: at least {math.ceil(1e4 * cost(hi) / unpruned) / 1e4:g}x")
+    if cost(lo) > target:
+        while hi - lo > 1e-4:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
+        lo = math.ceil(hi * 1e4) / 1e4  # a readable ratio, still within the target (cost falls with it)
+    return [lo] * n, {"kind": budget.kind, "text": budget.text, "target": target, "unpruned": unpruned,
+                      "uniform_ratio": lo, "rule": "one ratio for every stage, from the untrained network",
+                      "predicted": cost(lo)}
+
+
+def _model_cost(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
+                kind: str, ratio: float) -> int:
+    """The backbone's MACs or parameters with every stage cut at `ratio` (as modules.greedy_model
+    cuts them: each with its head and into the next stage)."""
+    with torch.random.fork_rng(devices=[]):
+        stages, tail, own, settings = _fresh_stages(cfg, num_classes, image_shape, network)
+        shape: tuple[int, ...] = tuple(image_shape)
+        for j, stage in enumerate(stages):
+            last = j == len(stages) - 1
+            head = tail if own and last else head_for(settings, output_shape(stage, shape), num_classes)
+            if ratio > 0:
+                prune_stage(stage, head, None if last else stages[j + 1], shape, ratio, PLAN_CRITERION,
+                            cfg.compress.round_to, cfg.compress.scope)
+            shape = output_shape(stage, shape)
+    backbone = nn.Sequential(*stages)
+    return count_params(backbone) if kind == "params" else count_macs(backbone, tuple(image_shape))
+
+
 def plan_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int],
                 network: nn.Module | None = None, ratios: list[float] | None = None) -> list[StagePlan]:
     """Every stage of the run, built and cut at `ratios` (default: the run's) in memory."""
     plan = check(cfg)
-    ratios = ratios if ratios is not None else run_ratios(cfg, plan, image_shape)[0]
+    ratios = ratios if ratios is not None else run_ratios(cfg, plan, image_shape, num_classes, network)[0]
     with torch.random.fork_rng(devices=[]):
         built = _model_stages(cfg, num_classes, image_shape, network, ratios) if cfg.model.arch is not None \
             else _paper_stages(cfg, plan, num_classes, image_shape, ratios)
@@ -162,15 +212,21 @@ def _paper_stages(cfg: Config, plan: list[StageSpec], num_classes: int, image_sh
         shape = after[4]
 
 
-def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
-                  ratios: list[float]) -> Iterator[StagePlan]:
-    """A whole network's stages and heads as modules.greedy_model builds them, cut through the graph."""
+def _fresh_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None):
+    """(stages, tail, whether the last stage keeps the tail, the aux heads' settings) of the run's
+    network as modules.greedy_model builds it, untrained."""
     torch.manual_seed(cfg.run.seed)  # as modules._start: the model's initial weights
     model = copy.deepcopy(network) if network is not None else build_model(cfg.model.arch, num_classes,
                                                                            image_shape[1])
     stages, tail = split_stages(model, model_split(cfg))
     own = cfg.model.last_head == "own" and tail is not None
-    settings = head_settings(cfg.model.head or "pooled", cfg.model.head_pool)
+    return stages, tail, own, head_settings(cfg.model.head or "pooled", cfg.model.head_pool)
+
+
+def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
+                  ratios: list[float]) -> Iterator[StagePlan]:
+    """A whole network's stages and heads as modules.greedy_model builds them, cut through the graph."""
+    stages, tail, own, settings = _fresh_stages(cfg, num_classes, image_shape, network)
     shape: tuple[int, ...] = tuple(image_shape)
     n = len(stages)
     for j, stage in enumerate(stages):

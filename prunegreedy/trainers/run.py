@@ -3,11 +3,13 @@ final metrics), written once for every trainer."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pandas as pd
 import torch
 from torch import nn
 
+from ..compress.budget import budget_of
 from ..config import Config
 from ..data.base import Dataset, Normalize
 from ..errors import PrunegreedyError, RunError
@@ -20,6 +22,7 @@ from ..train.modes import autocast_dtype
 from .common import UI, NullUI, Session, check, versions
 from .decisions import Decisions, takes_decisions
 from .decisions import split as split_holdout
+from .planning import run_ratios
 from .registry import get_trainer
 
 
@@ -89,9 +92,10 @@ def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, u
     stages and the last loop checkpoint stay for `--resume`."""
     trainer = get_trainer(cfg)
     plan = check(cfg)
-    s = open_session(cfg, record, ds, device, ui, dist, network)
     if not record.rows:
         record.write_config(cfg.to_dict())
+    cfg = _budgeted(cfg, plan, ds, network, record)
+    s = open_session(cfg, record, ds, device, ui, dist, network)
     record.set_status("running")
     try:
         net = trainer.train(cfg, plan, s)
@@ -105,6 +109,15 @@ def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, u
         record.set_status("failed", msg)
         raise PrunegreedyError(msg) from None
     return _finish(record, s, net, len(plan), trainer.ensemble)
+
+
+def _budgeted(cfg: Config, plan: list, ds: Dataset, network: nn.Module | None, record: RunRecord) -> Config:
+    """A whole network's budget as what the trainers take: the one ratio of every stage (run.json's
+    `budget` says how it was found). The paper plans' budgets are decided stage by stage instead."""
+    if cfg.model.arch is None or budget_of(cfg.compress) is None:
+        return cfg
+    ratios, record.meta.budget = run_ratios(cfg, plan, ds.image_shape, ds.num_classes, network)
+    return replace(cfg, compress=replace(cfg.compress, ratios=ratios, target_macs=None, target_params=None))
 
 
 def _finish(record: RunRecord, s: Session, net, n: int, ensemble: bool) -> dict:
@@ -123,6 +136,12 @@ def _finish(record: RunRecord, s: Session, net, n: int, ensemble: bool) -> dict:
     if s.decisions is not None:
         line = s.decisions.finish(metrics[s.decisions.budget_rule.kind] if s.decisions.budget_rule else 0)
         record.meta.budget = s.decisions.budget
+    b = record.meta.budget
+    if s.decisions is None and b is not None:  # a whole network's budget (_budgeted)
+        b.update(final=metrics[b["kind"]], met=metrics[b["kind"]] <= b["target"])
+        line = (f"budget {b['kind']} <= {b['target']:,} ({b['text']}): {b['final']:,} "
+                f"({100 * b['final'] / b['target']:.1f} % of the target), {'met' if b['met'] else 'NOT met'}; "
+                f"every stage at ratio {b['uniform_ratio']:g}")
     record.finish(**metrics)
     if line:
         s.ui.log(line)
