@@ -6,7 +6,8 @@ wall clock; and the same net unpruned, greedy against end-to-end at equal wall c
     python benchmarks/models.py --data-dir ~/data/cifar10-jpeg --out bench-models [--model resnet20]
 
 One run after another (compare times only from an idle machine). The end-to-end runs get as many
-epochs as fit in the greedy run's seconds, from a quarter-epoch probe of an end-to-end epoch.
+epochs as fit in the greedy run's seconds: an end-to-end epoch's training seconds come from a quarter-epoch
+probe, whose setup and evaluation seconds are taken off the budget.
 Finished runs in OUT are reused, so an interrupted benchmark continues. Prints one CSV row per run.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch_pruning as tp
 from runs import PrintUI, finished, run_once
@@ -63,23 +65,23 @@ def main() -> None:
     runtime.setup(torch.device("cpu"), None)
     ui = PrintUI()
     base = config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)}, "run": {"quiet": True},
-                         "model": {"arch": args.model}}, config.parse_set(args.set))
+                         "model": {"arch": args.model}, "train": {"epochs": args.epochs}}, config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load(RECIPE, base).data)
     args.out.mkdir(parents=True, exist_ok=True)
-    stages = {"train": {"epochs": args.epochs}}
     cut = {"compress": {"hook": "prune", "ratio": 0.5, "at": 0.5}}
-    metas = {"greedy-r0": run_once("greedy-r0", RECIPE, stages, base, args.out, ds, ui),
-             "greedy-r0.5": run_once("greedy-r0.5", RECIPE, config.merge(stages, cut), base, args.out, ds, ui)}
+    metas = {"greedy-r0": run_once("greedy-r0", RECIPE, {}, base, args.out, ds, ui),
+             "greedy-r0.5": run_once("greedy-r0.5", RECIPE, cut, base, args.out, ds, ui)}
     probe = run_once("e2e-probe", RECIPE, {"train": {"trainer": "end-to-end", "total_epochs": 0.25}}, base, args.out,
                      ds, ui)
-    epoch_s = probe["seconds"] / 0.25
+    trained_s = float(pd.read_csv(args.out / "e2e-probe" / "stages.csv")["seconds"].sum())
+    epoch_s, overhead_s = trained_s / 0.25, probe["seconds"] - trained_s  # the overhead: setup and evaluation
     for name, budget in (("e2e-wall", metas["greedy-r0"]["seconds"]), ("pat-wall", metas["greedy-r0.5"]["seconds"])):
-        epochs = round(budget / epoch_s, 2)
+        epochs = round((budget - overhead_s) / epoch_s, 2)
         over = {"train": {"trainer": "end-to-end", "total_epochs": epochs if name == "e2e-wall" else 0.8 * epochs}}
         if name == "pat-wall":  # a fifth of the time fine-tunes after the cut
             over["compress"] = {"hook": "prune", "ratio": 0.5, "at": 1.0, "finetune_epochs": round(0.2 * epochs, 2)}
         metas[name] = run_once(name, RECIPE, over, base, args.out, ds, ui)
-    metas["tp-wall"] = tp_recipe(args, metas, base, ds, epoch_s, ui)
+    metas["tp-wall"] = tp_recipe(args, metas, base, ds, epoch_s, overhead_s, ui)
     print("run,trainer,test_acc,params,macs,seconds")
     for name, m in metas.items():
         print(f"{name},{m.get('trainer')},{m['final_acc']},{m['params']},{m['macs']},{m['seconds']}")
@@ -91,13 +93,13 @@ def main() -> None:
           f"{e['final_acc']:.2f} %")
 
 
-def tp_recipe(args, metas: dict, base: dict, ds, epoch_s: float, ui) -> dict:
+def tp_recipe(args, metas: dict, base: dict, ds, epoch_s: float, overhead_s: float, ui) -> dict:
     """End-to-end training for 0.8 of the pruned greedy run's seconds, Torch-Pruning's global cut to
     the greedy run's MACs, fine-tuning for the rest; recorded as tp-wall/result.json."""
     path = args.out / "tp-wall"
     if (path / "result.json").exists():
         return json.loads((path / "result.json").read_text())
-    budget = metas["greedy-r0.5"]["seconds"]
+    budget = metas["greedy-r0.5"]["seconds"] - overhead_s
     epochs = round(0.8 * budget / epoch_s, 2)
     trained = finished(path / "trained") or run_once(
         "trained", RECIPE, {"train": {"trainer": "end-to-end", "total_epochs": epochs}}, base, path, ds, ui)
