@@ -8,8 +8,10 @@ seeded) and is scored on those held-out images; the test split is not looked at 
 Candidates, each the recipe (every block pruned by half at compress.at 0.5 by filter L1, no
 fine-tuning) with one factor changed: when to cut (at 0.25, 0.75), the criterion (bn, taylor),
 distillation from the pre-cut block + head (compress.distill 0.5), gradual cuts (3 cuts on the
-cubic schedule, the last at 0.5). `--final NAME` then trains NAME, the recipe and the unpruned
-cifar10-cpu on the whole training split and reports test accuracy. Runs already finished in OUT
+cubic schedule, the last at 0.5), learning-rate rewinding after the cut (compress.rewind), and
+epochs moved to stage 3, where the cut costs most, at the recipe's wall clock (stage3-long,
+stage3-longer). `--final NAME` then trains NAME, the recipe and the unpruned cifar10-cpu on the
+whole training split and reports test accuracy. Runs already finished in OUT
 are reused, so an interrupted benchmark continues. Times are those of the runs (compare them
 only from an idle machine); distillation's extra cost per step is measured on its own at the end.
 """
@@ -38,6 +40,12 @@ CANDIDATES = {
     "taylor": {"compress": {"importance": "taylor"}},
     "distill": {"compress": {"distill": 0.5}},
     "gradual3": {"compress": {"cuts": 3}},
+    # learning-rate rewinding (Renda et al., 2020): the rest of the stage runs the schedule again
+    "rewind": {"compress": {"rewind": True}},
+    # stage 3 (the psi stage) is where the cut costs most: epochs moved there from elsewhere, at
+    # the recipe's wall clock (its stage seconds an epoch: 4.9, 8.1, 11.4, 10.8)
+    "stage3-long": {"train": {"epochs": [6, 4, 8, 2]}},
+    "stage3-longer": {"train": {"epochs": [5, 3, 9, 2]}},
 }
 
 
