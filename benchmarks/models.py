@@ -3,7 +3,8 @@ the schedule, against end-to-end training followed by (a) prune-after-training a
 own recipe (global group-L1 pruning to the same MACs, then fine-tuning), all at the greedy run's
 wall clock; and the same net unpruned, greedy against end-to-end at equal wall clock.
 
-    python benchmarks/models.py --data-dir ~/data/cifar10-jpeg --out bench-models [--model resnet20]
+    python benchmarks/models.py --data-dir ~/data/cifar10-jpeg --out bench-models [--model resnet20] [--seed 0]
+    python benchmarks/models.py ... --out bench-models-s1 --seed 1 --pruned-only   # the pruned runs again
 
 One run after another (compare times only from an idle machine). The end-to-end runs get as many
 epochs as fit in the greedy run's seconds: an end-to-end epoch's training seconds come from a quarter-epoch
@@ -60,22 +61,28 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--epochs", default=GREEDY_EPOCHS, help="greedy epochs per stage")
+    ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
+    ap.add_argument("--pruned-only", action="store_true", help="only the runs pruned by half (and the probe)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
     args = ap.parse_args()
     runtime.setup(torch.device("cpu"), None)
     ui = PrintUI()
-    base = config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)}, "run": {"quiet": True},
-                         "model": {"arch": args.model}, "train": {"epochs": args.epochs}}, config.parse_set(args.set))
+    base = config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)},
+                         "model": {"arch": args.model}, "train": {"epochs": args.epochs},
+                         "run": {"quiet": True, "seed": args.seed}}, config.parse_set(args.set))
     ds = data_registry.load_dataset(config.load(RECIPE, base).data)
     args.out.mkdir(parents=True, exist_ok=True)
     cut = {"compress": {"hook": "prune", "ratio": 0.5, "at": 0.5}}
-    metas = {"greedy-r0": run_once("greedy-r0", RECIPE, {}, base, args.out, ds, ui),
-             "greedy-r0.5": run_once("greedy-r0.5", RECIPE, cut, base, args.out, ds, ui)}
+    metas = {} if args.pruned_only else {"greedy-r0": run_once("greedy-r0", RECIPE, {}, base, args.out, ds, ui)}
+    metas["greedy-r0.5"] = run_once("greedy-r0.5", RECIPE, cut, base, args.out, ds, ui)
     probe = run_once("e2e-probe", RECIPE, {"train": {"trainer": "end-to-end", "total_epochs": 0.25}}, base, args.out,
                      ds, ui)
     trained_s = float(pd.read_csv(args.out / "e2e-probe" / "stages.csv")["seconds"].sum())
     epoch_s, overhead_s = trained_s / 0.25, probe["seconds"] - trained_s  # the overhead: setup and evaluation
-    for name, budget in (("e2e-wall", metas["greedy-r0"]["seconds"]), ("pat-wall", metas["greedy-r0.5"]["seconds"])):
+    budgets = [("pat-wall", metas["greedy-r0.5"]["seconds"])]
+    if not args.pruned_only:
+        budgets.insert(0, ("e2e-wall", metas["greedy-r0"]["seconds"]))
+    for name, budget in budgets:
         epochs = round((budget - overhead_s) / epoch_s, 2)
         over = {"train": {"trainer": "end-to-end", "total_epochs": epochs if name == "e2e-wall" else 0.8 * epochs}}
         if name == "pat-wall":  # a fifth of the time fine-tunes after the cut
@@ -85,12 +92,14 @@ def main() -> None:
     print("run,trainer,test_acc,params,macs,seconds")
     for name, m in metas.items():
         print(f"{name},{m.get('trainer')},{m['final_acc']},{m['params']},{m['macs']},{m['seconds']}")
-    g, e, p, t = (metas[k] for k in ("greedy-r0.5", "e2e-wall", "pat-wall", "tp-wall"))
-    print(f"summary ({args.model}): pruned by half at {g['seconds'] / 60:.1f} min: greedy {g['final_acc']:.2f} %, "
-          f"end-to-end + prune-after-training {p['final_acc']:.2f} %, end-to-end + Torch-Pruning global group-L1 "
-          f"{t['final_acc']:.2f} % (MACs {g['macs']:,} / {p['macs']:,} / {t['macs']:,}); unpruned at "
-          f"{metas['greedy-r0']['seconds'] / 60:.1f} min: greedy {metas['greedy-r0']['final_acc']:.2f} %, end-to-end "
-          f"{e['final_acc']:.2f} %")
+    g, p, t = (metas[k] for k in ("greedy-r0.5", "pat-wall", "tp-wall"))
+    line = (f"summary ({args.model}, seed {args.seed}): pruned by half at {g['seconds'] / 60:.1f} min: greedy "
+            f"{g['final_acc']:.2f} %, end-to-end + prune-after-training {p['final_acc']:.2f} %, end-to-end + "
+            f"Torch-Pruning global group-L1 {t['final_acc']:.2f} % (MACs {g['macs']:,} / {p['macs']:,} / {t['macs']:,})")
+    if not args.pruned_only:
+        line += (f"; unpruned at {metas['greedy-r0']['seconds'] / 60:.1f} min: greedy "
+                 f"{metas['greedy-r0']['final_acc']:.2f} %, end-to-end {metas['e2e-wall']['final_acc']:.2f} %")
+    print(line)
 
 
 def tp_recipe(args, metas: dict, base: dict, ds, epoch_s: float, overhead_s: float, ui) -> dict:
@@ -110,7 +119,7 @@ def tp_recipe(args, metas: dict, base: dict, ds, epoch_s: float, overhead_s: flo
     pruned = pruned.to(memory_format=torch.channels_last)
     stats = train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, round(0.2 * budget / epoch_s, 2),
                   cfg.compress.finetune_lr, cfg.compress.finetune_schedule, torch.device("cpu"),
-                  torch.Generator().manual_seed(0)).stats[0]
+                  torch.Generator().manual_seed(args.seed)).stats[0]
     acc, _ = evaluate(nn.Sequential(), pruned, nn.Identity(), ds, norm, 500, torch.device("cpu"))
     result = {"trainer": "end-to-end+tp", "final_acc": round(acc, 2), "params": count_params(pruned),
               "macs": count_macs(pruned, ds.image_shape), "seconds": round(trained["seconds"] + stats.seconds, 1)}
