@@ -95,7 +95,8 @@ def main() -> None:
     g, p, t = (metas[k] for k in ("greedy-r0.5", "pat-wall", "tp-wall"))
     line = (f"summary ({args.model}, seed {args.seed}): pruned by half at {g['seconds'] / 60:.1f} min: greedy "
             f"{g['final_acc']:.2f} %, end-to-end + prune-after-training {p['final_acc']:.2f} %, end-to-end + "
-            f"Torch-Pruning global group-L1 {t['final_acc']:.2f} % (MACs {g['macs']:,} / {p['macs']:,} / {t['macs']:,})")
+            f"Torch-Pruning global group-L1 {t['final_acc']:.2f} % "
+            f"(MACs {g['macs']:,} / {p['macs']:,} / {t['macs']:,})")
     if not args.pruned_only:
         line += (f"; unpruned at {metas['greedy-r0']['seconds'] / 60:.1f} min: greedy "
                  f"{metas['greedy-r0']['final_acc']:.2f} %, end-to-end {metas['e2e-wall']['final_acc']:.2f} %")

@@ -64,7 +64,8 @@ def main() -> None:
             base, args.out, ds, ui)
         shape = run_once(f"{name}-unpruned-shape", RECIPE, config.merge(model, {"train": {"epochs": 0.01}}),
                          base, args.out, ds, ui)
-        nets = {"pruned": exported(args.out / f"{name}-r0.5"), "unpruned": exported(args.out / f"{name}-unpruned-shape")}
+        nets = {"pruned": exported(args.out / f"{name}-r0.5"),
+                "unpruned": exported(args.out / f"{name}-unpruned-shape")}
         x = torch.randn(64, *ds.image_shape, generator=torch.Generator().manual_seed(0))
         with torch_threads(torch.get_num_threads()):
             times = time_alternating(nets, x, args.repeats)

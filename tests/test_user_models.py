@@ -198,7 +198,8 @@ def test_a_budget_on_a_model_cuts_every_stage_at_the_one_ratio_that_meets_it(tmp
 
 @pytest.mark.parametrize("args, message", [
     (["--target-macs", "0.05x"], "--target-macs 0.05x (2060697 MACs) cannot be met: model resnet20 cut at ratio 0.99"),
-    (["--target-macs", "0.5x", "--prune-ratio", "0.5"], "--target-macs chooses every stage's prune ratio itself; drop --prune-ratio"),
+    (["--target-macs", "0.5x", "--prune-ratio", "0.5"],
+     "--target-macs chooses every stage's prune ratio itself; drop --prune-ratio"),
 ])
 def test_a_budget_a_model_cannot_meet_is_refused_before_any_folder(tmp_path, cache_dir, args, message):
     out = tmp_path / "bad"

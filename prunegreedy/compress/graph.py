@@ -9,9 +9,9 @@ input). Names are the block's qualified module names; no attribute (`.conv`) is 
 
 Scope rule: "internal" prunes the internal groups, and where a block has none (a plain block of
 one conv: the paper's blocks, a VGG layer) its output groups instead, so the paper's blocks cut
-their filters (`compress.prune.prune_block` cuts them through here); "all" prunes both kinds. A group whose
-channels also run out of the next block (a residual stream crossing the cut) keeps its width:
-the stage after next is not in the trace, so those channels are not offered. Cuts are made on
+their filters (`compress.prune.prune_block` cuts them through here); "all" prunes both kinds. A
+group whose channels also run out of the next block (a residual stream crossing the cut) keeps
+its width: the stage after next is not in the trace, so those channels are not offered. Cuts are made on
 copies first, so a coupling the trace cannot see (psi's pixel_unshuffle before the next block)
 is refused before the real modules change.
 

@@ -49,8 +49,8 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
                           f"or prune, not '{cfg.compress.hook}'")
     if cfg.compress.cuts > 1 or cfg.compress.distill > 0 or cfg.compress.rewind:
         raise ConfigError(f"compress.cuts {cfg.compress.cuts}, compress.distill {cfg.compress.distill:g} and "
-                          f"compress.rewind are for the greedy trainer; --trainer decoupled cuts once (compress.cuts 1, "
-                          f"compress.distill 0, compress.rewind false)")
+                          f"compress.rewind are for the greedy trainer; --trainer decoupled cuts once "
+                          f"(compress.cuts 1, compress.distill 0, compress.rewind false)")
 
 
 def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],
