@@ -25,35 +25,22 @@ def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple
 def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> list[int] | dict | None:
     """Remove ctx.ratio of the block's filters in place (and the head's matching inputs), record the
     `pruned` phase, return what was removed (falsy: the model is unchanged): a paper block's filter
-    indices, or for any module (ctx.graph) its pruning record."""
-    if ctx.graph:
-        return _cut_stage(ctx, cfg, record)
+    indices, or for any module (ctx.graph) its pruning record, the trace finding what is coupled
+    to it in the block, the head and the next block's input."""
     block, head = ctx.block, ctx.head
     before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
-    removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
-                          gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
-                          agree=ctx.dist.broadcast)
+    gradients = lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches)  # noqa: E731
+    if ctx.graph:
+        cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
+                          cfg.scope, gradients=gradients, agree=ctx.dist.broadcast, widths=ctx.widths)
+        removed = cut.as_dict() if cut.cuts else None
+    else:
+        removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
+                              gradients=gradients, agree=ctx.dist.broadcast)
     if removed:
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
-    return removed
-
-
-def _cut_stage(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> dict | None:
-    """The cut of any module, through the traced graph (compress.graph): what is coupled to it in
-    the block, the head and the next block's input comes from the trace."""
-    block, head = ctx.block, ctx.head
-    before = output_shape(block, ctx.input_shape)[0]
-    start = time.perf_counter()
-    cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
-                      cfg.scope, gradients=lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches),
-                      agree=ctx.dist.broadcast, widths=ctx.widths)
-    if not cut.cuts:
-        return None
-    ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
-    removed = cut.as_dict()
-    record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
     return removed
 
 

@@ -113,10 +113,15 @@ def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, u
 
 def _budgeted(cfg: Config, plan: list, ds: Dataset, network: nn.Module | None, record: RunRecord) -> Config:
     """A whole network's budget as what the trainers take: the one ratio of every stage (run.json's
-    `budget` says how it was found). The paper plans' budgets are decided stage by stage instead."""
+    `budget` says how it was found). The run's plan found it already (run.json's `planned`); a run
+    without one finds it again. The paper plans' budgets are decided stage by stage instead."""
     if cfg.model.arch is None or budget_of(cfg.compress) is None:
         return cfg
-    ratios, record.meta.budget = run_ratios(cfg, plan, ds.image_shape, ds.num_classes, network)
+    found = (record.meta.planned or {}).get("budget")
+    if found is None:
+        found = run_ratios(cfg, plan, ds.image_shape, ds.num_classes, network)[1]
+    record.meta.budget = dict(found)
+    ratios = [found["uniform_ratio"]] * len(plan)
     return replace(cfg, compress=replace(cfg.compress, ratios=ratios, target_macs=None, target_params=None))
 
 
