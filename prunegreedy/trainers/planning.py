@@ -109,12 +109,13 @@ def model_budget(cfg: Config, n: int, num_classes: int, image_shape: tuple[int, 
     unpruned = cost(0.0)
     target = budget.target(unpruned)
     lo, hi = 0.0, 0.99
-    if cost(hi) > target:
+    least = cost(hi)
+    if least > target:
         unit = "MACs" if budget.kind == "macs" else "parameters"
         raise ConfigError(f"{budget.option} {budget.text} ({target:,} {unit}) cannot be met: model "
                           f"{cfg.model.arch} cut at ratio {hi:g} (scope {cfg.compress.scope}) still costs "
-                          f"{cost(hi):,}; valid: at least {math.ceil(1e4 * cost(hi) / unpruned) / 1e4:g}x")
-    if cost(lo) > target:
+                          f"{least:,}; valid: at least {math.ceil(1e4 * least / unpruned) / 1e4:g}x")
+    if unpruned > target:
         while hi - lo > 1e-4:
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
