@@ -90,13 +90,15 @@ def prune_network(blocks: list[nn.Module], head: nn.Module | None, input_shape: 
         consumer = consumers.get(j)
         graph, found = trace_groups(block, nn.Identity() if consumer is None else consumer, None, shape)
         info, root = _one_cut(found, block)
-        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
-                                        idxs=list(range(info.width)))
         keep = kept_filters(info.width, ratios[j], round_to)
         if replay is not None:
             plans.append((graph, root, list(replay.get(j, []))))
+        elif keep < info.width:  # scored on the whole traced group, before any block is cut
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                            idxs=list(range(info.width)))
+            plans.append((graph, root, lowest(group, importance, info.width - keep)))
         else:
-            plans.append((graph, root, lowest(group, importance, info.width - keep) if keep < info.width else []))
+            plans.append((graph, root, []))
         shape = output_shape(block, shape)
     if replay is None:
         plans = [(g, root, removed) for (g, root, _), removed in zip(plans, agree([r for _, _, r in plans]))]
