@@ -88,6 +88,9 @@ class CompressConfig:
     # after the last cut inside the schedule the learning rate starts its schedule over (learning-rate
     # rewinding, Renda et al. 2020), instead of going on from where the cut found it
     rewind: bool = False
+    # after every cut: training images on which each layer that lost input channels is refit by least
+    # squares to its outputs before the cut (compress.reconstruct); 0 = off
+    reconstruct: int = 0
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
@@ -364,6 +367,8 @@ def validate(cfg: Config) -> None:
     if c.rewind and c.at >= 1:
         raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
                           f"got compress.at {c.at:g}")
+    if c.reconstruct < 0:
+        raise ConfigError(f"compress.reconstruct is a number of training images, 0 (off) or more, got {c.reconstruct}")
     if not (c.distill_temperature > 0) or math.isinf(c.distill_temperature):
         raise ConfigError(f"compress.distill_temperature must be a positive number, got {c.distill_temperature}")
     if cfg.train.batch_size < 1:

@@ -55,7 +55,7 @@ def test_rewinding_restarts_the_schedule_after_the_cut_only(tmp_path, cache_dir)
 
 
 @pytest.mark.parametrize("sets", [{"compress.distill": 0.7}, {"compress.cuts": 3, "compress.at": 0.6},
-                                  {"compress.rewind": True}])
+                                  {"compress.rewind": True}, {"compress.reconstruct": 100}])
 def test_a_stop_after_a_distilled_or_gradual_cut_resumes_exactly(sets, tmp_path, cache_dir):
     whole = _fit(tmp_path / "whole", **sets).path
     out = tmp_path / "stopped"
@@ -71,7 +71,13 @@ def test_a_stop_after_a_distilled_or_gradual_cut_resumes_exactly(sets, tmp_path,
     (["--set", "compress.distill=1.5", "--set", "compress.at=0.5"], "compress.distill must be in [0, 1]"),
     (["--prune-ratio", "0.5", "--set", "compress.distill=0.5"], "compress.distill must be in [0, 1], and above 0 only"),
     (["--trainer", "decoupled", "--prune-ratio", "0.5", "--set", "compress.at=0.5", "--set", "compress.cuts=2"],
-     "compress.cuts 2, compress.distill 0 and compress.rewind are for the greedy trainer"),
+     "compress.cuts 2, compress.distill 0, compress.rewind and compress.reconstruct are for the greedy trainer"),
+    (["--trainer", "decoupled", "--prune-ratio", "0.5", "--set", "compress.reconstruct=64"],
+     "compress.cuts 1, compress.distill 0, compress.rewind and compress.reconstruct are for the greedy trainer"),
+    (["--trainer", "end-to-end", "--prune-ratio", "0.5", "--set", "compress.reconstruct=64"],
+     "compress.reconstruct 64 refits a greedy stage's layers after its cut; --trainer end-to-end takes"),
+    (["--prune-ratio", "0.5", "--set", "compress.reconstruct=-1"],
+     "compress.reconstruct is a number of training images, 0 (off) or more, got -1"),
     (["--prune-ratio", "0.5", "--set", "compress.rewind=true"], "compress.rewind restarts the schedule after a cut "
      "inside it: it needs compress.at < 1, got compress.at 1"),
 ])

@@ -5,8 +5,10 @@ input to match, and fine-tunes block + head against the auxiliary loss.
 """
 from __future__ import annotations
 
+import copy
 import time
 
+import torch
 from torch import nn
 
 from ..config import CompressConfig
@@ -14,8 +16,10 @@ from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..train.loop import Chain, train
 from .context import AfterHook, Hook, Recorder, StageContext
+from ..train.modes import eval_mode
 from .graph import prune_stage, replay
 from .prune import accumulate_gradients, prune_block
+from .reconstruct import refit
 
 
 def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple[nn.Module, nn.Module]:
@@ -30,6 +34,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
     block, head = ctx.block, ctx.head
     before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
+    uncut = copy.deepcopy(nn.Sequential(block, head)) if cfg.reconstruct else None
     gradients = lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches)  # noqa: E731
     if ctx.graph:
         cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
@@ -38,10 +43,27 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
     else:
         removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                               gradients=gradients, agree=ctx.dist.broadcast)
+    if removed and uncut is not None:
+        refit_after_cut(ctx, uncut, cfg.reconstruct)
     if removed:
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
     return removed
+
+
+def refit_after_cut(ctx: StageContext, uncut: nn.Module, images: int) -> list[str]:
+    """Refit the pruned block + head's layers that lost inputs to `uncut`'s outputs (compress.reconstruct)
+    on `images` augmented training images through the frozen prefix, all in eval mode."""
+    # Its own random stream: the training batches after the cut stay those of a run without refit.
+    gen = torch.Generator().manual_seed(ctx.stage)
+    feats, seen = [], 0
+    with torch.no_grad(), eval_mode(ctx.prefix, ctx.block, ctx.head, uncut):
+        for xb, _ in ctx.ds.train_batches(ctx.train_cfg.batch_size, ctx.norm, gen):
+            feats.append(ctx.prefix(xb.float()).float()[: images - seen])
+            seen += len(feats[-1])
+            if seen >= images:
+                break
+        return refit(uncut, nn.Sequential(ctx.block, ctx.head), feats, gen)
 
 
 def replay_cut(ctx: StageContext, removed: list[int] | dict | None) -> None:

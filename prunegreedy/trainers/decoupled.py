@@ -47,10 +47,11 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
     if cfg.compress.hook not in ("none", "prune"):
         raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
                           f"or prune, not '{cfg.compress.hook}'")
-    if cfg.compress.cuts > 1 or cfg.compress.distill > 0 or cfg.compress.rewind:
-        raise ConfigError(f"compress.cuts {cfg.compress.cuts}, compress.distill {cfg.compress.distill:g} and "
-                          f"compress.rewind are for the greedy trainer; --trainer decoupled cuts once "
-                          f"(compress.cuts 1, compress.distill 0, compress.rewind false)")
+    c = cfg.compress
+    if c.cuts > 1 or c.distill > 0 or c.rewind or c.reconstruct:
+        raise ConfigError(f"compress.cuts {c.cuts}, compress.distill {c.distill:g}, compress.rewind and "
+                          f"compress.reconstruct are for the greedy trainer; --trainer decoupled cuts once "
+                          f"(compress.cuts 1, compress.distill 0, compress.rewind false, compress.reconstruct 0)")
 
 
 def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],

@@ -42,6 +42,9 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
     if cfg.compress.at < 1 and cfg.compress.hook != "none":
         raise ConfigError(f"--trainer end-to-end prunes once, after training (prune-after-training); "
                           f"compress.at {cfg.compress.at:g} is for the greedy and decoupled trainers")
+    if cfg.compress.reconstruct:
+        raise ConfigError(f"compress.reconstruct {cfg.compress.reconstruct} refits a greedy stage's layers after its "
+                          f"cut; --trainer end-to-end takes compress.reconstruct 0")
     if cfg.compress.hook not in ("none", "prune"):
         raise ConfigError(f"--trainer end-to-end prunes every block at once after training itself; compress.hook "
                           f"must be none or prune, not '{cfg.compress.hook}'")

@@ -36,12 +36,14 @@ def method(cfg: Config) -> str:
     if c.hook == "none" or (c.ratio == 0 and not c.ratios):
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
+    refit = f", the layers after each cut refit on {c.reconstruct:,} images" if c.reconstruct else ""
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
         kd = f", distilled from the uncut block (weight {c.distill:g})" if c.distill > 0 else ""
         ft = f", then {c.finetune():g} epoch(s) of fine-tuning" if c.finetune() > 0 else ", no fine-tuning"
-        return f"pruned by {ratio} ({c.importance}) inside each stage's schedule ({how} {c.at:g} of it{kd}{ft})"
-    return f"pruned by {ratio} ({c.importance}) after each stage, then {c.finetune():g} epoch(s) of fine-tuning"
+        return f"pruned by {ratio} ({c.importance}) inside each stage's schedule ({how} {c.at:g} of it{refit}{kd}{ft})"
+    return (f"pruned by {ratio} ({c.importance}) after each stage{refit}, then {c.finetune():g} epoch(s) of "
+            f"fine-tuning")
 
 
 def _same(a: Config, b: Config) -> bool:
