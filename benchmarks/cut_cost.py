@@ -8,9 +8,12 @@ seeded) and is scored on those held-out images; the test split is not looked at 
 Candidates, each the recipe (every block pruned by half at compress.at 0.5 by filter L1, no
 fine-tuning) with one factor changed: when to cut (at 0.25, 0.75), the criterion (bn, taylor),
 distillation from the pre-cut block + head (compress.distill 0.5), gradual cuts (3 cuts on the
-cubic schedule, the last at 0.5), learning-rate rewinding after the cut (compress.rewind), and
+cubic schedule, the last at 0.5), learning-rate rewinding after the cut (compress.rewind),
 epochs moved to stage 3, where the cut costs most, at the recipe's wall clock (stage3-long,
-stage3-longer). `--final NAME` then trains NAME, the recipe and the unpruned cifar10-cpu on the
+stage3-longer), a least-squares refit of the layers after the cut (compress.reconstruct), and
+other per-stage ratios at no more parameters and MACs than uniform half's (sens-alloc, last-wide),
+the cut almost at once (at0.02), and pruning after training with and without the refit (after,
+after-reconstruct). `--final NAME` then trains NAME, the recipe and the unpruned cifar10-cpu on the
 whole training split and reports test accuracy. Runs already finished in OUT
 are reused, so an interrupted benchmark continues. Times are those of the runs (compare them
 only from an idle machine); distillation's extra cost per step is measured on its own at the end.
@@ -46,6 +49,18 @@ CANDIDATES = {
     # the recipe's wall clock (its stage seconds an epoch: 4.9, 8.1, 11.4, 10.8)
     "stage3-long": {"train": {"epochs": [6, 4, 8, 2]}},
     "stage3-longer": {"train": {"epochs": [5, 3, 9, 2]}},
+    # least-squares refit of the head's first layer to its outputs before the cut (He et al. 2017)
+    "reconstruct": {"compress": {"reconstruct": 2048}},
+    # where the parameters go, at no more than uniform half's parameters and MACs: the widths the
+    # sensitivity rule chose for uniform half's MACs after training (reports/benchmarks/budget.*,
+    # seeds 1 and 2: 45, 26, 51, 117), and stage 4 left whole with stage 3 cut harder (32, 32, 48, 128)
+    "sens-alloc": {"compress": {"ratios": [0.3, 0.6, 0.6, 0.085938]}},
+    "last-wide": {"compress": {"ratios": [0.5, 0.5, 0.625, 0.0]}},
+    # the cut almost at once: close to training the pruned widths from scratch (with the same heads)
+    "at0.02": {"compress": {"at": 0.02}},
+    # pruning after training with half an epoch of fine-tuning, the older recipe, without and with the refit
+    "after": {"compress": {"at": 1.0, "finetune_epochs": 0.5}},
+    "after-reconstruct": {"compress": {"at": 1.0, "finetune_epochs": 0.5, "reconstruct": 2048}},
 }
 
 
