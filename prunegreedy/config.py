@@ -89,8 +89,10 @@ class CompressConfig:
     # rewinding, Renda et al. 2020), instead of going on from where the cut found it
     rewind: bool = False
     # after every cut: training images on which each layer that lost input channels is refit by least
-    # squares to its outputs before the cut (compress.reconstruct); 0 = off
-    reconstruct: int = 0
+    # squares to its outputs before the cut (compress.reconstruct); 0 = off. None: 2,048 after a cut
+    # after training, none inside the schedule, whose remaining steps repair the cut anyway (measured,
+    # reports/benchmarks/cut-cost.*)
+    reconstruct: int | None = None
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
@@ -113,6 +115,12 @@ class CompressConfig:
         if self.finetune_epochs is not None:
             return self.finetune_epochs
         return 1.0 if self.at >= 1 else 0.0
+
+    def refit_images(self) -> int:
+        """Images the layers after a cut are refit on (compress.reconstruct); 0: no refit."""
+        if self.reconstruct is not None:
+            return self.reconstruct
+        return 2048 if self.at >= 1 else 0
 
 
 @dataclass
@@ -367,7 +375,7 @@ def validate(cfg: Config) -> None:
     if c.rewind and c.at >= 1:
         raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
                           f"got compress.at {c.at:g}")
-    if c.reconstruct < 0:
+    if c.reconstruct is not None and c.reconstruct < 0:
         raise ConfigError(f"compress.reconstruct is a number of training images, 0 (off) or more, got {c.reconstruct}")
     if not (c.distill_temperature > 0) or math.isinf(c.distill_temperature):
         raise ConfigError(f"compress.distill_temperature must be a positive number, got {c.distill_temperature}")

@@ -4,7 +4,7 @@ import torch
 
 from prunegreedy import config
 from prunegreedy.api import overrides
-from prunegreedy.trainers.expected import start_line
+from prunegreedy.trainers.expected import method, start_line
 
 CPU = torch.device("cpu")
 FP32 = "on a 2-core AVX2 CPU (fp32)"
@@ -44,5 +44,19 @@ def test_settings_that_were_not_measured_get_no_figure():
     assert start_line(_cfg("quick"), "quick", CPU) == "recipe quick: unpruned; no measured figure for these settings"
     budget = _cfg(target_macs="0.25x")
     assert start_line(budget, "cifar10-cpu", CPU) == ("recipe cifar10-cpu: pruned to a budget (MACs 0.25x) after "
-                                                      "each stage, then 1 epoch(s) of fine-tuning; no measured "
+                                                      "each stage, the layers after each cut refit on 2,048 "
+                                                      "images, then 1 epoch(s) of fine-tuning; no measured "
                                                       "figure for these settings")
+
+
+def test_the_method_names_the_refit_where_the_trainer_refits():
+    at = lambda a, **sets: _cfg(prune_ratio=0.5, set={"compress.at": a, **sets})  # noqa: E731
+    assert method(at(1)) == ("pruned by 0.5 (l1) after each stage, the layers after each cut refit on 2,048 images, "
+                             "then 1 epoch(s) of fine-tuning")
+    assert method(at(1, **{"compress.reconstruct": 0})) == (
+        "pruned by 0.5 (l1) after each stage, then 1 epoch(s) of fine-tuning")
+    assert method(at(0.5, **{"compress.reconstruct": 512})) == (
+        "pruned by 0.5 (l1) inside each stage's schedule (a cut at 0.5 of it, the layers after each cut refit on "
+        "512 images, no fine-tuning)")
+    assert method(at(1, **{"train.trainer": "end-to-end"})) == (
+        "pruned by 0.5 (l1) after each stage, then 1 epoch(s) of fine-tuning")

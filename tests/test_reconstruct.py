@@ -44,6 +44,21 @@ def test_refit_is_exact_when_the_removed_channels_are_copies_of_kept_ones():
     torch.testing.assert_close(head.body[0].weight, w[:, :2] + 0.5 * w[:, 2:], atol=2e-3, rtol=0)
 
 
+def test_sampled_patches_are_the_unfolded_rows_at_those_positions():
+    from prunegreedy.compress.reconstruct import _rows
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 9, 7).contiguous(memory_format=torch.channels_last)
+    for conv in (nn.Conv2d(5, 4, 3, padding=1), nn.Conv2d(5, 4, 3, stride=2, padding=1),
+                 nn.Conv2d(5, 4, (3, 1), dilation=2, padding=(2, 0)), nn.Conv2d(5, 4, 1)):
+        every = _rows(conv, x, None)  # unfold: image-major, then position
+        n_pos = len(every) // len(x)
+        at = torch.tensor([0, n_pos - 1, n_pos // 2])
+        want = every.view(len(x), n_pos, -1)[:, at].reshape(-1, every.shape[1])
+        torch.testing.assert_close(_rows(conv, x, at), want, rtol=0, atol=0)
+        torch.testing.assert_close(every @ conv.weight.flatten(1).T + conv.bias,
+                                   conv(x).flatten(2).transpose(1, 2).reshape(-1, 4), rtol=0, atol=1e-5)
+
+
 def test_a_residual_stage_refits_the_second_conv_of_each_basic_block():
     torch.manual_seed(0)
     stages, _ = split_stages(build_model("resnet20", 10, 32), default_split("resnet20"))
@@ -58,6 +73,18 @@ def test_a_residual_stage_refits_the_second_conv_of_each_basic_block():
     assert (pair(x) - want).pow(2).mean().item() < 0.5 * before
 
 
+def test_a_layer_whose_outputs_were_cut_too_is_left_alone():
+    torch.manual_seed(0)
+    stages, _ = split_stages(build_model("resnet20", 10, 32), default_split("resnet20"))
+    stage, head = stages[1].eval(), AuxHead(32, 32, 2, 10).eval()
+    pair = nn.Sequential(stage, head)
+    uncut = copy.deepcopy(pair)
+    prune_stage(stage, head, stages[2], (16, 32, 32), 0.5, "l1", scope="all")  # the stream too
+    # conv1 and conv2 of every block lost inputs and outputs; the head's conv reads the cut stream
+    # and keeps its outputs; the downsample conv reads the stage's uncut input
+    assert refit(uncut, pair, [torch.randn(8, 16, 32, 32)]) == ["1.body.0"]
+
+
 def test_a_run_refits_after_every_cut_and_leaves_the_steps_before_it_alone(tmp_path, cache_dir):
     fit = lambda out, **sets: prunegreedy.fit("quick", out=out, epochs=2, prune_ratio=0.5,  # noqa: E731
                                               set={**SETS, **sets}, quiet=True)
@@ -67,3 +94,10 @@ def test_a_run_refits_after_every_cut_and_leaves_the_steps_before_it_alone(tmp_p
     assert pruned(plain)[["stage", "width_before", "width", "params_backbone"]].values.tolist() == \
         pruned(refit_run)[["stage", "width_before", "width", "params_backbone"]].values.tolist()
     assert pruned(plain).test_acc.tolist() != pruned(refit_run).test_acc.tolist()
+
+
+def test_a_cut_after_training_refits_by_default_and_one_inside_the_schedule_does_not():
+    from prunegreedy import config
+    c = lambda **over: config.load("cifar10-cpu", {"compress": {"ratio": 0.5, **over}}).compress  # noqa: E731
+    assert (c(at=1.0).refit_images(), c(at=0.5).refit_images()) == (2048, 0)
+    assert (c(at=1.0, reconstruct=0).refit_images(), c(at=0.5, reconstruct=300).refit_images()) == (0, 300)

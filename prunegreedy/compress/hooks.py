@@ -34,7 +34,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
     block, head = ctx.block, ctx.head
     before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
-    uncut = copy.deepcopy(nn.Sequential(block, head)) if cfg.reconstruct else None
+    uncut = copy.deepcopy(nn.Sequential(block, head)) if cfg.refit_images() else None
     gradients = lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches)  # noqa: E731
     if ctx.graph:
         cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
@@ -44,7 +44,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
         removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                               gradients=gradients, agree=ctx.dist.broadcast)
     if removed and uncut is not None:
-        refit_after_cut(ctx, uncut, cfg.reconstruct)
+        refit_after_cut(ctx, uncut, cfg.refit_images())
     if removed:
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
@@ -54,16 +54,21 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
 def refit_after_cut(ctx: StageContext, uncut: nn.Module, images: int) -> list[str]:
     """Refit the pruned block + head's layers that lost inputs to `uncut`'s outputs (compress.reconstruct)
     on `images` augmented training images through the frozen prefix, all in eval mode."""
-    # Its own random stream: the training batches after the cut stay those of a run without refit.
-    gen = torch.Generator().manual_seed(ctx.stage)
-    feats, seen = [], 0
-    with torch.no_grad(), eval_mode(ctx.prefix, ctx.block, ctx.head, uncut):
+    def batches():  # drawn again for every layer refit: a large map's features are not kept
+        # Its own random stream: the training batches after the cut stay those of a run without refit.
+        gen, seen = torch.Generator().manual_seed(ctx.stage), 0
         for xb, _ in ctx.ds.train_batches(ctx.train_cfg.batch_size, ctx.norm, gen):
-            feats.append(ctx.prefix(xb.float()).float()[: images - seen])
-            seen += len(feats[-1])
+            yield ctx.prefix(xb[: images - seen])
+            seen += len(xb[: images - seen])
             if seen >= images:
-                break
-        return refit(uncut, nn.Sequential(ctx.block, ctx.head), feats, gen)
+                return
+    pruned = nn.Sequential(ctx.block, ctx.head)
+    with torch.no_grad(), eval_mode(ctx.prefix, ctx.block, ctx.head, uncut):
+        names = refit(uncut, pruned, batches, torch.Generator().manual_seed(ctx.stage))
+    for name in names:  # rank 0's solution on every rank: solves on two devices may differ in the last bit
+        weight = pruned.get_submodule(name).weight
+        weight.data.copy_(ctx.dist.broadcast(weight.detach().cpu()))
+    return names
 
 
 def replay_cut(ctx: StageContext, removed: list[int] | dict | None) -> None:

@@ -4,9 +4,11 @@ pruning for accelerating very deep neural networks"; Luo et al., 2017, ThiNet). 
 schedule then starts from a smaller loss of accuracy instead of repairing all of it by gradient.
 
 Which layers: every ungrouped Conv2d and every Linear whose weight has fewer input channels after
-the cut than before, found by comparing the model with a copy taken before the cut, so it does not
-matter what the dependency graph coupled to what. They are refit one after another in module
-order, each on the inputs the already refit pruned model gives it.
+the cut than before and as many outputs, found by comparing the model with a copy taken before the
+cut, so it does not matter what the dependency graph coupled to what. A layer whose outputs were
+cut too (a residual block's conv reading a cut stream, compress.scope all) has no full target to
+match and stays as the cut left it. They are refit one after another in module order, each on the
+inputs the already refit pruned model gives it.
 """
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROWS_PER_BATCH = 8192  # conv input patches kept per batch (sampled): bounds the memory of a large map
+ROWS_PER_BATCH = 8192  # conv input patches kept per batch (positions sampled): bounds a large map's memory
 RIDGE = 1e-3  # of the mean diagonal of the normal equations: keeps the solve stable when inputs are collinear
 
 
 def shrunk_layers(before: nn.Module, after: nn.Module) -> list[str]:
-    """Names of the ungrouped Conv2d and the Linear layers of `after` that read fewer inputs than in `before`."""
+    """Names of the ungrouped Conv2d and the Linear layers of `after` that read fewer inputs than in
+    `before` and give as many outputs."""
     old = dict(before.named_modules())
     return [name for name, m in after.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "groups", 1) == 1 and name in old
-            and m.weight.shape[1] < old[name].weight.shape[1]]
+            and m.weight.shape[1] < old[name].weight.shape[1] and m.weight.shape[0] == old[name].weight.shape[0]]
 
 
 def _input_of(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -51,12 +54,35 @@ class _Reached(Exception):
     """Stops a forward pass once the layer's input is seen."""
 
 
-def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows whose product with its flattened weight gives its outputs (no bias)."""
+def _rows(layer: nn.Module, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """The layer's input as rows whose product with its flattened weight gives its outputs (no bias):
+    a Linear's inputs, or a conv's input patches at `positions` (flat output positions; None: all)."""
     if isinstance(layer, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, C*k*k, L)
-    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if positions is None:
+        patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, C*k*k, L)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    i, j = positions // ow * sh, positions % ow * sw
+    xp = F.pad(x, (pw, pw, ph, ph))
+    taps = [xp[:, :, i + a * dh, j + b * dw] for a in range(kh) for b in range(kw)]  # each (N, C, P)
+    # (N, C, k*k, P) -> rows of C*k*k, channel-major like unfold and the flattened weight
+    return torch.stack(taps, 2).permute(0, 3, 1, 2).reshape(-1, x.shape[1] * kh * kw)
+
+
+def _positions(layer: nn.Module, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+    """A sample of a conv's output positions, the same for every image, so a batch gives at most
+    ROWS_PER_BATCH rows (None: all of them, or a Linear)."""
+    if isinstance(layer, nn.Linear):
+        return None
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    keep = max(1, ROWS_PER_BATCH // len(x))
+    if oh * ow <= keep:
+        return None
+    return torch.randperm(oh * ow, generator=gen)[:keep].to(x.device)
 
 
 @torch.no_grad()
@@ -74,10 +100,9 @@ def refit(before: nn.Module, after: nn.Module, batches: Iterable[torch.Tensor] |
         w_old = old.weight.detach().float().flatten(1)
         gram = cross = None
         for x in draw():
-            a, b = _rows(new, _input_of(after, new, x)), _rows(old, _input_of(before, old, x))
-            if len(a) > ROWS_PER_BATCH:  # the same sampled positions in both
-                pick = torch.randperm(len(a), generator=gen)[:ROWS_PER_BATCH].to(a.device)
-                a, b = a[pick], b[pick]
+            a_in, b_in = _input_of(after, new, x), _input_of(before, old, x)
+            at = _positions(new, a_in, gen)  # the same positions in both
+            a, b = _rows(new, a_in, at), _rows(old, b_in, at)
             target = b @ w_old.T
             gram = a.T @ a if gram is None else gram + a.T @ a
             cross = a.T @ target if cross is None else cross + a.T @ target

@@ -30,13 +30,14 @@ def machine_kind(cfg: Config, device: torch.device) -> str:
 def method(cfg: Config) -> str:
     """How the run prunes, in words."""
     c = cfg.compress
+    images = c.refit_images() if cfg.train.trainer == "greedy" else 0  # the other trainers never refit
+    refit = f", the layers after each cut refit on {images:,} images" if images else ""
     if c.target_macs or c.target_params:
         return (f"pruned to a budget ({'MACs' if c.target_macs else 'params'} {c.target_macs or c.target_params}) "
-                f"after each stage, then {c.finetune():g} epoch(s) of fine-tuning")
+                f"after each stage{refit}, then {c.finetune():g} epoch(s) of fine-tuning")
     if c.hook == "none" or (c.ratio == 0 and not c.ratios):
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
-    refit = f", the layers after each cut refit on {c.reconstruct:,} images" if c.reconstruct else ""
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
         kd = f", distilled from the uncut block (weight {c.distill:g})" if c.distill > 0 else ""
