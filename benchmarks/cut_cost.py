@@ -12,8 +12,9 @@ cubic schedule, the last at 0.5), learning-rate rewinding after the cut (compres
 epochs moved to stage 3, where the cut costs most, at the recipe's wall clock (stage3-long,
 stage3-longer), a least-squares refit of the layers after the cut (compress.reconstruct), and
 other per-stage ratios at no more parameters and MACs than uniform half's (sens-alloc, last-wide),
-the cut almost at once (at0.02), and pruning after training with and without the refit (after,
-after-reconstruct). `--final NAME` then trains NAME, the recipe and the unpruned cifar10-cpu on the
+the cut almost at once (at0.02), pruning after training with and without the refit (after,
+after-reconstruct with half an epoch of fine-tuning, after1, after1-reconstruct with one), and
+other weight decays (wd2e-4, wd1e-3). `--final NAME` then trains NAME, the recipe and the unpruned cifar10-cpu on the
 whole training split and reports test accuracy. Runs already finished in OUT
 are reused, so an interrupted benchmark continues. Times are those of the runs (compare them
 only from an idle machine); distillation's extra cost per step is measured on its own at the end.
@@ -58,9 +59,15 @@ CANDIDATES = {
     "last-wide": {"compress": {"ratios": [0.5, 0.5, 0.625, 0.0]}},
     # the cut almost at once: close to training the pruned widths from scratch (with the same heads)
     "at0.02": {"compress": {"at": 0.02}},
-    # pruning after training with half an epoch of fine-tuning, the older recipe, without and with the refit
-    "after": {"compress": {"at": 1.0, "finetune_epochs": 0.5}},
+    # pruning after training, without and with the refit: half an epoch of fine-tuning (the older
+    # recipe) and one (compress.at 1's default)
+    "after": {"compress": {"at": 1.0, "finetune_epochs": 0.5, "reconstruct": 0}},
     "after-reconstruct": {"compress": {"at": 1.0, "finetune_epochs": 0.5, "reconstruct": 2048}},
+    "after1": {"compress": {"at": 1.0, "reconstruct": 0}},
+    "after1-reconstruct": {"compress": {"at": 1.0, "reconstruct": 2048}},
+    # the recipe's weight decay (5e-4) halved and doubled
+    "wd2e-4": {"train": {"weight_decay": 2.0e-4}},
+    "wd1e-3": {"train": {"weight_decay": 1.0e-3}},
 }
 
 
