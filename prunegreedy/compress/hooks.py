@@ -15,8 +15,8 @@ from ..config import CompressConfig
 from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..train.loop import Chain, train
-from .context import AfterHook, Hook, Recorder, StageContext
 from ..train.modes import eval_mode
+from .context import AfterHook, Hook, Recorder, StageContext
 from .graph import prune_stage, replay
 from .prune import accumulate_gradients, prune_block
 from .reconstruct import refit
@@ -55,11 +55,13 @@ def refit_after_cut(ctx: StageContext, uncut: nn.Module, images: int) -> list[st
     """Refit the pruned block + head's layers that lost inputs to `uncut`'s outputs (compress.reconstruct)
     on `images` augmented training images through the frozen prefix, all in eval mode."""
     def batches():  # drawn again for every layer refit: a large map's features are not kept
-        # Its own random stream: the training batches after the cut stay those of a run without refit.
+        # Its own random stream, seeded by the stage: the training batches after the cut stay those
+        # of a run without the refit.
         gen, seen = torch.Generator().manual_seed(ctx.stage), 0
         for xb, _ in ctx.ds.train_batches(ctx.train_cfg.batch_size, ctx.norm, gen):
-            yield ctx.prefix(xb[: images - seen])
-            seen += len(xb[: images - seen])
+            xb = xb[: images - seen]
+            yield ctx.prefix(xb)
+            seen += len(xb)
             if seen >= images:
                 return
     pruned = nn.Sequential(ctx.block, ctx.head)

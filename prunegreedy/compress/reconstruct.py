@@ -3,7 +3,7 @@ on a few training images its outputs match what they were before the cut (He et 
 pruning for accelerating very deep neural networks"; Luo et al., 2017, ThiNet). The rest of the
 schedule then starts from a smaller loss of accuracy instead of repairing all of it by gradient.
 
-Which layers: every ungrouped Conv2d and every Linear whose weight has fewer input channels after
+Which layers: every ungrouped, zero-padded Conv2d and every Linear whose weight has fewer input channels after
 the cut than before and as many outputs, found by comparing the model with a copy taken before the
 cut, so it does not matter what the dependency graph coupled to what. A layer whose outputs were
 cut too (a residual block's conv reading a cut stream, compress.scope all) has no full target to
@@ -23,12 +23,14 @@ RIDGE = 1e-3  # of the mean diagonal of the normal equations: keeps the solve st
 
 
 def shrunk_layers(before: nn.Module, after: nn.Module) -> list[str]:
-    """Names of the ungrouped Conv2d and the Linear layers of `after` that read fewer inputs than in
-    `before` and give as many outputs."""
+    """Names of the Linear and the ungrouped, zero-padded Conv2d layers of `after` that read fewer
+    inputs than in `before` and give as many outputs."""
     old = dict(before.named_modules())
     return [name for name, m in after.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "groups", 1) == 1 and name in old
-            and m.weight.shape[1] < old[name].weight.shape[1] and m.weight.shape[0] == old[name].weight.shape[0]]
+            if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+                                             and not isinstance(m.padding, str)))
+            and name in old and m.weight.shape[1] < old[name].weight.shape[1]
+            and m.weight.shape[0] == old[name].weight.shape[0]]
 
 
 def _input_of(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,7 @@ def _rows(layer: nn.Module, x: torch.Tensor, positions: torch.Tensor | None) -> 
         patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, C*k*k, L)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ow = _out_size(layer, x)[1]
     i, j = positions // ow * sh, positions % ow * sw
     xp = F.pad(x, (pw, pw, ph, ph))
     taps = [xp[:, :, i + a * dh, j + b * dw] for a in range(kh) for b in range(kw)]  # each (N, C, P)
@@ -71,14 +73,18 @@ def _rows(layer: nn.Module, x: torch.Tensor, positions: torch.Tensor | None) -> 
     return torch.stack(taps, 2).permute(0, 3, 1, 2).reshape(-1, x.shape[1] * kh * kw)
 
 
+def _out_size(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """The conv's output height and width for input x."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+
+
 def _positions(layer: nn.Module, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
     """A sample of a conv's output positions, the same for every image, so a batch gives at most
     ROWS_PER_BATCH rows (None: all of them, or a Linear)."""
     if isinstance(layer, nn.Linear):
         return None
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_size(layer, x)
     keep = max(1, ROWS_PER_BATCH // len(x))
     if oh * ow <= keep:
         return None
