@@ -85,12 +85,14 @@ def test_a_layer_whose_outputs_were_cut_too_is_left_alone():
     assert refit(uncut, pair, [torch.randn(8, 16, 32, 32)]) == ["1.body.0"]
 
 
-def test_a_run_refits_after_every_cut_and_leaves_the_steps_before_it_alone(tmp_path, cache_dir):
+def test_a_run_refits_after_every_cut_and_the_first_cut_removes_the_same_filters(tmp_path, cache_dir):
     fit = lambda out, **sets: prunegreedy.fit("quick", out=out, epochs=2, prune_ratio=0.5,  # noqa: E731
                                               set={**SETS, **sets}, quiet=True)
-    plain, refit_run = fit(tmp_path / "plain").stages, fit(tmp_path / "refit", **{"compress.reconstruct": 64}).stages
-    pruned = lambda t: t[t.phase == "pruned"]  # noqa: E731
-    # The same filters go (the cut comes before the refit); the accuracy just after it differs.
+    plain, refit_run = fit(tmp_path / "plain"), fit(tmp_path / "refit", **{"compress.reconstruct": 64})
+    # Stage 1 trains alike up to its cut, and the refit comes after the cut: the same filters go.
+    assert plain.meta["removed_filters"]["1"] == refit_run.meta["removed_filters"]["1"]
+    pruned = lambda run: run.stages[run.stages.phase == "pruned"]  # noqa: E731
+    # Every stage keeps the same widths; the accuracy just after each cut differs.
     assert pruned(plain)[["stage", "width_before", "width", "params_backbone"]].values.tolist() == \
         pruned(refit_run)[["stage", "width_before", "width", "params_backbone"]].values.tolist()
     assert pruned(plain).test_acc.tolist() != pruned(refit_run).test_acc.tolist()

@@ -34,7 +34,8 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
     block, head = ctx.block, ctx.head
     before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
-    uncut = copy.deepcopy(nn.Sequential(block, head)) if cfg.refit_images() else None
+    images = cfg.refit_images()
+    uncut = copy.deepcopy(nn.Sequential(block, head)) if images else None
     gradients = lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches)  # noqa: E731
     if ctx.graph:
         cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
@@ -44,7 +45,7 @@ def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> lis
         removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
                               gradients=gradients, agree=ctx.dist.broadcast)
     if removed and uncut is not None:
-        refit_after_cut(ctx, uncut, cfg.refit_images())
+        refit_after_cut(ctx, uncut, images)
     if removed:
         ctx.dist.check_same([block, head], f"stage {ctx.stage + 1}: pruned weights")
         record("pruned", block, head, time.perf_counter() - start, width_before=before, removed=removed)
