@@ -39,7 +39,7 @@ from runs import PrintUI, run_once
 from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
-from prunegreedy.records import load_model
+from prunegreedy.deploy.network import load_network
 from prunegreedy.report import tables as report_tables
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import accuracy
@@ -53,7 +53,7 @@ WITHIN = 0.02  # the issue's goal: final MACs within 2 % of the target, never ab
 def holdout_acc(run: Path, meta: dict, ds, seed: int, device: torch.device) -> float:
     """The final model's accuracy on the run's own held-out images (never trained on; a second,
     independent estimate beside the test split's, to show how far one seed's numbers can move)."""
-    net, _ = load_model(run / "model")
+    net = load_network(run)
     held = ds.split_holdout(meta["sensitivity"]["holdout_images"], seed)[1].to(device)
     norm = Normalize(ds.mean, ds.std, device, False)
     net = net.to(device).eval()

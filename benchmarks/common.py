@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunegreedy.measure.size import output_shape
-from prunegreedy.trainers import endtoend
-from prunegreedy.nn import net as models_net
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import spec as models_spec
 from prunegreedy.train import loop as train_loop
 from prunegreedy.train import modes as train_modes
@@ -30,9 +29,23 @@ def stage_modules(plan: list[models_spec.StageSpec], widths_in: list[int], j: in
     return prefix, block, head
 
 
+def plan_modules(plan: list[models_spec.StageSpec], input_shape=(3, 32, 32), classes: int = 10):
+    """Every block of a plan at its plan width, each with its own head, in the trainers' order."""
+    blocks, heads, shape = [], [], tuple(input_shape)
+    for s in plan:
+        blocks.append(models_net.make_block(shape[0], s))
+        shape = output_shape(blocks[-1], shape)
+        heads.append(models_net.make_head(shape[0], s, classes, shape[1:]))
+    return blocks, heads
+
+
 def end_to_end_modules(plan: list[models_spec.StageSpec], classes: int = 10, memory_format=torch.channels_last):
     """Empty prefix, every block of the plan as one trained body, the last head: endtoend's network."""
-    blocks, head = endtoend.build_plan_net(plan, (3, 32, 32), classes)
+    blocks, shape = [], (3, 32, 32)
+    for s in plan:
+        blocks.append(models_net.make_block(shape[0], s))
+        shape = output_shape(blocks[-1], shape)
+    head = models_net.make_head(shape[0], plan[-1], classes, shape[1:])
     body = nn.Sequential(*blocks).to(memory_format=memory_format)
     return nn.Sequential(), body, head.to(memory_format=memory_format)
 

@@ -30,7 +30,7 @@ from runs import PrintUI, run_once
 from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
-from prunegreedy.records import load_model
+from prunegreedy.deploy.network import load_network
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import accuracy
 
@@ -73,8 +73,7 @@ CANDIDATES = {
 
 @torch.no_grad()
 def holdout_acc(run: Path, held, mean, std) -> float:
-    net, _ = load_model(run / "model")
-    net.eval()
+    net = load_network(run)
     norm = Normalize(mean, std, torch.device("cpu"), channels_last=False)
     logits = torch.cat([net(xb).float() for xb, _ in held.eval_batches(1000, norm)])
     return round(accuracy(logits, held.y), 2)
@@ -87,7 +86,7 @@ def mean(xs: list[float]) -> float:
 def distill_step_cost(ds, steps: int = 30) -> float:
     """Seconds per step of the recipe's stage 1 with the distillation teacher, over without it."""
     from prunegreedy.compress.inside import distill_loss, teacher_of
-    from prunegreedy.nn.net import make_block, make_head
+    from prunegreedy.nn.network import make_block, make_head
     from prunegreedy.nn.plans import make_plan
     from prunegreedy.train.loop import Chain, train
 

@@ -6,7 +6,7 @@ Both backbones (blocks only, BatchNorm folded, as `prunegreedy export` writes th
 from their native export and timed in one process at batch 64, taking turns within every
 repeat so that a change in machine load hits both alike; the median is reported. Each is also
 exported as TorchScript and ONNX (when onnx/onnxruntime are installed) to compare file sizes
-with 4 bytes per parameter. Without run folders, two random-weight GreedyNets of the
+with 4 bytes per parameter. Without run folders, two random-weight networks of the
 `cifar10-cpu` shape are used: plan cifar10-k2 at width_mult 0.5 (widths 64,64,128,128) and the
 same pruned by half (32,32,64,64). Prints a CSV, then a one-line summary.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -31,43 +30,41 @@ from prunegreedy.data.registry import CIFAR10_STD
 from prunegreedy.deploy.deployed import open_export
 from prunegreedy.errors import PrunegreedyError
 from prunegreedy.deploy.export import WRITERS
+from prunegreedy.compress.network import head_settings, network_spec
 from prunegreedy.deploy.export import export_network
-from prunegreedy.deploy.export import load_run_network
-from prunegreedy.deploy.fold import fold_network
-from prunegreedy.measure.size import count_macs
-from prunegreedy.nn.net import GreedyNet
-from prunegreedy.nn.net import make_block
-from prunegreedy.nn.net import make_head
-from prunegreedy.nn.plans import make_plan
+from prunegreedy.deploy.network import deployable, fold_trained, load_trained
+from prunegreedy.measure.size import count_macs, output_shape
+from prunegreedy.nn.network import Network, build_network
 
 INPUT_SHAPE = (3, 32, 32)
 # fvcore (MAC counts) scripts a function at import, which current torch flags as deprecated.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
-def random_net(widths: list[int] | None, seed: int) -> tuple[GreedyNet, dict]:
-    """A cifar10-cpu shaped GreedyNet with random weights and BN statistics; `widths` as if pruned
-    (block widths shrink, head widths stay: pruning never touches a head's hidden convs)."""
+def random_net(widths: list[int] | None, seed: int) -> tuple[Network, list, dict]:
+    """A cifar10-cpu shaped network (k=2 plan at half width) with random weights and BN statistics;
+    `widths` as if pruned (its heads then scale with the widths)."""
     torch.manual_seed(seed)
-    plan = make_plan("cifar10-k2", 0.5)
-    if widths is not None:
-        plan = [dataclasses.replace(s, width=w) for s, w in zip(plan, widths, strict=True)]
-    blocks, heads, c = [], [], INPUT_SHAPE[0]
-    for stage in plan:
-        blocks.append(make_block(c, stage))
-        heads.append(make_head(stage.width, stage, len(CIFAR10_CLASSES)))
-        c = stage.width
-    net = GreedyNet(blocks, heads).eval()
+    net = build_network("cifar10-k2", len(CIFAR10_CLASSES), INPUT_SHAPE[1],
+                        {"widths": widths} if widths is not None else {"width_mult": 0.5})
+    heads, shape = [], INPUT_SHAPE
+    for j in range(len(net.stages)):
+        shape = output_shape(net.module(j, shape[0]), shape)
+        heads.append(net.head(j, shape))
     with torch.no_grad():  # non-trivial statistics, so folding has something to fold
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    spec = net.spec(input_shape=list(INPUT_SHAPE), mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD),
-                    classes=list(CIFAR10_CLASSES), plan="cifar10-k2")
-    return net, spec
+        for m in [net.model, *heads]:
+            for bn in m.modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    bn.running_mean.normal_(0, 0.1)
+                    bn.running_var.uniform_(0.5, 2.0)
+                    bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.normal_(0, 0.1)
+    spec = network_spec(net, {"image_shape": list(INPUT_SHAPE), "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD),
+                              "classes": list(CIFAR10_CLASSES)})
+    spec.update(heads={str(j): head_settings(s.spec) for j, s in enumerate(net.stages)},
+                pruning=[None] * len(net.stages))
+    net.model.eval()
+    return net, [h.eval() for h in heads], spec
 
 
 def formats() -> list[str]:
@@ -90,25 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.runs:
             labels = ("unpruned", "pruned")
-            nets = {f"{label}:{run.name}": load_run_network(run)[:2] for label, run in zip(labels, args.runs)}
+            nets = {f"{label}:{run.name}": load_trained(run) for label, run in zip(labels, args.runs)}
         else:
             nets = {"unpruned": random_net(None, 0), "pruned": random_net([32, 32, 64, 64], 1)}
         rows, models = [], {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, (net, spec) in nets.items():
-                backbone = fold_network(net, spec["input_shape"])
+            for name, (net, heads, spec) in nets.items():
+                backbone = deployable(*fold_trained(net, heads, spec)[:2], with_head=False)
                 params = sum(p.numel() for p in backbone.parameters())
-                row = {"name": name, "widths": ",".join(str(b.conv.out_channels) for b in backbone.blocks),
+                widths = [output_shape(m, tuple(spec["input_shape"]))[0] for m in [backbone[:i + 1] for i in range(len(backbone))]]
+                row = {"name": name, "widths": ",".join(map(str, widths)),
                        "params": params, "mmacs": round(count_macs(backbone, tuple(spec["input_shape"])) / 1e6, 2)}
                 for fmt in formats():
                     out = Path(tmp) / f"{len(rows)}-{fmt}"
-                    r = export_network(net, spec, out, fmt)
+                    r = export_network(net, heads, spec, out, fmt)
                     row[f"{fmt}_bytes"] = r["bytes"]
                     row[f"{fmt}_per_4params"] = round(r["bytes"] / (4 * params), 4)
                     if fmt == "native":
                         models[name] = open_export(out)
                 rows.append(row)
-            shape = nets[next(iter(nets))][1]["input_shape"]
+            shape = nets[next(iter(nets))][2]["input_shape"]
             x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
             with torch_threads(args.threads):
                 times = time_alternating(models, x, args.repeats)

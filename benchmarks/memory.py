@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import bare_step_fn, end_to_end_modules, stage_modules
+from common import bare_step_fn, end_to_end_modules, plan_modules, stage_modules
 from torch import nn
 
 from prunegreedy.nn import plans as models_plans
@@ -39,7 +39,6 @@ from prunegreedy.train import runtime
 from prunegreedy.config import TrainConfig
 from prunegreedy.measure.memory import saved_activation_bytes
 from prunegreedy.train.loop import make_optimizer
-from prunegreedy.trainers.decoupled import build_stages
 
 E2E = "end-to-end"
 DGL = "decoupled"  # every block at once, each stepped before the next runs (prunegreedy.train.decoupled)
@@ -61,7 +60,7 @@ def status_mib(field: str) -> float:
 
 def decoupled_step_fn(plan: list[models_spec.StageSpec], batch: int):
     """One decoupled training step on random tensors: block j learns on block j-1's detached output."""
-    blocks, heads, _ = build_stages(plan, (3, 32, 32), 10)
+    blocks, heads = plan_modules(plan)
     blocks = [b.to(memory_format=torch.channels_last) for b in blocks]
     heads = [h.to(memory_format=torch.channels_last) for h in heads]
     opts = [make_optimizer([b, h], 0.01, CFG) for b, h in zip(blocks, heads)]

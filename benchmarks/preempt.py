@@ -33,13 +33,15 @@ def checkpoint_seconds(run: Path, repeats: int = 5) -> tuple[float, int]:
     """(seconds per checkpoint, bytes) of the largest stage of a finished run, written as a stop writes it."""
     import torch
 
-    from prunegreedy.records import RunRecord, load_model
+    from prunegreedy.deploy.network import load_trained
+    from prunegreedy.records import RunRecord
     from prunegreedy.train.loop import LoopState
 
     record = RunRecord.open(run)
-    net, _ = load_model(run / "model")
-    j = max(range(len(net.blocks)), key=lambda i: sum(p.numel() for p in net.blocks[i].parameters()))
-    modules = {"block": net.blocks[j], "head": net.heads[j]}
+    net, heads, _ = load_trained(run)
+    blocks = net.modules_of()
+    j = max(range(len(blocks)), key=lambda i: sum(p.numel() for p in blocks[i].parameters()))
+    modules = {"block": blocks[j], "head": heads[j]}
     params = [p for m in modules.values() for p in m.parameters()]
     state = LoopState(10, 1280, 1.0, [1.0], [1], torch.Generator().get_state(), [torch.zeros_like(p) for p in params])
     t0 = time.perf_counter()

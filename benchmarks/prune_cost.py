@@ -18,7 +18,7 @@ import time
 import torch
 
 from common import bare_step_fn, stage_modules, time_it
-from prunegreedy.compress import prune as compress_prune
+from prunegreedy.compress import graph as compress_graph
 from prunegreedy import config
 from prunegreedy.measure import size as metrics
 from prunegreedy.nn import plans as models_plans
@@ -40,7 +40,7 @@ def main() -> None:
     cfg = config.load(args.config)
     plan = models_plans.make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths)
     full = [s.width for s in plan]
-    pruned = [compress_prune.kept_filters(w, args.ratio, cfg.compress.round_to) for w in full]
+    pruned = [compress_graph.kept_filters(w, args.ratio, cfg.compress.round_to) for w in full]
     tcfg = TrainConfig(batch_size=cfg.train.batch_size, amp="off")
     steps_per_epoch = math.ceil(TRAIN_IMAGES / tcfg.batch_size)
     ft_epochs = cfg.compress.finetune()
@@ -56,7 +56,8 @@ def main() -> None:
         in_shape = metrics.output_shape(prefix, (3, 32, 32)) if j else (3, 32, 32)
         before = metrics.count_params(block)
         start = time.perf_counter()
-        compress_prune.prune_block(block, head, in_shape, args.ratio, cfg.compress.importance, cfg.compress.round_to)
+        compress_graph.prune_stage(block, head, None, in_shape, args.ratio, cfg.compress.importance,
+                                   cfg.compress.round_to)
         prune_s = time.perf_counter() - start
         prune_times.append(prune_s)
         step_f = time_it(bare_step_fn(prefix, block, head, tcfg.batch_size, tcfg), args.steps)

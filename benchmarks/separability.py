@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from prunegreedy.deploy.network import load_trained
 from prunegreedy import config
 from prunegreedy.data import base as data_base
 from prunegreedy.data import registry as data_registry
@@ -51,7 +52,7 @@ def main() -> None:
     print("run,block,feature_dim,probe_train_acc,probe_test_acc")
     curves = []
     for run in args.runs:
-        net, _ = records.load_model(last_checkpoint(run))
+        net = load_trained(last_checkpoint(run))[0]
         section = read_yaml(run / "config.yaml")["data"]
         section.update({"train_limit": None, "test_limit": None})
         section.update({k: v for k, v in (("name", args.dataset), ("data_dir", args.data_dir)) if v is not None})
@@ -60,7 +61,7 @@ def main() -> None:
         ds.train_x, ds.train_y = ds.train_x[pick], ds.train_y[pick]
         meta = records.read_json(run / records.RUN_FILE)["dataset"]  # the statistics the net was trained with
         norm = data_base.Normalize(meta["mean"], meta["std"], torch.device("cpu"), channels_last=True)
-        rows = probe.separability(net.blocks, ds, norm, args.weight_decay)
+        rows = probe.separability(net.modules_of(), ds, norm, args.weight_decay)
         for r in rows:
             print(f"{run},{r['block']},{r['dim']},{r['train_acc']:.2f},{r['test_acc']:.2f}")
         accs = " -> ".join(f"{r['test_acc']:.1f}" for r in rows)

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import plan_modules
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.nn import spec as models_spec
 from prunegreedy.train import runtime
 from prunegreedy.train import loop as train_loop
 from prunegreedy.train import modes as train_modes
 from prunegreedy.config import TrainConfig
-from prunegreedy.trainers.endtoend import build_plan_net
 
 
 def configs(plan: list[models_spec.StageSpec], stages: list[int], classes: int, size: int):
@@ -35,10 +35,10 @@ def configs(plan: list[models_spec.StageSpec], stages: list[int], classes: int, 
     not stay frozen when end-to-end trains it.
     """
     for j in stages:
-        blocks, head_j = build_plan_net(plan[:j], (3, size, size), classes)
-        yield f"stage {j}", nn.Sequential(*blocks[: j - 1]), blocks[j - 1], head_j
-    blocks, head = build_plan_net(plan, (3, size, size), classes)
-    yield "end-to-end", nn.Sequential(), nn.Sequential(*blocks), head
+        blocks, heads = plan_modules(plan[:j], (3, size, size), classes)
+        yield f"stage {j}", nn.Sequential(*blocks[: j - 1]), blocks[j - 1], heads[-1]
+    blocks, heads = plan_modules(plan, (3, size, size), classes)
+    yield "end-to-end", nn.Sequential(), nn.Sequential(*blocks), heads[-1]
 
 
 def measure(prefix, body, head, x, y, steps: int, device, amp) -> tuple[float, float | None]:

@@ -4,9 +4,8 @@ __version__ = "0.1.0"
 
 # Public names imported on first use, so `import prunegreedy` stays light (no torch).
 _LAZY = {"fit": "prunegreedy.api", "plan": "prunegreedy.api", "resume": "prunegreedy.api", "sweep": "prunegreedy.api", "Run": "prunegreedy.api",
-         "PrunegreedyError": "prunegreedy.errors", "load_backbone": "prunegreedy.deploy.backbone", "export_run": "prunegreedy.deploy.export",
+         "PrunegreedyError": "prunegreedy.errors", "load_backbone": "prunegreedy.deploy.network", "export_run": "prunegreedy.deploy.export",
          "open_export": "prunegreedy.deploy.deployed", "register_hook": "prunegreedy.compress.hooks",
-         "load_model": "prunegreedy.records", "build_from_spec": "prunegreedy.nn.net",
          "build_model": "prunegreedy.nn.models", "register_model": "prunegreedy.nn.models",
          "split_stages": "prunegreedy.nn.split", "load_network": "prunegreedy.deploy.network"}
 

@@ -80,13 +80,13 @@ def user_errors(command: Callable) -> Callable:
 Config_ = Annotated[Optional[str], typer.Option("--config", "-c", help="Recipe name (see configs/) or YAML file.")]
 Dataset_ = Annotated[Optional[str], typer.Option(help="cifar10, cifar10-sample, imagefolder or imagenet.")]
 DataDir = Annotated[Optional[Path], typer.Option(help="Local dataset folder (never downloaded if given).")]
-K = Annotated[Optional[int], typer.Option(help="Hidden layers of the auxiliary problem: 1, 2 or 3.")]
+K = Annotated[Optional[int], typer.Option(help="Hidden layers of every aux head's problem (heads that take k).")]
 Epochs = Annotated[Optional[str], typer.Option(help="Epochs per stage: one number or a comma list.")]
 Importance = Annotated[Optional[str], typer.Option(help="Pruning criterion: l1, l2, bn, taylor, random.")]
 Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once) or end-to-end "
                                                      "(the baseline; with pruning: prune-after-training).")]
-Model = Annotated[Optional[str], typer.Option("--model", help="A whole network instead of a plan: resnet20, resnet56, "
-                                                              "torchvision:NAME or a registered name.")]
+Model = Annotated[Optional[str], typer.Option("--model", help="The network instead of the recipe's: cifar10-k2, "
+                                                              "vgg11, resnet20, torchvision:NAME or a registered name.")]
 Split = Annotated[Optional[str], typer.Option(help="Module names ending the model's stages, comma separated "
                                                    "(default: the model's own).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]

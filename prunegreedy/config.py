@@ -41,6 +41,7 @@ class ModelConfig:
     plan: str = "cifar10-k2"  # a key of nn.plans.PLANS
     width_mult: float = 1.0  # scales block and head widths of the plan
     widths: list[int] | None = None  # explicit block widths; overrides plan widths * width_mult
+    k: int | None = None  # hidden layers of every aux head's problem (heads that take k); None = the network's
     head: str | None = None  # a key of nn.heads.HEADS replacing the plan's aux heads; None = the plan's
     head_pool: int | None = None  # pooled / mlp-sr heads pool the map to this side first; None = a quarter
     # A whole network instead of a plan: a key of nn.models.MODELS or torchvision:NAME (None = the plan).

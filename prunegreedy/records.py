@@ -26,7 +26,6 @@ import yaml
 
 from .errors import RunError, SpecError
 from .fileio import atomic_write, read_json
-from .nn.net import build_from_spec
 from .train.loop import LoopState
 
 RUN_FILE = "run.json"
@@ -58,15 +57,6 @@ def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], weights: 
             raise SpecError(f"{weights} does not match its spec: {name} has shape {tuple(t.shape)}, "
                             f"spec says {tuple(expected[name].shape)}")
     net.load_state_dict(state)
-
-
-def load_model(stem: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild from the JSON spec (validated first), then load weights that must match exactly."""
-    spec = read_json(stem.with_suffix(".json"))
-    net = build_from_spec(spec)
-    _, state = read_saved(stem)
-    load_weights(net, state, stem.with_suffix(".safetensors"))
-    return net, spec
 
 
 class RunLock:
@@ -296,11 +286,6 @@ class RunRecord:
         self.write_meta()
         if self.writes:
             self._partial(stage).unlink(missing_ok=True)
-
-    def load_stage(self, stage: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-        """The network saved after `stage` and the test softmax of stages 1..stage."""
-        net, _ = load_model(self.ckpt / f"stage-{stage}")
-        return net, self.load_probs(stage)
 
     def read_stage(self, stage: int) -> tuple[dict, dict[str, torch.Tensor], list[torch.Tensor]]:
         """The spec, weights and test softmax saved after `stage`, for a trainer to rebuild itself."""

@@ -4,19 +4,35 @@ from torch import nn
 
 from prunegreedy.data import base as data_base
 from prunegreedy.measure.size import output_shape
-from prunegreedy.nn import net as models_net
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.config import TrainConfig
 
 
-def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0, head=None) -> models_net.GreedyNet:
+class TinyNet(nn.Module):
+    """A paper plan's blocks and every stage's head, untrained: blocks, heads, features(x)."""
+
+    def __init__(self, blocks: list[nn.Module], heads: list[nn.Module]):
+        super().__init__()
+        self.blocks, self.heads = nn.ModuleList(blocks), nn.ModuleList(heads)
+
+    def features(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        for block in self.blocks[:upto]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads[-1](self.features(x))
+
+
+def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0, head=None) -> TinyNet:
     torch.manual_seed(seed)
     blocks, heads, shape = [], [], (3, 32, 32)
     for s in models_plans.make_plan(plan, widths=list(widths), head=head):
         blocks.append(models_net.make_block(shape[0], s))
         shape = output_shape(blocks[-1], shape)
         heads.append(models_net.make_head(s.width, s, 10, shape[1:]))
-    return models_net.GreedyNet(blocks, heads)
+    return TinyNet(blocks, heads)
 
 
 def cpu_norm(ds) -> data_base.Normalize:
@@ -34,3 +50,17 @@ def snapshot(module: nn.Module) -> dict:
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def made_stages(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0, head=None, heads=True):
+    """(network, blocks, heads) of a paper plan made as the decoupled and end-to-end trainers make
+    them under seed: every block, each followed by its head (`heads` False: the last head alone,
+    nn.Identity for the others)."""
+    options = {"widths": list(widths), **({"head": head} if head else {})}
+    net = models_net.build_network(plan, 10, 32, options)
+    torch.manual_seed(seed)
+    shape, out = (3, 32, 32), []
+    for j in range(len(net.stages)):
+        shape = output_shape(net.module(j, shape[0]), shape)
+        out.append(net.head(j, shape) if heads or j == len(net.stages) - 1 else nn.Identity())
+    return net, net.modules_of(), out

@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 import prunegreedy
 from prunegreedy.cli import app
 from prunegreedy.compress.budget import BlockCost, CostModel, choose, parse_budget, rest_ratio, widths_at
-from prunegreedy.compress.prune import kept_filters, prune_block
+from prunegreedy.compress.graph import kept_filters, prune_stage
 from prunegreedy.compress.sensitivity import measure, recalibrate
 from prunegreedy.config import load
 from prunegreedy.measure.size import count_macs, count_params, output_shape
 from prunegreedy.data.base import Normalize
-from prunegreedy.nn.net import make_block, make_head
+from prunegreedy.nn.network import make_block, make_head
 from prunegreedy.nn.plans import make_plan
-from prunegreedy.records import RunRecord, load_model
+from prunegreedy.records import RunRecord
 from prunegreedy.report.plots import PLOTS
 from prunegreedy.trainers.run import new_meta, open_session
 
@@ -33,6 +33,12 @@ BUDGETED = ["--epochs", "0.3", "--set", "compress.finetune_epochs=0.2", "--targe
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def prune_block(block, head, input_shape, ratio, importance) -> list[int]:
+    """The filters a paper block's cut removes (its one group), [] when it removes none."""
+    record = prune_stage(block, head, None, input_shape, ratio, importance)
+    return list(record.cuts[0].removed) if record.cuts else []
 
 
 def images(x: torch.Tensor) -> set[bytes]:
@@ -248,14 +254,14 @@ def test_budgeted_run_meets_its_target_and_records_its_choices(budgeted):
 
 def test_budgeted_run_macs_equal_fvcore_on_its_model_and_export(budgeted, tmp_path):
     meta = json.loads((budgeted / "run.json").read_text())
-    net, _ = load_model(budgeted / "model")
-    assert count_macs(torch.nn.Sequential(*net.blocks), (3, 32, 32)) == meta["macs"]
+    model, _ = prunegreedy.load_network(budgeted, heads=True)
+    assert count_macs(torch.nn.Sequential(*model.blocks), (3, 32, 32)) == meta["macs"]
     res = invoke("export", budgeted, "--out", tmp_path / "export")
     assert res.exit_code == 0, res.output
     exported = prunegreedy.load_backbone(tmp_path / "export").eval()
     # The export folds BatchNorm into the convs: fvcore's count loses exactly BN's 2 MACs per output element.
     bn, shape = 0, (3, 32, 32)
-    for block in net.blocks:
+    for block in model.blocks:
         shape = output_shape(block, shape)
         bn += 2 * shape[0] * shape[1] * shape[2]
     assert count_macs(exported, (3, 32, 32)) == meta["macs"] - bn

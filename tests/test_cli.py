@@ -29,7 +29,7 @@ def test_smoke_run_with_pruning(tmp_path, cache_dir):
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "finished" and meta["stages_done"] == 4 and meta["widths"] == [4, 4, 8, 8]
     assert meta["final_acc"] == final.test_acc.iloc[-1] and meta["head_accs"] == final.test_acc.tolist()
-    assert [len(v) for v in meta["removed_filters"].values()] == [4, 4, 8, 8]
+    assert [len(v["cuts"][0]["removed"]) for v in meta["removed_filters"].values()] == [4, 4, 8, 8]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         f"stage-{j}.{ext}" for j in (1, 2, 3, 4) for ext in ("json", "probs.safetensors", "safetensors")]
     assert f"report: {out / 'report.html'}" in res.output
@@ -65,20 +65,21 @@ def _corrupt_copy(tmp_path):
 
 BAD = [
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: cifar10, cifar10-sample, imagefolder"),
-    (["--set", "model.plan=resnet"], "unknown model plan 'resnet'; valid: cifar10-k1, cifar10-k2, cifar10-k3"),
+    (["--set", "model.plan=resnet"], "unknown model 'resnet'; valid: resnet20, resnet56, torchvision:resnet18"),
     (["--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, mps"),
-    (["--k", "4"], "--k must be 1, 2 or 3, got 4"),
+    (["--k", "0"], "--k must be a positive integer (hidden layers of each aux head), got 0"),
+    (["--model", "resnet20", "--set", "model.width_mult=0.5"], "model.width_mult applies to the networks that declare"),
     (["--prune-ratio", "1"], "prune ratio must be in [0, 1), got 1.0"),
     (["--prune-ratio", "-0.1"], "prune ratio must be in [0, 1), got -0.1"),
     (["--prune-ratio", "nan"], "prune ratio must be in [0, 1), got nan"),
-    (["--prune-ratios", "0.5,0.5"], "prune ratios list 2 values but the plan has 4 stages"),
+    (["--prune-ratios", "0.5,0.5"], "prune ratios list 2 values but cifar10-k2 has 4 stages"),
     (["--importance", "fpgm"], "unknown importance 'fpgm'; valid: l1, l2, bn, taylor, random"),
     (["--set", "compress.hook=magic"], "unknown compression hook 'magic'; valid: none, prune"),
     (["--trainer", "layerwise"], "unknown trainer 'layerwise'; valid: greedy, decoupled, end-to-end"),
     (["--set", "train.total_epochs=-1"], "train.total_epochs must be a positive number, got -1.0"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys: trainer, epochs"),
     (["--set", "train.batch_size=big"], "train.batch_size: expected an integer, got 'big'"),
-    (["--epochs", "1,1"], "train.epochs lists 2 values but the plan has 4 stages"),
+    (["--epochs", "1,1"], "train.epochs lists 2 values but cifar10-k2 has 4 stages"),
     (["--config", "nonesuch"], "config 'nonesuch' is neither a YAML file nor a recipe; recipes: cifar10-cpu"),
     (["--config", "{bad_yaml}"], "is not valid YAML at line 2"),
     (["--dataset", "cifar10", "--config", "quick", "--data-dir", "{missing}"], "does not exist"),

@@ -5,15 +5,22 @@ from torch import nn
 from prunegreedy.compress import context as compress_context
 from prunegreedy.compress import hooks as compress_hooks
 from prunegreedy.compress import importance as compress_importance
-from prunegreedy.compress import prune as compress_prune
+from prunegreedy.compress.graph import kept_filters, prune_stage
 from prunegreedy.measure import size as metrics
 from prunegreedy.train import modes as train_modes
 from prunegreedy.nn.blocks import ConvBlock
 from prunegreedy.config import CompressConfig
 from prunegreedy.errors import ConfigError
 from prunegreedy.nn.heads import AuxHead
+from prunegreedy.nn.network import build_network
 
-from helpers import cpu_norm, quick_train_cfg, same, snapshot, tiny_net
+from helpers import cpu_norm, quick_train_cfg, same, snapshot
+
+
+def prune_block(block, head, input_shape, ratio, importance, round_to=1, gradients=None) -> list[int]:
+    """The filters a paper block's cut removes (its one group), [] when it removes none."""
+    record = prune_stage(block, head, None, input_shape, ratio, importance, round_to, gradients=gradients)
+    return list(record.cuts[0].removed) if record.cuts else []
 
 
 def _trained_pair(k=2, width=128, bn=True, seed=0):
@@ -35,7 +42,7 @@ def test_prune_128_to_64_keeps_exact_channels(k):
     with torch.no_grad():
         full = block(x)
         head_in_before = head.in_channels
-    removed = compress_prune.prune_block(block, head, (16, 8, 8), 0.5, "l1")
+    removed = prune_block(block, head, (16, 8, 8), 0.5, "l1")
     kept = [c for c in range(128) if c not in set(removed)]
     assert len(removed) == 64 and len(kept) == 64 and head_in_before == 128
     assert block.conv.out_channels == 64 and block.conv.weight.shape == (64, 16, 3, 3)
@@ -54,7 +61,7 @@ def test_prune_128_to_64_keeps_exact_channels(k):
 def test_l1_removes_the_smallest_filters():
     block, head = _trained_pair(k=2)
     norms = block.conv.weight.detach().abs().sum((1, 2, 3))
-    removed = compress_prune.prune_block(block, head, (16, 8, 8), 0.25, "l1")
+    removed = prune_block(block, head, (16, 8, 8), 0.25, "l1")
     # group L1 also weighs BN and the head's input weights, so compare with the conv's own ranking loosely
     assert len(removed) == 32
     assert norms[removed].mean() < norms.mean()
@@ -64,31 +71,33 @@ def test_every_importance_runs_and_round_to():
     for name in compress_importance.IMPORTANCES:
         block, head = _trained_pair(k=2, width=64)
         grads = lambda: head(block(torch.randn(8, 16, 8, 8))).logsumexp(1).sum().backward()  # noqa: E731
-        removed = compress_prune.prune_block(block, head, (16, 8, 8), 0.3, name, round_to=8, gradients=grads)
+        removed = prune_block(block, head, (16, 8, 8), 0.3, name, round_to=8, gradients=grads)
         assert block.conv.out_channels == 48 and len(removed) == 16, name
     with pytest.raises(ConfigError, match="unknown importance 'fpgm'; valid: l1, l2, bn, taylor, random"):
-        compress_prune.prune_block(*_trained_pair(), (16, 8, 8), 0.5, "fpgm")
+        prune_block(*_trained_pair(), (16, 8, 8), 0.5, "fpgm")
     with pytest.raises(ConfigError, match="importance 'bn' does not apply"):
-        compress_prune.prune_block(*_trained_pair(bn=False), (16, 8, 8), 0.5, "bn")
+        prune_block(*_trained_pair(bn=False), (16, 8, 8), 0.5, "bn")
 
 
 def test_kept_filters():
-    assert [compress_prune.kept_filters(128, r) for r in (0, 0.25, 0.5, 0.75, 0.99)] == [128, 96, 64, 32, 1]
-    assert compress_prune.kept_filters(100, 0.5, round_to=8) == 48
-    assert compress_prune.kept_filters(4, 0.9, round_to=8) == 4
+    assert [kept_filters(128, r) for r in (0, 0.25, 0.5, 0.75, 0.99)] == [128, 96, 64, 32, 1]
+    assert kept_filters(100, 0.5, round_to=8) == 48
+    assert kept_filters(4, 0.9, round_to=8) == 4
 
 
 def test_ratio_zero_leaves_model_unchanged():
     block, head = _trained_pair()
     before = snapshot(nn.Sequential(block, head))
-    assert compress_prune.prune_block(block, head, (16, 8, 8), 0.0, "l1") == []
+    assert prune_block(block, head, (16, 8, 8), 0.0, "l1") == []
     assert same(before, snapshot(nn.Sequential(block, head)))
 
 
 def test_prune_hook_freezes_prefix_and_finetunes_new_parameters(sample):
-    net = tiny_net(widths=(8, 16, 16, 16))
-    prefix = train_modes.freeze(nn.Sequential(net.blocks[0]))
-    block, head = net.blocks[1], net.heads[1]
+    torch.manual_seed(0)
+    net = build_network("cifar10-k2", 10, 32, {"widths": [8, 16, 16, 16]})
+    prefix = train_modes.freeze(nn.Sequential(net.module(0, 3)))
+    block = net.module(1, 8)
+    head = net.head(1, (16, 32, 32))
     prefix_before = snapshot(prefix)
     rows = []
 
@@ -101,7 +110,7 @@ def test_prune_hook_freezes_prefix_and_finetunes_new_parameters(sample):
 
     gen = torch.Generator().manual_seed(0)
     ctx = compress_context.StageContext(1, prefix, block, head, (8, 32, 32), sample, cpu_norm(sample), quick_train_cfg(),
-                                torch.device("cpu"), gen, 0.5)
+                                torch.device("cpu"), gen, 0.5, net=net)
     out_block, out_head = compress_hooks.prune_hook(ctx, CompressConfig(hook="prune", ratio=0.5, finetune_epochs=0.2), Rec())
     assert [(p, w) for p, w, _ in rows] == [("pruned", 8), ("finetuned", 8)]
     pruned_w, tuned_w = rows[0][2]["conv.weight"], rows[1][2]["conv.weight"]

@@ -15,13 +15,11 @@ from prunegreedy import config
 from prunegreedy.cli import app
 from prunegreedy.config import TrainConfig
 from prunegreedy.data.base import Dataset
-from prunegreedy.nn.plans import make_plan
-from prunegreedy.records import load_model
+from prunegreedy.deploy.network import load_network
 from prunegreedy.train.loop import Chain, train
-from prunegreedy.trainers.decoupled import build_stages
 from prunegreedy.trainers.registry import get_trainer
 
-from helpers import cpu_norm, snapshot
+from helpers import cpu_norm, made_stages, snapshot
 
 WIDTHS = [8, 8, 16, 16]
 TINY = ["--set", "model.widths=8,8,16,16", "--set", "data.train_limit=256", "--set", "data.test_limit=100",
@@ -35,8 +33,7 @@ def _small(sample) -> Dataset:
 
 
 def _stages(n: int, seed: int = 0):
-    torch.manual_seed(seed)
-    blocks, heads, _ = build_stages(make_plan("cifar10-k2", widths=WIDTHS, head="pooled"), (3, 32, 32), 10)
+    _, blocks, heads = made_stages(WIDTHS, seed=seed, head="pooled")
     return blocks[:n], heads[:n]
 
 
@@ -60,8 +57,8 @@ def test_every_block_moves_in_one_epoch_and_records_per_block(sample, tmp_path):
     res = CliRunner().invoke(app, ["run", "--trainer", "decoupled", "--epochs", "1", "--set", "model.head=pooled",
                                    "--out", str(out), *TINY])
     assert res.exit_code == 0, res.output
-    net, _ = load_model(out / "model")
-    for j, (before, block) in enumerate(zip(init, net.blocks)):
+    model, heads = load_network(out, heads=True)
+    for j, (before, block) in enumerate(zip(init, model.blocks)):
         after = block.state_dict()
         assert before.keys() == after.keys()
         for key in ("conv.weight", "bn.running_mean"):
@@ -70,7 +67,7 @@ def test_every_block_moves_in_one_epoch_and_records_per_block(sample, tmp_path):
     assert list(zip(rows.stage, rows.phase)) == [(j, "trained") for j in (1, 2, 3, 4)]
     assert rows.epochs.tolist() == [1.0] * 4 and rows.train_acc.notna().all()
     meta = json.loads((out / "run.json").read_text())
-    assert meta["trainer"] == "decoupled" and meta["ensemble_acc"] is not None and len(net.heads) == 4
+    assert meta["trainer"] == "decoupled" and meta["ensemble_acc"] is not None and len(heads) == 4
 
 
 def test_pruning_at_a_fraction_of_the_schedule_cuts_every_block(tmp_path):
@@ -82,10 +79,11 @@ def test_pruning_at_a_fraction_of_the_schedule_cuts_every_block(tmp_path):
     assert list(zip(rows.stage, rows.phase)) == [(j, p) for p in ("pruned", "trained") for j in (1, 2, 3, 4)]
     trained = rows[rows.phase == "trained"]
     assert trained.width.tolist() == [4, 4, 8, 8] and trained.width_in.tolist() == [3, 4, 4, 8]
-    net, _ = load_model(out / "model")
-    assert [b.conv.in_channels for b in net.blocks] == [3, 4, 4 * 4, 8]  # psi: 4 inputs per kept filter
-    assert [h.spec()["in_channels"] for h in net.heads] == [4, 4, 8, 8]
-    assert [len(v) for v in json.loads((out / "run.json").read_text())["removed_filters"].values()] == [4, 4, 8, 8]
+    model, heads = load_network(out, heads=True)
+    assert [b.conv.in_channels for b in model.blocks] == [3, 4, 4 * 4, 8]  # psi: 4 inputs per kept filter
+    assert [h.spec()["in_channels"] for h in heads] == [4, 4, 8, 8]
+    removed = json.loads((out / "run.json").read_text())["removed_filters"]
+    assert [len(r["cuts"][0]["removed"]) for r in removed.values()] == [4, 4, 8, 8]
 
 
 def test_greedy_pruning_inside_the_schedule(tmp_path):

@@ -5,18 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from prunegreedy.compress import prune as compress_prune
 from prunegreedy import config
-from prunegreedy.nn import plans as models_plans
+from prunegreedy.compress.network import cut_stage
+from prunegreedy.deploy.network import load_trained
 from prunegreedy.trainers import registry as trainers_registry
-from prunegreedy.trainers.endtoend import build_plan_net
 from prunegreedy.trainers.endtoend import total_epochs
 from prunegreedy.errors import ConfigError
 from prunegreedy.records import RunRecord
 from prunegreedy.trainers.run import execute, new_meta
-from prunegreedy.records import load_model
 
-from helpers import snapshot
+from helpers import made_stages, snapshot
 
 
 def _cfg(tmp_path, **over):
@@ -34,22 +32,22 @@ def _run(cfg, sample, tmp_path, name="run"):
                           sample.test_y[:100], sample.classes, sample.mean, sample.std)
     RunRecord.make_folder(tmp_path / name)
     record = RunRecord(tmp_path / name, new_meta(cfg, ds, torch.device("cpu")))
-    return record, execute(cfg, record, ds, torch.device("cpu"))
+    return record, execute(cfg, record, ds, torch.device("cpu"))[0]
 
 
 def test_end_to_end_updates_every_block_and_records_one_stage(sample, tmp_path):
     cfg = _cfg(tmp_path)
-    torch.manual_seed(0)  # the run seeds its init the same way: seed * 1000
-    blocks, head = build_plan_net(models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16]), (3, 32, 32), 10)
-    init = snapshot(nn.Sequential(*blocks, head))
+    _, blocks, heads = made_stages(seed=0, heads=False)  # the run seeds its init the same way: seed * 1000
+    init = snapshot(nn.Sequential(*blocks, heads[-1]))
     run, meta = _run(cfg, sample, tmp_path)
-    net, _ = load_model(run.ckpt / "stage-4")
-    trained = snapshot(nn.Sequential(*net.blocks, net.heads[0]))
+    net, heads, _ = load_trained(run.ckpt / "stage-4")
+    trained = snapshot(nn.Sequential(*net.modules_of(), heads[-1]))
     assert init.keys() == trained.keys()
     for j in range(4):  # every block's conv weights and BN statistics moved: gradients reached all of them
         for key in (f"{j}.conv.weight", f"{j}.bn.running_mean"):
             assert not torch.equal(init[key], trained[key]), key
-    assert len(net.heads) == 1 and meta["widths"] == [8, 8, 16, 16] and meta["ensemble_acc"] is None
+    assert [type(h).__name__ for h in heads] == ["Identity"] * 3 + ["AuxHead"]
+    assert meta["widths"] == [8, 8, 16, 16] and meta["ensemble_acc"] is None
     assert [r["phase"] for r in run.rows] == ["trained"] and run.rows[0]["stage"] == 4
     assert run.rows[0]["epochs"] == 4 * 0.5  # default budget: the greedy total
     assert meta["final_acc"] == run.rows[0]["test_acc"]
@@ -73,15 +71,14 @@ def test_prune_after_training_gives_the_greedy_widths(sample, tmp_path):
     _, greedy = _run(_cfg(tmp_path, compress=prune, train={"trainer": "greedy"}), sample, tmp_path, "greedy")
     assert pat["widths"] == greedy["widths"] == [4, 4, 8, 8]
     assert pat["params"] == greedy["params"]
-    assert {j: len(r) for j, r in pat["removed_filters"]["4"].items()} == {0: 4, 1: 4, 2: 8, 3: 8}
+    assert {j: len(r["cuts"][0]["removed"]) for j, r in pat["removed_filters"]["4"].items()} == \
+        {"0": 4, "1": 4, "2": 8, "3": 8}
 
 
-def test_prune_network_equals_zeroing_the_cut_filters():
+def test_cutting_every_stage_equals_zeroing_the_cut_filters():
     """Cutting filters (through psi too) computes exactly what the full net computes with them zeroed."""
-    torch.manual_seed(1)
-    plan = models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
-    blocks, head = build_plan_net(plan, (3, 32, 32), 10)
-    full = nn.Sequential(*blocks, head)
+    net, blocks, heads = made_stages(seed=1, heads=False)
+    full = nn.Sequential(*blocks, heads[-1])
     with torch.no_grad():
         for m in full.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -89,7 +86,10 @@ def test_prune_network_equals_zeroing_the_cut_filters():
                 m.running_var.uniform_(0.5, 2)
     full.eval()
     reference = copy.deepcopy(full)
-    removed = compress_prune.prune_network(blocks, head, (3, 32, 32), [0.5, 0.25, 0.5, 0.5], "l1")
+    removed, shape = {}, (3, 32, 32)
+    for j, ratio in enumerate([0.5, 0.25, 0.5, 0.5]):  # forward order, as the end-to-end trainer cuts
+        removed[j] = list(cut_stage(net, j, heads[j], shape, ratio, "l1").cuts[0].removed)
+        shape = tuple(nn.Sequential(*blocks[:j + 1])(torch.zeros(1, 3, 32, 32)).shape[1:])
     assert [b.conv.out_channels for b in blocks] == [4, 6, 8, 8]
     assert blocks[2].conv.in_channels == 4 * 6  # psi: four inputs per kept filter of block 2
     hooks = [reference[j].register_forward_hook(

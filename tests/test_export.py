@@ -19,8 +19,7 @@ from prunegreedy.errors import ExportError
 from prunegreedy.errors import SpecError
 from prunegreedy.deploy.export import check_images
 from prunegreedy.deploy.export import export_run
-from prunegreedy.deploy.export import load_run_network
-from prunegreedy.deploy.fold import fold_network
+from prunegreedy.deploy.network import deployable, fold_trained, load_trained
 
 # The CLI's main() silences these; CliRunner calls the app directly (fvcore scripts at import).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -57,31 +56,36 @@ def exports(run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def batch(run):
-    """The trained network and a normalised batch of real images."""
-    net, spec, _ = load_run_network(run)
+    """The trained network (with its last head), its spec and a normalised batch of real images."""
+    net, heads, spec = load_trained(run)
     x = Normalize(spec["mean"], spec["std"], torch.device("cpu"), channels_last=False)(
         check_images(spec["input_shape"]))
-    return net, spec, x
+    return (net, heads), spec, x
 
 
 def test_native_round_trip_is_bit_identical_to_folding(exports, batch):
-    net, spec, x = batch
+    (net, heads), spec, x = batch
+    folded_net, folded_heads, _ = fold_trained(net, heads, spec)
     with torch.no_grad():
-        cases = [(False, exports["features"], net.features(x)), (True, exports["native"], net(x))]
+        cases = [(False, exports["features"], deployable(net, heads, False)(x)),
+                 (True, exports["native"], deployable(net, heads, True)(x))]
         for with_head, folder, ref in cases:
-            folded = fold_network(net, spec["input_shape"], with_head)(x)
+            folded = deployable(folded_net, folded_heads, with_head)(x)
             loaded = prunegreedy.load_backbone(folder, with_head=with_head)
             assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
             out = loaded(x)
             assert torch.equal(out, folded)
             assert (out - ref).abs().max().item() <= 1e-5
             assert loaded.export_spec["mean"] == spec["mean"] and loaded.export_spec["classes"] == spec["classes"]
-    assert prunegreedy.load_backbone(exports["native"]).head is None  # features unless asked
+        # features unless asked: the export with its head loads without it
+        features = deployable(folded_net, folded_heads, False)(x)
+        assert torch.equal(prunegreedy.load_backbone(exports["native"])(x), features)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_torchscript_and_onnx_match_pytorch(exports, batch, fmt):
-    net, _, x = batch
+    (net, heads), _, x = batch
+    net = deployable(net, heads, True)
     model = open_export(exports[fmt])
     with torch.no_grad():
         assert (model(x) - net(x)).abs().max().item() <= 1e-4
@@ -96,16 +100,16 @@ def _tampered(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-def _widen_block_1(spec):  # chains (block 2 takes the new width) but no longer matches the weights
-    spec["blocks"][0]["out_channels"] += 1
-    spec["blocks"][1]["in_channels"] += 1
+def _widen_last_head(spec):  # builds (a wider hidden layer) but no longer matches the weights
+    spec["network"]["heads"]["3"]["hidden"] += 1
 
 
 @pytest.mark.parametrize("edit, message, before_build", [
-    (lambda s: s["blocks"][1].update(type="resnet"), "block 1: unknown block type 'resnet'; valid: conv", True),
-    (lambda s: s["blocks"][1].update(in_channels=3), "block 1: in_channels 3 does not match block 0", True),
-    (_widen_block_1, "does not match its spec: blocks.0.conv.weight is F32 (8, 3, 3, 3), spec says F32 (9, 3, 3, 3)",
-     False),
+    (lambda s: s["network"]["heads"]["1"].update(type="resnet"),
+     "head 1: unknown head type 'resnet'; valid: aux, pooled, mlp-sr, vgg", True),
+    (lambda s: s["network"]["args"]["widths"].__setitem__(0, 17),
+     "pruning record cuts 16 filters of 'conv', which has 17", False),
+    (_widen_last_head, "does not match its spec: 4.body.0.bias has shape (32,), spec says (33,)", False),
 ])
 def test_tampered_spec_is_refused_before_weights_load(exports, tmp_path, monkeypatch, edit, message, before_build):
     folder = _tampered(exports["native"], tmp_path / "t", edit)
@@ -115,7 +119,7 @@ def test_tampered_spec_is_refused_before_weights_load(exports, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.nn.Module, "load_state_dict", forbidden)
     if before_build:
-        monkeypatch.setattr("prunegreedy.deploy.backbone.build_backbone", forbidden)
+        monkeypatch.setattr("prunegreedy.compress.network.build_network", forbidden)
     with pytest.raises(SpecError) as err:
         prunegreedy.load_backbone(folder, with_head=True)
     assert message in str(err.value)
@@ -205,10 +209,8 @@ def test_bad_input_is_one_line_exit_2(run, exports, tmp_path, case, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
 
 
-def _widen_model(spec):  # a consistent architecture whose first block no longer matches the weights
-    spec["blocks"][0]["out_channels"] += 1
-    spec["blocks"][1]["in_channels"] += 1
-    spec["heads"][0]["in_channels"] += 1
+def _widen_model(spec):  # a consistent architecture whose first head no longer matches the weights
+    spec["heads"]["0"]["hidden"] += 1
 
 
 def _delete(folder: Path, name: str) -> Path:
@@ -218,6 +220,6 @@ def _delete(folder: Path, name: str) -> Path:
 
 def test_import_stays_light():
     subprocess.run([sys.executable, "-c", "import sys, prunegreedy; assert 'torch' not in sys.modules"], check=True)
-    from prunegreedy.deploy.backbone import load_backbone
+    from prunegreedy.deploy.network import load_backbone
 
     assert prunegreedy.load_backbone is load_backbone

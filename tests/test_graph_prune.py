@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from helpers import same, snapshot, tiny_net
+from helpers import same, snapshot
 from prunegreedy.compress import graph as cgraph
 from prunegreedy.compress.graph import Member, coupled_groups, prune_stage, replay
-from prunegreedy.compress.prune import prune_block
+from prunegreedy.compress.network import cut_stage
 from prunegreedy.errors import ConfigError, SpecError
-from prunegreedy.nn import net as models_net
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.nn.heads import AuxHead, PooledHead
 from prunegreedy.nn.models import build_model, default_split
@@ -118,24 +118,33 @@ def test_mobilenet_v2_depthwise_convs_are_cut_with_their_producers():
 
 @pytest.mark.parametrize("plan, j, importance", [("cifar10-k2", 0, "l1"), ("cifar10-k2", 2, "bn"),
                                                  ("cifar10-k1", 1, "l2"), ("vgg11", 0, "l1")])
-def test_a_paper_block_cut_through_the_graph_equals_prune_block(plan, j, importance):
+def test_a_paper_block_cut_in_its_network_equals_the_block_cut_alone(plan, j, importance):
+    """The trainers' cut (compress.network.cut_stage: the next stage already made narrows its own
+    input, psi's 4 channels per filter included) removes what the graph cut of the block alone does."""
     torch.manual_seed(0)
+    widths = [8 * (i + 1) for i in range(len(models_plans.PLANS[plan](1.0)))]
+    net = models_net.build_network(plan, 10, 32, {"widths": widths})
     shape = (3, 32, 32)
-    stages = models_plans.make_plan(plan, widths=[8 * (i + 1) for i in range(len(models_plans.PLANS[plan](1.0)))])
-    for s in stages[:j]:
-        shape = stage_shapes([models_net.make_block(shape[0], s)], shape)[0]
-    block = models_net.make_block(shape[0], stages[j])
+    for i in range(j):
+        shape = stage_shapes([net.module(i, shape[0])], shape)[0]
+    block = net.module(j, shape[0])
     out = stage_shapes([block], shape)[0]
-    head = models_net.make_head(out[0], stages[j], 10, out[1:])
+    nxt = net.module(j + 1, out[0])
+    head = net.head(j, out)
     for m in block.modules():  # BN scales that differ, so "bn" importance has something to rank
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight)
-    block2, head2 = copy.deepcopy(block), copy.deepcopy(head)
-    removed = prune_block(block, head, shape, 0.5, importance)
+    block2, head2, nxt_before = copy.deepcopy(block), copy.deepcopy(head), copy.deepcopy(nxt)
+    removed = list(cut_stage(net, j, head, shape, 0.5, importance).cuts[0].removed)
     assert [g.kind for g in coupled_groups(block2, head2, None, shape)] == ["output"]  # the plain-block rule
     record = prune_stage(block2, head2, None, shape, 0.5, importance)
     assert [(c.root, list(c.removed)) for c in record.cuts] == [("conv", removed)]
     assert same(snapshot(block), snapshot(block2)) and same(snapshot(head), snapshot(head2))
+    per = 4 if net.stages[j + 1].spec.psi else 1
+    kept = [c * per + i for c in range(out[0]) if c not in removed for i in range(per)]
+    assert torch.equal(nxt.conv.weight, nxt_before.conv.weight[:, kept])
+    with torch.no_grad():
+        assert nxt(block(torch.zeros(1, *shape))).shape[1] == widths[j + 1]
 
 
 def test_replay_on_a_fresh_model_reloads_the_pruned_weights(tmp_path):
@@ -201,15 +210,22 @@ def test_a_coupling_the_trace_cannot_see_is_refused_before_anything_changes():
 
 
 def test_the_paper_net_splits_at_its_blocks_and_prunes_into_the_next_one():
-    net = tiny_net().eval()  # cifar10-k2 at widths 8, 8, 16, 16
-    stages, tail = split_stages(net, [f"blocks.{i}" for i in range(4)])
+    torch.manual_seed(0)
+    net = models_net.build_network("cifar10-k2", 10, 32, {"widths": [8, 8, 16, 16]})
+    shape, heads = (3, 32, 32), []
+    for j in range(4):
+        block = net.module(j, shape[0])
+        shape = stage_shapes([block], shape)[0]
+        heads.append(net.head(j, shape))
+    model = net.model.eval()
+    stages, tail = split_stages(model, [s.name for s in net.stages])
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         z = x
         for stage in stages:
             z = stage(z)
-        assert torch.equal(tail(z), net(x)) and tail.get_submodule("heads.3") is net.heads[3]
-    record = prune_stage(stages[0], net.heads[0], stages[1], (3, 32, 32), 0.5, "l1")
+        assert torch.equal(z, model(x)) and tail is None  # the plan's net ends at its last block
+    record = prune_stage(stages[0], heads[0], stages[1], (3, 32, 32), 0.5, "l1")
     assert [c.root for c in record.cuts] == ["blocks.0.conv"]  # the model's own names
-    assert net.blocks[0].conv.out_channels == 4 and net.blocks[1].conv.in_channels == 4
-    assert net.heads[0](net.blocks[0](x)).shape == (2, 10) and net(x).shape == (2, 10)
+    assert model.blocks[0].conv.out_channels == 4 and model.blocks[1].conv.in_channels == 4
+    assert heads[0](model.blocks[0](x)).shape == (2, 10) and heads[3](model(x)).shape == (2, 10)

@@ -1,21 +1,40 @@
 """Auxiliary head types: shapes, exact parameter counts, spec round trips, folding, pruning, selection."""
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import prunegreedy
 from prunegreedy.cli import app
-from prunegreedy.compress.prune import prune_block
+from prunegreedy.compress.graph import prune_stage
+from prunegreedy.compress.network import head_settings, network_spec
 from prunegreedy.deploy.export import export_network
-from prunegreedy.deploy.fold import fold_network
+from prunegreedy.deploy.network import deployable, fold_trained
 from prunegreedy.errors import ConfigError
-from prunegreedy.measure.size import count_macs, count_params
+from prunegreedy.measure.size import count_macs, count_params, output_shape
 from prunegreedy.nn.blocks import ConvBlock
 from prunegreedy.nn.heads import HEADS, MLPSRHead, PooledHead
-from prunegreedy.nn.net import build_from_spec, make_head
+from prunegreedy.nn.network import build_network, make_head
 from prunegreedy.nn.plans import make_plan
 from prunegreedy.nn.spec import StageSpec
 
-from helpers import tiny_net
+
+def tiny_network(head: str):
+    """cifar10-k2 at widths 8, 8, 16, 16 with `head` heads, every stage made and headed as a run
+    makes them, untrained: (network, heads, spec)."""
+    torch.manual_seed(0)
+    net = build_network("cifar10-k2", 10, 32, {"widths": [8, 8, 16, 16], "head": head})
+    spec = network_spec(net, {"image_shape": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
+                              "classes": [str(i) for i in range(10)]})
+    heads, shape = [], (3, 32, 32)
+    for j, stage in enumerate(net.stages):
+        shape = output_shape(net.module(j, shape[0]), shape)
+        spec["heads"][str(j)] = head_settings(stage.spec)
+        heads.append(net.head(j, shape))
+    spec["pruning"] = [None] * len(heads)
+    return net, heads, spec
+
 
 # Hand counts for in_channels 8, hidden 4, 10 classes, an 8x8 map pooled to 2x2 first:
 #   pooled k=2: conv3x3 8*4*9 = 288, BN(4) 8, BN(4) 8, fc 16*10+10 = 170           -> 474
@@ -55,29 +74,34 @@ def test_pooled_heads_cost_a_fraction_of_the_paper_head():
 
 @pytest.mark.parametrize("name", ["aux", "pooled", "mlp-sr"])
 def test_folded_export_equals_the_trained_network(name, tmp_path):
-    net = tiny_net(head=name).eval()
+    net, heads, spec = tiny_network(name)
     with torch.no_grad():  # non-trivial BN statistics, so folding has something to fold
-        for m in net.modules():
+        for m in [*net.model.modules(), *(m for h in heads for m in h.modules())]:
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.data.uniform_(0.5, 1.5)
-    spec = net.spec(input_shape=[3, 32, 32], mean=[0.5] * 3, std=[0.25] * 3, classes=[str(i) for i in range(10)])
-    assert build_from_spec(spec).spec()["heads"] == spec["heads"]
+    trained = deployable(net, heads, with_head=True).eval()
+    folded = deployable(*fold_trained(net, heads, spec)[:2], with_head=True).eval()
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
-        diff = (fold_network(net, (3, 32, 32), with_head=True)(x) - net(x)).abs().max().item()
+        diff = (folded(x) - trained(x)).abs().max().item()
     assert diff < 1e-4
     for fmt in ("native", "onnx"):
-        r = export_network(net, spec, tmp_path / fmt, fmt, with_head=True)
+        r = export_network(net, heads, spec, tmp_path / fmt, fmt, with_head=True)
         assert r["export_max_diff"] < 1e-4 and r["fold_max_diff"] < 1e-4
+    assert json.loads((tmp_path / "native" / "backbone.json").read_text())["network"]["heads"] == spec["heads"]
+    loaded = prunegreedy.load_network(tmp_path / "native")  # its heads rebuilt from the spec, then folded
+    assert type(loaded[-1]) is type(folded[-1])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), folded(x))
 
 
 @pytest.mark.parametrize("name", ["aux", "pooled", "mlp-sr"])
 def test_pruning_a_block_shrinks_any_heads_input(name):
     head = make_head(16, StageSpec(16, head_width=8, head=name), 10, (8, 8))
     block = ConvBlock(4, 16)
-    removed = prune_block(block, head, (4, 8, 8), 0.5, "l1")
+    removed = prune_stage(block, head, None, (4, 8, 8), 0.5, "l1").cuts[0].removed
     assert len(removed) == 8 and block.conv.out_channels == 8 and head.spec()["in_channels"] == 8
     assert head(block(torch.randn(2, 4, 8, 8))).shape == (2, 10)
     assert isinstance(head, (PooledHead, MLPSRHead)) or name == "aux"

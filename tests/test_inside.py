@@ -24,7 +24,7 @@ def _fit(out, ui=None, **sets):
     return prunegreedy.fit("quick", out=out, epochs=2, prune_ratio=0.5, set={**SETS, **sets}, ui=ui, quiet=True)
 
 
-def test_three_cuts_end_at_the_ratio_and_record_the_original_filters(tmp_path, cache_dir):
+def test_three_cuts_end_at_the_ratio_and_record_every_cut_in_order(tmp_path, cache_dir):
     run = _fit(tmp_path / "run", **{"compress.cuts": 3, "compress.at": 0.6})
     rows = run.stages
     pruned = rows[rows.phase == "pruned"]
@@ -34,8 +34,12 @@ def test_three_cuts_end_at_the_ratio_and_record_the_original_filters(tmp_path, c
     assert pruned[pruned.stage == 3][["width_before", "width"]].values.tolist() == [[16, 10], [10, 8]]
     assert run.meta["widths"] == [4, 4, 8, 8]
     removed = run.meta["removed_filters"]
-    assert {k: len(v) for k, v in removed.items()} == {"1": 4, "2": 4, "3": 8, "4": 8}
-    assert all(len(set(v)) == len(v) and all(0 <= i < w for i in v) for v, w in zip(removed.values(), [8, 8, 16, 16]))
+    assert {k: sum(len(c["removed"]) for c in v["cuts"]) for k, v in removed.items()} == {"1": 4, "2": 4, "3": 8, "4": 8}
+    for v, width in zip(removed.values(), [8, 8, 16, 16]):  # each cut on the width the one before left
+        for c in v["cuts"]:
+            assert c["width"] == width and len(set(c["removed"])) == len(c["removed"])
+            assert all(0 <= i < width for i in c["removed"])
+            width -= len(c["removed"])
 
 
 def test_distillation_changes_training_after_the_cut_only(tmp_path, cache_dir):

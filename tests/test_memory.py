@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from prunegreedy.nn import net as models_net
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.train import modes as train_modes
 from prunegreedy.measure.memory import saved_activation_bytes

@@ -1,14 +1,23 @@
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
+from torch import nn
 
-from prunegreedy.nn import net as models_net
+import prunegreedy
+from prunegreedy.compress.network import checkpoint_module, head_settings, network_spec, with_head
+from prunegreedy.measure.size import output_shape
+
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.nn import spec as models_spec
 from prunegreedy.nn.blocks import ConvBlock
 from prunegreedy.nn.blocks import Psi
 from prunegreedy.errors import ConfigError
 from prunegreedy.errors import SpecError
-from prunegreedy.nn.heads import AuxHead
+from prunegreedy.nn.heads import AuxHead, VGGHead
+from prunegreedy.nn.blocks import VGGBlock
 
 
 def test_psi_is_invertible_space_to_depth():
@@ -57,26 +66,59 @@ def test_block_and_head_shapes_and_params():
     assert ConvBlock(3, 8, bn=False).conv.bias is not None
 
 
-def test_spec_round_trip_and_validation():
-    plan = models_plans.make_plan("cifar10-k2", widths=[8, 8, 16, 16])
-    blocks, heads, c = [], [], 3
-    for s in plan:
-        blocks.append(models_net.make_block(c, s))
-        heads.append(models_net.make_head(s.width, s, 10))
-        c = s.width
-    net = models_net.GreedyNet(blocks, heads).eval()
-    rebuilt = models_net.build_from_spec(net.spec())
-    rebuilt.load_state_dict(net.state_dict())
+DATASET = {"image_shape": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": [str(i) for i in range(10)]}
+
+
+def _saved(stem, name: str, widths: list[int], stages: int, heads: dict | None = None) -> nn.Module:
+    """The first `stages` stages of plan `name` at `widths`, made and headed as a run makes them
+    (`heads`: {stage: settings} for a head other than the plan's), saved as a run saves them (spec
+    and weights at `stem`); returns the network with its last head, in eval mode."""
+    torch.manual_seed(0)
+    net = models_net.build_network(name, 10, 32, {"widths": widths})
+    spec, made, shape = network_spec(net, DATASET), [], (3, 32, 32)
+    for j in range(stages):
+        block = net.module(j, shape[0])
+        shape = output_shape(block, shape)
+        spec["heads"][str(j)] = (heads or {}).get(j, head_settings(net.stages[j].spec))
+        made.append(net.head(j, shape, with_head(net.stages[j].spec, spec["heads"][str(j)])))
+    spec["pruning"] = [None] * stages
+    save_file({k: v.contiguous() for k, v in checkpoint_module(net, made).state_dict().items()},
+              stem.with_suffix(".safetensors"))
+    stem.with_suffix(".json").write_text(json.dumps(spec))
+    return nn.Sequential(*net.modules_of(), made[-1]).eval()
+
+
+def _tampered(stem, edit):
+    spec = json.loads(stem.with_suffix(".json").read_text())
+    edit(spec)
+    stem.with_suffix(".json").write_text(json.dumps(spec))
+    return stem
+
+
+def _refused(stem, monkeypatch, error, message):
+    """Loading the network at `stem` fails with `error` matching `message`, before any weight is loaded."""
+    def forbidden(*a, **k):
+        raise AssertionError("loaded weights a bad spec must never reach")
+
+    with monkeypatch.context() as m:
+        m.setattr(nn.Module, "load_state_dict", forbidden)
+        with pytest.raises(error, match=message):
+            prunegreedy.load_network(stem, heads=True)
+
+
+def test_spec_round_trip_and_validation(tmp_path, monkeypatch):
+    net = _saved(tmp_path / "model", "cifar10-k2", [8, 8, 16, 16], 4)
+    rebuilt = prunegreedy.load_network(tmp_path / "model")
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(rebuilt.eval()(x), net(x))
-    spec = net.spec()
-    spec["blocks"][1]["in_channels"] = 7
-    with pytest.raises(SpecError, match="block 1: in_channels 7 does not match block 0's out_channels 8"):
-        models_net.build_from_spec(spec)
-    spec = net.spec()
-    spec["blocks"][0]["type"] = "lambda"
-    with pytest.raises(SpecError, match="block 0: unknown block type 'lambda'; valid: conv"):
-        models_net.build_from_spec(spec)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    # block 1 narrower than its saved weights (and than block 2's input): refused, named
+    stem = _tampered(tmp_path / "model", lambda s: s["args"].update(widths=[8, 7, 16, 16]))
+    _refused(stem, monkeypatch, SpecError, r"does not match its spec: heads.1.body.0.weight has shape \(8, 8, 3, 3\), "
+                                           r"spec says \(8, 7, 3, 3\)")
+    _saved(tmp_path / "model", "cifar10-k2", [8, 8, 16, 16], 4)
+    stem = _tampered(tmp_path / "model", lambda s: s.update(kind="lambda"))
+    _refused(stem, monkeypatch, SpecError, r"^not the spec of a network \(kind 'prunegreedy-network'\)$")
 
 
 def test_imagenet_plans_follow_the_official_code():
@@ -128,32 +170,18 @@ def test_blocks_and_heads_are_picked_by_name():
         ("vgg", False, "aux", 32), ("vgg", True, "vgg", 256)]
 
 
-def _vgg_net() -> models_net.GreedyNet:
-    plan = models_plans.make_plan("vgg11", widths=[4, 4, 8, 8, 8, 8, 8, 8])[:3]
-    blocks, c = [], 3
-    for s in plan:
-        blocks.append(models_net.make_block(c, s))
-        c = s.width
-    last = models_spec.StageSpec(8, head="vgg", head_width=16)
-    return models_net.GreedyNet(blocks, [models_net.make_head(4, plan[0], 10), models_net.make_head(8, last, 10)]).eval()
-
-
-def test_vgg_spec_round_trip_and_per_type_validation():
-    net = _vgg_net()
-    rebuilt = models_net.build_from_spec(net.spec()).eval()
-    rebuilt.load_state_dict(net.state_dict())
+def test_vgg_spec_round_trip_and_per_type_validation(tmp_path, monkeypatch):
+    vgg = {"type": "vgg", "k": 3, "hidden": 16, "in_pool": None}  # stage 3 learns against VGG's classifier
+    net = _saved(tmp_path / "model", "vgg11", [4, 4, 8, 8, 8, 8, 8, 8], 3, heads={2: vgg})
+    model, heads = prunegreedy.load_network(tmp_path / "model", heads=True)  # 3 of 8 stages: no final head yet
+    rebuilt = nn.Sequential(*model.blocks, heads[-1])
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(rebuilt(x), net(x))
-    assert [h["type"] for h in net.spec()["heads"]] == ["aux", "vgg"]
-    spec = net.spec()
-    del spec["blocks"][1]["pool"]  # a vgg block is checked for its own fields, not the conv block's
-    with pytest.raises(SpecError, match="block 1: field 'pool' must be a bool, got None"):
-        models_net.build_from_spec(spec)
-    spec = net.spec()
-    spec["heads"][1]["hidden"] = 0
-    with pytest.raises(SpecError, match="head 1: field 'hidden' must be a positive integer, got 0"):
-        models_net.build_from_spec(spec)
-    spec = net.spec()
-    spec["blocks"][0] = {"type": "conv", "in_channels": 3, "out_channels": 4, "pool": True, "bn": True}
-    with pytest.raises(SpecError, match="block 0: field 'psi' must be a bool, got None"):
-        models_net.build_from_spec(spec)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    spec = json.loads((tmp_path / "model.json").read_text())
+    assert [h["type"] for h in spec["heads"].values()] == ["aux", "aux", "vgg"]
+    assert isinstance(rebuilt[-1], VGGHead) and [type(b) for b in rebuilt[:-1]] == [VGGBlock] * 3
+    stem = _tampered(tmp_path / "model", lambda s: s["heads"]["2"].update(hidden=0))
+    _refused(stem, monkeypatch, SpecError, r"^head 2: field 'hidden' must be a positive integer, got 0$")
+    stem = _tampered(tmp_path / "model", lambda s: s["heads"]["1"].pop("k"))
+    _refused(stem, monkeypatch, SpecError, r"^head 1: field 'k' must be a positive integer, got None$")

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from prunegreedy import fileio
 from prunegreedy.cli import app
 from prunegreedy.records import RunRecord
-from prunegreedy.records import load_model
+from prunegreedy.deploy.network import load_trained
 
 runner = CliRunner()
 TINY = ["--epochs", "0.3", "--set", "model.widths=8,8,16,16", "--set", "data.train_limit=300",
@@ -33,8 +33,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_finished_stages(tmp_path, ca
     assert line.startswith(f"error: cannot write {out}/checkpoints/stage-2.probs.safetensors: No space left on device")
     assert line.endswith(f"; 1 finished stage(s) kept, resume with: prunegreedy run --resume {out}")
     assert not list(out.rglob("*.tmp"))  # no half-written file left behind
-    net, spec = load_model(out / "model")  # still the intact stage-1 network
-    assert len(spec["blocks"]) == 1 and len(net.blocks) == 1
+    net, heads, spec = load_trained(out)  # still the intact stage-1 network
+    assert len(spec["pruning"]) == 1 and len(net.modules_of()) == 1 and len(heads) == 1
     assert json.loads((out / "run.json").read_text())["stages_done"] == 1
 
     monkeypatch.undo()  # space again: the run continues where it stopped

@@ -7,16 +7,24 @@ import torch
 import torchvision
 
 import prunegreedy
-from prunegreedy.compress import prune as compress_prune
-from prunegreedy.nn import net as models_net
+from prunegreedy.compress.graph import prune_stage
+from prunegreedy.compress.network import head_settings, network_spec
+from prunegreedy.nn import network as models_net
 from prunegreedy.nn import plans as models_plans
 from prunegreedy.deploy.backbone import SPEC_FILE
 from prunegreedy.nn.blocks import VGGBlock
 from prunegreedy.deploy.export import export_network
+from prunegreedy.deploy.network import deployable
+from prunegreedy.measure.size import output_shape
 from prunegreedy.nn.heads import AuxHead
 from prunegreedy.nn.heads import VGGHead
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+
+def prune_block(block, head, input_shape, ratio, importance) -> list[int]:
+    """The filters a plain block's cut removes (its one group: the block's output filters)."""
+    return list(prune_stage(block, head, None, input_shape, ratio, importance).cuts[0].removed)
 
 
 def _shapes(module: torch.nn.Module) -> list[tuple[int, ...]]:
@@ -81,7 +89,7 @@ def test_prune_vgg_block_before_an_aux_head():
     x = torch.randn(2, 8, 12, 12)
     with torch.no_grad():
         full = block(x)
-    removed = compress_prune.prune_block(block, head, (8, 12, 12), 0.25, "l1")
+    removed = prune_block(block, head, (8, 12, 12), 0.25, "l1")
     kept = [c for c in range(32) if c not in set(removed)]
     assert len(removed) == 8
     assert block.conv.weight.shape == (24, 8, 3, 3) and block.conv.bias.shape == (24,)
@@ -99,7 +107,7 @@ def test_prune_last_vgg_block_cuts_49_classifier_inputs_per_filter():
     x = torch.randn(2, 8, 28, 28)  # pooled to 14x14, then averaged to 7x7
     with torch.no_grad():
         full = block(x)
-    removed = compress_prune.prune_block(block, head, (8, 28, 28), 0.5, "l1")
+    removed = prune_block(block, head, (8, 28, 28), 0.5, "l1")
     kept = [c for c in range(16) if c not in set(removed)]
     assert len(removed) == 8
     assert block.conv.weight.shape == (8, 8, 3, 3) and block.bn.num_features == 8
@@ -113,28 +121,40 @@ def test_prune_last_vgg_block_cuts_49_classifier_inputs_per_filter():
         assert torch.allclose(head(block(x)), unpruned_head(zeroed), atol=1e-6, rtol=0)
 
 
-def _tiny_vgg() -> models_net.GreedyNet:
-    """56x56 -> 28 -> 14 -> 14 -> 7: the classifier's 7x7 pool is exact, so ONNX can export it."""
+def _tiny_vgg():
+    """vgg11 at widths 4, 4, 8, ..., 8 on 224x224 (the classifier's 7x7 pool is exact, so ONNX can
+    export it), every stage made and headed as a run makes them, with trained-like BN statistics:
+    (network, heads, spec)."""
     torch.manual_seed(0)
-    blocks = [VGGBlock(3, 4, pool=True), VGGBlock(4, 8, pool=True), VGGBlock(8, 8), VGGBlock(8, 8, pool=True)]
-    return models_net.GreedyNet([_trained(b, i) for i, b in enumerate(blocks)], [VGGHead(8, 16, 10)]).eval()
+    net = models_net.build_network("vgg11", 10, 224, {"widths": [4, 4, 8, 8, 8, 8, 8, 8]})
+    spec = network_spec(net, {"image_shape": [3, 224, 224], "mean": [0.5] * 3, "std": [0.25] * 3,
+                              "classes": [str(i) for i in range(10)]})
+    heads, shape = [], (3, 224, 224)
+    for j, stage in enumerate(net.stages):
+        shape = output_shape(_trained(net.module(j, shape[0]), j), shape)
+        spec["heads"][str(j)] = head_settings(stage.spec)
+        heads.append(net.head(j, shape).eval())
+    spec["pruning"] = [None] * len(heads)
+    return net, heads, spec
 
 
 @pytest.mark.parametrize("fmt", ["native", "torchscript", "onnx"])
 def test_export_folds_a_vgg_network(tmp_path, fmt):
-    net = _tiny_vgg()
-    model_spec = net.spec(input_shape=[3, 56, 56], mean=[0.5] * 3, std=[0.25] * 3, classes=[str(i) for i in range(10)])
-    models_net.validate_spec(model_spec)
-    summary = export_network(net, model_spec, tmp_path / "e", fmt, with_head=True)
+    net, heads, model_spec = _tiny_vgg()
+    summary = export_network(net, heads, model_spec, tmp_path / "e", fmt, with_head=True)
     assert summary["fold_max_diff"] <= 1e-5 and summary["export_max_diff"] <= 1e-5
     spec = json.loads((tmp_path / "e" / SPEC_FILE).read_text())
-    assert [(b["type"], b["pool"], b["bn"]) for b in spec["blocks"]] == [
-        ("vgg", True, False), ("vgg", True, False), ("vgg", False, False), ("vgg", True, False)]
-    assert spec["head"] == {"type": "vgg", "in_channels": 8, "hidden": 16, "num_classes": 10}
+    assert spec["bn_folded"] and spec["folded"] == [[f"blocks.{j}.conv", f"blocks.{j}.bn"] for j in range(8)]
+    assert [b.spec()["pool"] for b in net.model.blocks] == [True, True, False, True, False, True, False, True]
+    assert spec["head"] == {"type": "aux"} and spec["network"]["heads"]["7"] == {
+        "type": "vgg", "k": 3, "hidden": 64, "in_pool": None}
+    assert isinstance(heads[-1], VGGHead) and heads[-1].spec() == {"type": "vgg", "in_channels": 8, "hidden": 64,
+                                                                   "num_classes": 10}
     if fmt == "native":
         loaded = prunegreedy.load_backbone(tmp_path / "e", with_head=True)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
-        x = torch.randn(4, 3, 56, 56)
+        x = torch.randn(4, 3, 224, 224)
         with torch.no_grad():
-            assert (loaded(x) - net(x)).abs().max().item() <= 1e-5
-            assert (prunegreedy.load_backbone(tmp_path / "e")(x) - net.features(x)).abs().max().item() <= 1e-5
+            assert (loaded(x) - deployable(net, heads, True).eval()(x)).abs().max().item() <= 1e-5
+            features = deployable(net, heads, False).eval()(x)
+            assert (prunegreedy.load_backbone(tmp_path / "e")(x) - features).abs().max().item() <= 1e-5

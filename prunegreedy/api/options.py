@@ -28,9 +28,9 @@ def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=N
     if data_dir is not None:
         put("data", "data_dir", str(data_dir))
     if k is not None:
-        if k not in (1, 2, 3):
-            raise ConfigError(f"--k must be 1, 2 or 3, got {k}")
-        put("model", "plan", f"cifar10-k{k}")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"--k must be a positive integer (hidden layers of each aux head), got {k}")
+        put("model", "k", k)
     if epochs is not None:
         put("train", "epochs", ",".join(map(str, epochs)) if isinstance(epochs, (list, tuple)) else epochs)
     if trainer is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,8 +44,9 @@ class _Logged:
 
 @dataclass
 class Run:
-    """A run folder and what it recorded."""
+    """A run folder and what it recorded (and, right after training, the trained network itself)."""
     path: Path
+    trained: tuple | None = field(default=None, repr=False, compare=False)  # (Network, heads)
 
     @property
     def meta(self) -> dict:
@@ -77,23 +78,13 @@ class Run:
         return pd.read_csv(self.path / "stages.csv")
 
     def backbone(self, with_head: bool = True):
-        """The trained (and pruned) network in eval mode: the blocks, and the last head unless
-        with_head is False (then it returns the features)."""
-        from torch import nn
+        """The trained (and pruned) network in eval mode, with its classifier (the model's own, or
+        its stages then the last head), or without it (`with_head` False: the stages' features).
+        A run of your own module gives back the very object `fit(model=...)` trained."""
+        from ..deploy.network import deployable, load_trained
 
-        from ..compress.network import KIND
-        from ..fileio import read_json
-        from ..records import load_model
-
-        if read_json(self.path / "model.json").get("kind") == KIND:  # a whole network (model.arch)
-            if not with_head:
-                raise ConfigError("the features of a whole network: use load_network(path, heads=True) and its stages")
-            from ..deploy.network import load_network
-
-            return load_network(self.path).requires_grad_(False)
-        net, _ = load_model(self.path / "model")
-        parts = [*net.blocks, net.heads[-1]] if with_head else list(net.blocks)
-        return nn.Sequential(*parts).eval().requires_grad_(False)
+        net, heads = self.trained if self.trained is not None else load_trained(self.path)[:2]
+        return deployable(net, heads, with_head).eval().requires_grad_(False)
 
 
 def fit(config: str | None = None, out: str | Path | None = None, *, dataset: Any = None, ui=None,
@@ -129,7 +120,7 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
 
     ui = ui or NullUI()
     cfg, _, data, network = _resolve(config, None, dataset, ui, options)
-    get_trainer(cfg)  # the checks a run makes before its folder, in the same order
+    get_trainer(cfg, network)  # the checks a run makes before its folder, in the same order
     resolve_device(cfg.run.device)
     classes, shape = (data.num_classes, data.image_shape) if data is not None else data_shape(cfg.data)
     if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
@@ -146,6 +137,11 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
     return planned.table()
 
 
+# What a recipe sets for its own network and a network named in its place does not inherit; the
+# options a network takes (heads, k) carry over, and any given here are checked by the network.
+RECIPE_NETWORK_OPTIONS = {"width_mult": 1.0, "widths": None}
+
+
 def _resolve(config, out, dataset, ui, options: dict):
     """(config, recipe, a Dataset object given, the caller's module): what fit and plan run."""
     data, network = None, None
@@ -157,15 +153,17 @@ def _resolve(config, out, dataset, ui, options: dict):
         split = split if listed is None else listed
     over = overrides(dataset=dataset, out=out, model=model, split=split, **options)
     recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
+    if model is not None:  # another network than the recipe's: its widths were the recipe's network's
+        over["model"] = {**RECIPE_NETWORK_OPTIONS, **over["model"]}
     return config_mod.load(recipe, over), recipe, data, network
 
 
 def _user_network(model, split):
     """(module, its model.arch, the split of a list of stages): its split is checked before any folder."""
     from ..nn.split import split_stages
-    from ..trainers.arch import user_arch
+    from ..nn.network import user_network
 
-    network, arch, listed = user_arch(model)
+    network, arch, listed = user_network(model)
     if listed is not None and split is not None:
         raise ConfigError("a list of modules is already split into stages; give no split")
     if split is None and listed is None:
@@ -185,7 +183,7 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from ..trainers.expected import start_line
     from ..trainers.run import new_meta
 
-    get_trainer(cfg)  # every name in the config, before a folder is made or data is read
+    get_trainer(cfg, network)  # every name in the config, before a folder is made or data is read
     dist, dev, ui = _start(cfg, ui)
     ui.log(start_line(cfg, recipe, dev))
     path = run_path(cfg, recipe)
@@ -221,9 +219,9 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
     cfg = config_mod.from_dict(read_yaml(path / "config.yaml"))
     network = None
     if model is not None:
-        from ..trainers.arch import user_arch
+        from ..nn.network import user_network
 
-        network = user_arch(model)[0]
+        network = user_network(model)[0]
     elif (cfg.model.arch or "").startswith("user:"):
         raise ConfigError(f"{path} trains your own {cfg.model.arch[5:]}; resume it from Python with "
                           f"prunegreedy.resume(path, model=a_fresh_{cfg.model.arch[5:]}_instance)")
@@ -267,7 +265,7 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan
         # A process of the run that is gone ends every other one in one line, the run marked failed;
         # SIGTERM and Ctrl-C finish the step, checkpoint and stop.
         with dist.guard(on_lost=lambda reason: record.set_status("failed", reason)), stop.graceful():
-            execute(cfg, record, ds, dev, ui, dist, network)
+            _, trained = execute(cfg, record, ds, dev, ui, dist, network)
     except stop.Stopped as e:
         saved = f"a checkpoint at {e.where}" if e.where else "the last checkpoint"
         ui.log(f"stopped by {e.name}; {record.meta.stages_done} finished stage(s) and {saved} are saved. "
@@ -288,4 +286,4 @@ def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan
 
         write_report(load_runs([record.path]), record.path)
         ui.log(f"report: {record.path / 'report.html'}")
-    return Run(record.path)
+    return Run(record.path, trained)

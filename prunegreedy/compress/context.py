@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import CompressConfig, TrainConfig
 from ..data.base import Dataset, Normalize
+from ..nn.network import Network
 from ..train.distributed import SINGLE, Dist
 from ..train.loop import StepCallback
 
@@ -28,10 +29,8 @@ class StageContext:
     generator: torch.Generator
     ratio: float
     dist: Dist = SINGLE
-    # Any module as the block: cut through the dependency graph (compress.graph), into the next
-    # stage's input where there is one. False: a paper block, whose conv filters compress.prune cuts.
-    graph: bool = False
-    next_block: nn.Module | None = None
+    # The network the block is stage `stage` of (nn.network): what reads the block next is cut with it.
+    net: Network | None = None
     # With several cuts: each group's width before the first, so that ratio counts from the original.
     widths: dict[str, int] | None = None
 

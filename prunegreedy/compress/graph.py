@@ -9,7 +9,7 @@ input). Names are the block's qualified module names; no attribute (`.conv`) is 
 
 Scope rule: "internal" prunes the internal groups, and where a block has none (a plain block of
 one conv: the paper's blocks, a VGG layer) its output groups instead, so the paper's blocks cut
-their filters (`compress.prune.prune_block` cuts them through here); "all" prunes both kinds. A
+their filters (compress.network.cut_stage cuts every stage through here); "all" prunes both kinds. A
 group whose channels also run out of the next block (a residual stream crossing the cut) keeps
 its width: the stage after next is not in the trace, so those channels are not offered. Cuts are made on
 copies first, so a coupling the trace cannot see (psi's pixel_unshuffle before the next block)
@@ -155,8 +155,9 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
                 ratio: float, importance: str, round_to: int = 1, scope: str = "internal",
                 gradients: Callable[[], None] | None = None, agree: Agree = lambda x: x,
                 widths: dict[str, int] | None = None) -> PruneRecord:
-    """Cut `ratio` of every selected group's channels in place (the least important by `importance`),
-    with everything coupled to them in the head and the next block. Every group is scored on the
+    """Cut `ratio` of every selected group's channels in place (the least important by `importance`,
+    scored on the block and the head only), with everything coupled to them in the head and the
+    next block. Every group is scored on the
     uncut stage before any is cut, so the result does not depend on the order of the groups.
     `agree` gives every rank rank 0's choice. `widths` (root: width before an earlier cut): the
     ratio counts from those, so a later cut of several only takes what the earlier ones left."""
@@ -174,7 +175,8 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
     for info, root, keep in selected:
         group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                         idxs=list(range(info.width)))
-        cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep)), info.kind))
+        scored = _without(group, set(next_block.modules()) if next_block is not None else set())
+        cuts.append(Cut(info.root, info.width, tuple(lowest(scored, importance, info.width - keep)), info.kind))
     chosen = agree([list(c.removed) for c in cuts])
     cuts = [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
     _dry_run(block, head, next_block, input_shape, cuts)
@@ -183,6 +185,19 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
         for p in (m.parameters() if m is not None else []):
             p.grad = None
     return PruneRecord(tuple(cuts))
+
+
+def _without(group, outside: set):
+    """The group's items but those of `outside` modules: the next stage's input weights are cut
+    with the stage's filters but never scored, so a filter's score is the stage's and its head's."""
+    if not outside:
+        return group
+    scored = tp.dependency.Group()
+    scored._DG = group._DG
+    # The items themselves: each carries the root_idxs the graph gave it (Group.add_dep would make
+    # new items without them, and tp's importances then fail on None).
+    scored._group = [item for item in group.items if item.dep.target.module not in outside]
+    return scored
 
 
 def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],

@@ -1,6 +1,6 @@
 """The compression hook run after every greedy stage, by name (`compress.hook`).
 
-`prune` removes a fraction of the new block's output filters (compress.prune), cuts the head's
+`prune` removes a fraction of the new block's filters (compress.network.cut_stage), cuts the head's
 input to match, and fine-tunes block + head against the auxiliary loss.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ..measure.size import output_shape
 from ..train.loop import Chain, train
 from ..train.modes import eval_mode
 from .context import AfterHook, Hook, Recorder, StageContext
-from .graph import prune_stage, replay
-from .prune import accumulate_gradients, prune_block
+from .gradients import accumulate_gradients
+from .network import cut_stage, replay_stage
 from .reconstruct import refit
 
 
@@ -26,24 +26,19 @@ def none_hook(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> tuple
     return ctx.block, ctx.head
 
 
-def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> list[int] | dict | None:
-    """Remove ctx.ratio of the block's filters in place (and the head's matching inputs), record the
-    `pruned` phase, return what was removed (falsy: the model is unchanged): a paper block's filter
-    indices, or for any module (ctx.graph) its pruning record, the trace finding what is coupled
-    to it in the block, the head and the next block's input."""
+def cut_filters(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> dict | None:
+    """Remove ctx.ratio of the block's filters in place, with what is coupled to them in the head
+    and the next stage's input (compress.network.cut_stage), record the `pruned` phase, return its
+    pruning record (None: the model is unchanged)."""
     block, head = ctx.block, ctx.head
     before = output_shape(block, ctx.input_shape)[0]
     start = time.perf_counter()
     images = cfg.refit_images()
     uncut = copy.deepcopy(nn.Sequential(block, head)) if images else None
     gradients = lambda: accumulate_gradients(ctx, block, head, cfg.taylor_batches)  # noqa: E731
-    if ctx.graph:
-        cut = prune_stage(block, head, ctx.next_block, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
-                          cfg.scope, gradients=gradients, agree=ctx.dist.broadcast, widths=ctx.widths)
-        removed = cut.as_dict() if cut.cuts else None
-    else:
-        removed = prune_block(block, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to,
-                              gradients=gradients, agree=ctx.dist.broadcast)
+    cut = cut_stage(ctx.net, ctx.stage, head, ctx.input_shape, ctx.ratio, cfg.importance, cfg.round_to, cfg.scope,
+                    gradients=gradients, agree=ctx.dist.broadcast, widths=ctx.widths)
+    removed = cut.as_dict() if cut.cuts else None
     if removed and uncut is not None:
         refit_after_cut(ctx, uncut, images)
     if removed:
@@ -74,14 +69,10 @@ def refit_after_cut(ctx: StageContext, uncut: nn.Module, images: int) -> list[st
     return names
 
 
-def replay_cut(ctx: StageContext, removed: list[int] | dict | None) -> None:
+def replay_cut(ctx: StageContext, removed: dict | None) -> None:
     """Cut again exactly what cut_filters removed (a resumed stage repeating a recorded cut)."""
-    if not removed:
-        return
-    if ctx.graph:
-        replay(ctx.block, ctx.head, ctx.next_block, ctx.input_shape, removed)
-    else:
-        prune_block(ctx.block, ctx.head, ctx.input_shape, ctx.ratio, "l1", replay=removed)
+    if removed:
+        replay_stage(ctx.net, ctx.stage, ctx.head, ctx.input_shape, removed)
 
 
 def finetune(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> None:

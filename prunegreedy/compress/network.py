@@ -1,45 +1,102 @@
-"""A network cut into stages and pruned, described as how to build it again.
+"""A network's stages cut one at a time, and the spec that says how to build the network again.
 
-The spec of a trained model says how to build the unpruned network (a registered name and its
-arguments, or only its class name and shapes for a module the caller must hand back), where its
-stages end, each stage's aux head, and what each stage's cut removed (compress.graph records).
-`rebuild` builds the original, cuts it stage by stage exactly as training did and returns the
-caller's own class, pruned, ready for its safetensors weights: nothing is unpickled.
+One cut of a stage for every trainer: through the dependency graph traced over the stage, its
+head and the next stage's module where one exists already (prebuilt, or made ahead of time by
+the decoupled and end-to-end trainers), scored on the stage and its head only. A made next stage
+narrows its own input instead (psi hides the coupling from the trace).
+
+The spec of a trained network (checkpoints, model.json, native exports) says how to build the
+unpruned network (its registered name and arguments, or only its class name and shapes for a
+module the caller must hand back), each stage's head, and what each stage's cut removed.
+`rebuild` builds it, makes and cuts every stage exactly as training did, and returns the
+network ready for its safetensors weights: nothing is unpickled.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import SpecError
-from ..nn.models import build_model
-from ..nn.net import make_head
-from ..nn.spec import StageSpec
-from ..nn.split import split_stages, stage_shapes
-from .graph import replay
+from ..measure.size import output_shape
+from ..nn.heads import HEADS
+from ..nn.network import OWN, USER, Network, build_network
+from ..nn.spec import StageSpec, check_fields
+from .graph import Agree, PruneRecord, prune_stage, replay
 
 KIND = "prunegreedy-network"
-USER = "user:"  # arch of a module the caller passed: rebuilt only onto the instance they pass again
+# What network_spec writes and rebuild reads (besides kind).
+SPEC_KEYS = ("arch", "class", "args", "split", "last_head", "input_shape", "shapes", "heads", "pruning")
 
 
-@dataclass
-class Staged:
-    """The model, its stages (sharing its modules), and each stage's head: an aux head, or the
-    model's own tail (the last stage with last_head "own")."""
-    model: nn.Module
-    stages: list[nn.Module]
-    heads: list[nn.Module]  # of the stages trained so far
-    tail: nn.Module | None = None  # what follows the last stage in the model's forward
+def head_settings(spec: StageSpec) -> dict:
+    """A stage's head as its spec keeps it."""
+    return {"type": spec.head, "k": spec.k, "hidden": spec.head_width, "in_pool": spec.head_pool}
 
-    def aux_heads(self, own_last: bool) -> nn.ModuleDict:
-        last = len(self.stages) - 1
-        return nn.ModuleDict({str(j): h for j, h in enumerate(self.heads) if not (own_last and j == last)})
 
-    def saved(self, own_last: bool) -> nn.Module:
-        """What a checkpoint holds: the whole model (untrained stages too) and the aux heads."""
-        return nn.ModuleDict({"model": self.model, "heads": self.aux_heads(own_last)})
+def check_head(settings: dict, j: int | str) -> None:
+    """Refuse a stage's saved head settings that would not build (a tampered spec), as one SpecError."""
+    if not isinstance(settings, dict):
+        raise SpecError(f"head {j}: settings must be an object, got {settings!r}")
+    check_fields(settings, {"type": str, "k": int, "hidden": int}, f"head {j}")
+    if settings["type"] not in HEADS:
+        raise SpecError(f"head {j}: unknown head type '{settings['type']}'; valid: {', '.join(HEADS)}")
+    pool = settings.get("in_pool")
+    if pool is not None and (type(pool) is not int or pool < 1):
+        raise SpecError(f"head {j}: field 'in_pool' must be a positive integer or null, got {pool!r}")
+
+
+def with_head(spec: StageSpec, settings: dict) -> StageSpec:
+    return replace(spec, head=settings["type"], k=settings["k"], head_width=settings["hidden"],
+                   head_pool=settings["in_pool"])
+
+
+def next_of(net: Network, j: int) -> nn.Module | None:
+    """The module a cut of stage j traces with: the next stage's, where it exists and the graph sees it."""
+    nxt, _ = _next(net, j)
+    return nxt
+
+
+def _next(net: Network, j: int) -> tuple[nn.Module | None, Callable[[list[int]], None] | None]:
+    """(the next stage's module to trace with, or its own input rule), as the network is now."""
+    if j + 1 >= len(net.stages) or net.stages[j + 1].module is None:
+        return None, None
+    nxt = net.stages[j + 1]
+    return (None, nxt.narrow_input) if nxt.made else (nxt.module, None)
+
+
+def _narrow(narrow: Callable[[list[int]], None] | None, record: PruneRecord) -> None:
+    if narrow is not None and record.cuts:
+        if len(record.cuts) != 1:
+            raise SpecError(f"a made stage's input narrows by one cut of the stage before it, got {len(record.cuts)}")
+        narrow(list(record.cuts[0].removed))
+
+
+def cut_stage(net: Network, j: int, head: nn.Module, in_shape: tuple[int, ...], ratio: float, importance: str,
+              round_to: int = 1, scope: str = "internal", gradients: Callable[[], None] | None = None,
+              agree: Agree = lambda x: x, widths: dict[str, int] | None = None) -> PruneRecord:
+    """Cut stage j of `net` in place (see compress.graph.prune_stage), with its head and what reads it next."""
+    nxt, narrow = _next(net, j)
+    record = prune_stage(net.stages[j].module, head, nxt, in_shape, ratio, importance, round_to, scope,
+                         gradients=gradients, agree=agree, widths=widths)
+    _narrow(narrow, record)
+    return record
+
+
+def replay_stage(net: Network, j: int, head: nn.Module, in_shape: tuple[int, ...], record: PruneRecord | dict) -> None:
+    """Cut stage j exactly as `record` says (a resumed stage, a rebuilt network)."""
+    record = record if isinstance(record, PruneRecord) else PruneRecord.from_dict(record)
+    nxt, narrow = _next(net, j)
+    replay(net.stages[j].module, head, nxt, in_shape, record)
+    _narrow(narrow, record)
+
+
+def checkpoint_module(net: Network, heads: list[nn.Module]) -> nn.Module:
+    """What a checkpoint holds: the whole model (untrained stages too) and the stages' own heads."""
+    aux = {str(j): h for j, h in enumerate(heads) if not (net.stages[j].spec.head == OWN)}
+    return nn.ModuleDict({"model": net.model, "heads": nn.ModuleDict(aux)})
 
 
 def shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -47,23 +104,12 @@ def shapes(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-def head_settings(name: str, pool: int | None) -> dict:
-    """How every aux head of a run is built (model.head, model.head_pool), as its spec keeps it."""
-    d = StageSpec(width=1)
-    return {"type": name, "k": d.k, "hidden": d.head_width, "in_pool": pool}
-
-
-def head_for(settings: dict, shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A stage's aux head on an output of `shape`, by the head's registered name (nn.heads.HEADS)."""
-    stage = StageSpec(width=shape[0], head=settings["type"], k=settings["k"], head_width=settings["hidden"],
-                      head_pool=settings["in_pool"])
-    return make_head(shape[0], stage, num_classes, tuple(shape[1:]))
-
-
-def downstream(stages: list[nn.Module], j: int) -> nn.Module:
-    """What reads stage j's output in a network trained end-to-end, to trace a cut of stage j: the
-    stages after it (Torch-Pruning offers no channels of a tensor the traced module returns)."""
-    return nn.Sequential(*stages[j + 1:])
+def network_spec(net: Network, dataset: dict) -> dict:
+    """The spec of an untrained network (run.json's dataset section gives the data's facts)."""
+    return {"kind": KIND, "arch": net.name, "class": type(net.model).__name__, "args": dict(net.args),
+            "split": [s.name for s in net.stages], "last_head": OWN if net.own_tail else "aux",
+            "input_shape": list(dataset["image_shape"]), "mean": dataset["mean"], "std": dataset["std"],
+            "classes": dataset["classes"], "shapes": shapes(net.model), "heads": {}, "pruning": []}
 
 
 def check_same(model: nn.Module, spec: dict) -> None:
@@ -75,34 +121,46 @@ def check_same(model: nn.Module, spec: dict) -> None:
                             f"'{key}' is {have.get(key)} in it, {want.get(key)} in the spec")
 
 
-def rebuild(spec: dict, model: nn.Module | None = None) -> tuple[Staged, bool]:
-    """(the pruned network, whether its last stage kept the model's own tail), weights not loaded."""
+def fresh(spec: dict, model: nn.Module | None = None) -> Network:
+    """The unpruned, untrained network a spec describes (or `model`, the caller's instance of it)."""
     if not isinstance(spec, dict) or spec.get("kind") != KIND:
-        raise SpecError(f"not the spec of a whole network trained as model.arch (kind '{KIND}'); the network of "
-                        f"a plan loads with prunegreedy.load_model")
-    arch, args = spec["arch"], spec["args"]
-    if model is None:
-        if arch.startswith(USER):
-            raise SpecError(f"{spec['class']} is not a registered model; pass a fresh, unpruned instance "
-                            f"as model= to load it")
-        torch.manual_seed(0)  # the weights are loaded over it; a fixed seed keeps building cheap and alike
-        model = build_model(arch, args["num_classes"], args["image_size"])
-    check_same(model, spec)
-    stages, tail = split_stages(model, spec["split"])
-    own = spec["last_head"] == "own" and tail is not None
+        raise SpecError(f"not the spec of a network (kind '{KIND}')")
+    missing = [k for k in SPEC_KEYS if k not in spec]
+    if missing:
+        raise SpecError(f"a network spec needs {', '.join(SPEC_KEYS)}; this one lacks {', '.join(missing)}")
+    if not isinstance(spec["heads"], dict):
+        raise SpecError("a network spec's 'heads' must map stages to their head settings")
+    for j, settings in spec["heads"].items():  # all of them before anything is built
+        check_head(settings, j)
+    arch, args = spec["arch"], dict(spec["args"])
+    if model is None and arch.startswith(USER):
+        raise SpecError(f"{spec['class']} is not a registered model; pass a fresh, unpruned instance as model= "
+                        f"to load it")
+    if model is not None:  # the caller's instance: its architecture before any split is tried on it
+        check_same(model, spec)
+    num_classes, image_size = args.pop("num_classes"), args.pop("image_size")
+    torch.manual_seed(0)  # the weights are loaded over it; a fixed seed keeps building cheap and alike
+    net = build_network(arch, num_classes, image_size, args, spec["split"], spec["last_head"], model)
+    check_same(net.model, spec)
+    return net
+
+
+def rebuild(spec: dict, model: nn.Module | None = None) -> tuple[Network, list[nn.Module]]:
+    """(the pruned network, every trained stage's head), weights not loaded: each stage made (if
+    it is made) on the width the previous cut left, its head built, its cut replayed."""
+    net = fresh(spec, model)
     shape, heads = tuple(spec["input_shape"]), []
     for j, cut in enumerate(spec["pruning"]):  # the stages trained so far, in order
-        stage = stages[j]
-        out = stage_shapes([stage], shape)[0]
-        nxt = stages[j + 1] if j + 1 < len(stages) else None
-        if own and j == len(stages) - 1:
-            head = probe = tail
-        elif str(j) in spec["heads"]:
-            head = probe = head_for(spec["heads"][str(j)], out, args["num_classes"])
+        module = net.module(j, shape[0])
+        out = output_shape(module, shape)
+        if str(j) in spec["heads"]:
+            head = net.head(j, out, with_head(net.stages[j].spec, spec["heads"][str(j)]))
+        elif net.stages[j].spec.head == OWN:
+            head = net.tail
         else:  # trained without a head of its own (end-to-end)
-            head, probe, nxt = nn.Identity(), downstream(stages, j), None
+            head = nn.Identity()
         if cut:
-            replay(stage, probe, nxt, shape, cut)
+            replay_stage(net, j, head, shape, cut)
         heads.append(head)
-        shape = stage_shapes([stage], shape)[0]
-    return Staged(model, stages, heads, tail), own
+        shape = output_shape(module, shape)
+    return net, heads

@@ -1,10 +1,7 @@
 """Sensitivity of a trained stage: its head's held-out accuracy with block j pruned at each ratio.
 
-A stage of any module (compress.graph) is cut as its hook cuts it, one copy per ratio, each
-copy recalibrated and evaluated on its own; what follows is the paper blocks' shortcut.
-
-Right after stage j trains, deep copies of block j + head j are pruned (compress.prune.prune_block,
-the same criterion the hook uses) and evaluated, without fine-tuning, on the held-out images. The
+Right after stage j trains, deep copies of block j + head j are pruned (compress.graph.prune_stage,
+as the hook cuts them) and evaluated, without fine-tuning, on the held-out images. The
 global random state is restored before each copy is pruned, and Taylor gradients are drawn with a
 copy of the stage's batch generator, so every copy loses exactly the filters the hook would cut at
 that ratio, and the run's own random streams are left as they were.
@@ -29,8 +26,7 @@ from torch import nn
 from ..data.base import Holdout, Normalize
 from ..measure.size import count_macs, count_params, output_shape
 from ..train.modes import autocast, eval_mode
-from .graph import kept_filters, prune_stage
-from .prune import prune_block
+from .graph import coupled_groups, kept_filters, prune_stage
 
 # gradients(block copy, head copy): fill .grad for Taylor importance (None for other criteria)
 Gradients = Callable[[nn.Module, nn.Module], None]
@@ -108,17 +104,18 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
             ratios: list[float], importance: str, round_to: int, holdout: Holdout, norm: Normalize,
             batch_size: int, device: torch.device, amp: torch.dtype | None = None,
             gradients: Gradients | None = None, calibration: torch.Tensor | None = None,
-            graph: bool = False, next_block: nn.Module | None = None, scope: str = "internal") -> list[dict]:
+            next_block: nn.Module | None = None, scope: str = "internal") -> list[dict]:
     """One row per ratio (0, the trained block, first): ratio, width, held-out accuracy, and the
     parameters and MACs of the backbone so far (blocks 1..j-1 and the pruned copy of block j).
 
     calibration: uint8 training images (none of them held out) on which every head copy's BatchNorm
     statistics are re-estimated before it is evaluated; None evaluates with the trained statistics.
-    `graph`: the block is any module, cut through the dependency graph as the hook cuts it (with
-    `next_block` and `scope`); its copies change inside, so each runs on its own. The stage's own
-    block and head are never changed.
+    Each copy is cut as the hook cuts it (with `next_block` and `scope`). A stage whose cut is of
+    its output channels alone keeps the outputs of the channels it keeps, so its copies share one
+    pass of the trained block; a cut inside the stage changes them, so each copy runs on its own.
+    The stage's own block and head are never changed.
     """
-    if graph:
+    if not _output_cuts_only(block, head, next_block, input_shape, scope):
         return _measure_stage(prefix_blocks, block, head, input_shape, ratios, importance, round_to, holdout, norm,
                               batch_size, device, amp, gradients, calibration, next_block, scope)
     n = output_shape(block, input_shape)[0]
@@ -132,9 +129,9 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
             continue
         b, h = copy.deepcopy(block), copy.deepcopy(head)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            removed = prune_block(b, h, input_shape, r, importance, round_to,
-                                  gradients=(lambda b=b, h=h: gradients(b, h)) if gradients is not None else None)
-        gone = set(removed)
+            record = prune_stage(b, h, copy.deepcopy(next_block), input_shape, r, importance, round_to, scope,
+                                 gradients=(lambda b=b, h=h: gradients(b, h)) if gradients is not None else None)
+        gone = {i for c in record.cuts for i in c.removed}
         copies[width] = (b, h, [i for i in range(n) if i not in gone])  # torch-pruning keeps the order
     prefix = nn.Sequential(*prefix_blocks)
     heads = [(h, kept) for _, h, kept in copies.values()]
@@ -147,6 +144,13 @@ def measure(prefix_blocks: list[nn.Module], block: nn.Module, head: nn.Module, i
     sizes = {w: _sizes(prefix_blocks, b, holdout) for w, (b, _, _) in copies.items()}
     return [{"ratio": r, "width": w, "holdout_acc": round(accs[w], 4), "params_backbone": sizes[w][0],
              "macs_backbone": sizes[w][1]} for r, w in ((r, kept_filters(n, r, round_to)) for r in ratios)]
+
+
+def _output_cuts_only(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
+                      input_shape: tuple[int, ...], scope: str) -> bool:
+    """Whether a cut of the stage narrows one group alone: the stage's output channels."""
+    groups = coupled_groups(block, head, next_block, input_shape, scope)
+    return len(groups) == 1 and groups[0].kind == "output"
 
 
 def _sizes(prefix_blocks: list[nn.Module], block: nn.Module, holdout: Holdout) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .backbone import artifact, load_backbone, read_export_spec
+from .backbone import artifact, read_export_spec
 from .network import load_network_export
 from ..data.base import Dataset, Normalize
 from ..errors import DataError, ExportError
@@ -48,9 +48,7 @@ def require_onnx():
 
 
 def _open_native(folder: Path, spec: dict, threads: int | None) -> Forward:
-    if "network" in spec:  # a whole network: rebuilt as the user's own class
-        return load_network_export(folder, spec, with_head=spec["head"] is not None)
-    return load_backbone(folder, with_head=spec["head"] is not None)
+    return load_network_export(folder, spec, with_head=spec["head"] is not None)
 
 
 def _open_torchscript(folder: Path, spec: dict, threads: int | None) -> Forward:

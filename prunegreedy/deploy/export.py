@@ -8,8 +8,8 @@ TOLERANCE is relative to the outputs' largest magnitude (absolute below 1): floa
 logit of 7,000 to 0.0005, and a barely trained network can have such logits.
 An int8 export (`int8=`, ONNX only) writes the checked fp32 ONNX file to a temporary folder,
 quantizes it (deploy.quantize) and records its agreement with fp32 in the spec's `quantization`.
-A whole network (a model.arch run) exports as itself, BatchNorm folded in place (deploy.network),
-through the same writers and checks.
+A network exports as itself, BatchNorm folded in place (deploy.network): the model with its own
+classifier, or its stages and last head.
 """
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from ..data.base import Normalize
 from ..data.registry import load_dataset
 from .deployed import onnx_forward, open_export, require_onnx
 from ..errors import ExportError, RunError, SpecError
-from .fold import fold_network
-from .network import exported_module, fold_staged, load_network_export, load_staged
-from ..compress.network import KIND as NETWORK_KIND, Staged
-from ..nn.net import GreedyNet
+from .network import deployable, fold_trained, load_network_export, load_trained
+from ..nn.network import Network
 from ..fileio import atomic_write, read_json, read_yaml, write_json
-from ..records import RUN_FILE, load_model
+from ..records import RUN_FILE
 
 TOLERANCE = 1e-4  # max abs difference of outputs (features or logits), per unit of their largest magnitude
 CHECK_IMAGES = 64
@@ -109,27 +107,13 @@ def finished_run(run: Path) -> tuple[dict, dict]:
     return meta, spec
 
 
-def is_network(spec: dict) -> bool:
-    """Whether a run's model.json is a whole network (model.arch) rather than a plan's blocks."""
-    return isinstance(spec, dict) and spec.get("kind") == NETWORK_KIND
-
-
-def load_run_network(run: Path) -> tuple[GreedyNet, dict, dict]:
-    """The latest finished network of a plan's run folder (eval mode), its spec, and run.json."""
-    meta, _ = finished_run(run)
-    net, spec = load_model(Path(run) / "model")
-    return net.eval(), spec, meta
-
-
 def folded_run(run: Path, with_head: bool = False, model: torch.nn.Module | None = None,
                ) -> tuple[torch.nn.Module, list[int]]:
     """A run folder's latest network folded as `export` folds it, and its input shape."""
-    _, spec = finished_run(run)
-    if is_network(spec):
-        staged, own, spec = load_staged(run, model)
-        return exported_module(fold_staged(staged, own, spec)[0], own, with_head).eval(), spec["input_shape"]
-    net, spec, _ = load_run_network(run)
-    return fold_network(net, spec["input_shape"], with_head), spec["input_shape"]
+    finished_run(run)
+    net, heads, spec = load_trained(run, model)
+    net, heads, _ = fold_trained(net, heads, spec)
+    return deployable(net, heads, with_head).eval(), spec["input_shape"]
 
 
 def check_images(input_shape, n: int = CHECK_IMAGES) -> torch.Tensor:
@@ -153,52 +137,28 @@ def _allowed(reference: torch.Tensor) -> float:
     return TOLERANCE * max(1.0, reference.float().abs().max().item())
 
 
-def export_network(net: GreedyNet, model_spec: dict, out: Path, fmt: str = "native", with_head: bool = False,
-                   images: torch.Tensor | None = None, source: dict | None = None,
-                   int8: quantize.Calibration | None = None) -> dict:
-    """Fold `net` (described by `model_spec`, a GreedyNet spec with input_shape/mean/std/classes),
-    write it to the empty or new folder `out` in format `fmt` (int8 ONNX if `int8` is given), check
-    it, and summarise. On any failure nothing is left in `out` (nor `out` itself, if made here)."""
-    out = Path(out)
-    _check_request(fmt, out, None if int8 is None else len(int8.images))
-    model = fold_network(net, model_spec["input_shape"], with_head)
-    spec = model.spec(fmt if int8 is None else "onnx-int8", model_spec["input_shape"], model_spec["mean"],
-                      model_spec["std"], model_spec["classes"], source)
-    reference = net if with_head else _Features(net)
-    return _write_checked(reference, model, spec, out, fmt, images, int8)
-
-
-class _Features(torch.nn.Module):
-    """A plan's blocks alone, as a module: the reference of a features-only export."""
-
-    def __init__(self, net: GreedyNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x)
-
-
-def export_whole_network(staged: Staged, own: bool, model_spec: dict, out: Path, fmt: str = "native",
-                         with_head: bool = False, images: torch.Tensor | None = None, source: dict | None = None,
-                         int8: quantize.Calibration | None = None, fresh: torch.nn.Module | None = None) -> dict:
-    """The export of a whole network (a model.arch run, loaded as `staged`), as export_network does
-    for a plan: the model itself with its own classifier, else its stages (and last aux head).
-    `fresh`: an unpruned instance of your own module, to reload a native export onto for its check."""
+def export_network(net: Network, heads: list[torch.nn.Module], model_spec: dict, out: Path, fmt: str = "native",
+                   with_head: bool = False, images: torch.Tensor | None = None, source: dict | None = None,
+                   int8: quantize.Calibration | None = None, fresh: torch.nn.Module | None = None) -> dict:
+    """Fold a trained network (its spec `model_spec`), write it to the empty or new folder `out` in
+    format `fmt` (int8 ONNX if `int8` is given), check it, and summarise: the model itself with its
+    own classifier, else its stages (and last head). On any failure nothing is left in `out` (nor
+    `out` itself, if made here). `fresh`: an unpruned instance of your own module, to reload a
+    native export onto for its check."""
     out = Path(out)
     _check_request(fmt, out, None if int8 is None else len(int8.images))
     reopen = open_export
     if fresh is not None and fmt == "native":  # your own module reloads only onto an instance of it
         reopen = lambda folder: load_network_export(*read_export_spec(folder), with_head, fresh)  # noqa: E731
-    folded_staged, pairs = fold_staged(staged, own, model_spec)
-    model = exported_module(folded_staged, own, with_head).eval().requires_grad_(False)
-    head = ({"type": "own"} if own else {"type": "aux"}) if with_head else None
+    folded, folded_heads, pairs = fold_trained(net, heads, model_spec)
+    model = deployable(folded, folded_heads, with_head).eval().requires_grad_(False)
+    head = ({"type": "own"} if net.own_tail else {"type": "aux"}) if with_head else None
     spec = {"kind": KIND, "version": FORMAT_VERSION, "format": fmt if int8 is None else "onnx-int8",
             "bn_folded": not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
             "network": model_spec, "folded": pairs, "head": head,
             **{k: list(model_spec[k]) for k in ("input_shape", "mean", "std", "classes")},
             "params": sum(p.numel() for p in model.parameters()), "source": source or {}}
-    return _write_checked(exported_module(staged, own, with_head), model, spec, out, fmt, images, int8, reopen)
+    return _write_checked(deployable(net, heads, with_head), model, spec, out, fmt, images, int8, reopen)
 
 
 def _write_checked(reference: torch.nn.Module, model: torch.nn.Module, spec: dict, out: Path, fmt: str,
@@ -284,13 +244,9 @@ def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = Fals
     the dataset `calibration_data` (default: the run's own, read from `data_dir` if given).
     `model`: a fresh, unpruned instance of your own module, for a run that trained one."""
     _check_request(fmt, Path(out), calibration)
-    meta, model_spec = finished_run(run)
-    network = is_network(model_spec)
-    if network:
-        fresh = copy.deepcopy(model) if model is not None else None  # `model` is pruned as it is loaded
-        staged, own, model_spec = load_staged(run, model)
-    else:
-        net, model_spec, meta = load_run_network(run)
+    meta, _ = finished_run(run)
+    fresh = copy.deepcopy(model) if model is not None else None  # `model` is pruned as it is loaded
+    net, heads, model_spec = load_trained(run, model)
     int8 = None
     if calibration is not None:
         ds = calibration_data if calibration_data is not None else run_dataset(run, data_dir)
@@ -298,7 +254,5 @@ def export_run(run: Path, out: Path, fmt: str = "native", with_head: bool = Fals
     dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     source = {"run": str(Path(run).resolve()), "status": meta.get("status"), "stages_done": meta.get("stages_done"),
               "final_acc": meta.get("final_acc"), "dataset": dataset.get("name"),
-              "plan": model_spec.get("arch") if network else model_spec.get("plan")}
-    if network:
-        return export_whole_network(staged, own, model_spec, out, fmt, with_head, images, source, int8, fresh)
-    return export_network(net, model_spec, out, fmt, with_head, images, source, int8)
+              "plan": model_spec.get("arch")}
+    return export_network(net, heads, model_spec, out, fmt, with_head, images, source, int8, fresh)

@@ -1,4 +1,4 @@
-"""BatchNorm folding: a trained GreedyNet -> the inference-only Backbone with no BatchNorm left.
+"""BatchNorm folding: every conv + BN pair of a network in place, and its last head into a BN-free copy.
 
 In eval mode BN is a per-channel affine map y = s * x + t (s = gamma / sqrt(var + eps),
 t = beta - mean * s). After a conv it folds into the conv's weight and bias. The head's BN sits
@@ -15,11 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .backbone import Backbone, FoldedAuxHead, feature_size
-from ..nn.blocks import Block, ConvBlock, VGGBlock
+from .backbone import FoldedAuxHead
 from ..errors import ExportError
 from ..nn.heads import AuxHead, MLPSRHead, PooledHead, VGGHead
-from ..nn.net import GreedyNet
 
 
 def bn_affine(bn: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,13 +48,6 @@ def fold_bn_linear(bn: nn.Module, fc: nn.Linear, cells: int, into: nn.Linear) ->
     w = fc.weight.double()
     into.weight.copy_(w * scale)
     into.bias.copy_(fc.bias.double() + w @ shift)
-
-
-def fold_block(block: Block) -> Block:
-    """The same block type without BN (its conv then has a bias), rebuilt from the block's spec."""
-    out = type(block).from_spec({**block.spec(), "bn": False})
-    fold_conv_bn(block.conv, block.bn, out.conv)
-    return out
 
 
 @torch.no_grad()
@@ -101,8 +92,7 @@ def fold_mlp_sr_head(head: MLPSRHead, in_size: tuple[int, int]) -> MLPSRHead:
     return out
 
 
-# Folding by module type; a block or head type without an entry cannot be exported.
-BLOCK_FOLDERS: dict[type, Callable[[nn.Module], nn.Module]] = {ConvBlock: fold_block, VGGBlock: fold_block}
+# Folding by head type; a head type without an entry cannot be exported with the network.
 HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {
     AuxHead: fold_head, PooledHead: fold_pooled_head, MLPSRHead: fold_mlp_sr_head,
     VGGHead: lambda head, in_size: copy.deepcopy(head)}
@@ -118,20 +108,6 @@ def _folder(table: dict, module: nn.Module) -> Callable:
 def fold_any_head(head: nn.Module, in_size: tuple[int, int]) -> nn.Module:
     """The BN-free copy of any registered head type (HEAD_FOLDERS), for the output size in_size."""
     return _folder(HEAD_FOLDERS, head)(head, in_size)
-
-
-def fold_network(net: GreedyNet, input_shape, with_head: bool = False) -> Backbone:
-    """The eval-mode, BN-free copy of `net`'s blocks (and its last head if `with_head`)."""
-    if not len(net.blocks):
-        raise ExportError("the network has no blocks to export")
-    blocks = [_folder(BLOCK_FOLDERS, b)(b) for b in net.blocks]
-    head = None
-    if with_head:
-        if not len(net.heads):
-            raise ExportError("the network has no head to export")
-        last = net.heads[-1]
-        head = _folder(HEAD_FOLDERS, last)(last, feature_size(input_shape, [b.spec() for b in blocks]))
-    return Backbone(blocks, head).eval().requires_grad_(False)
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]] | None:

@@ -53,11 +53,3 @@ def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, 
     with torch.no_grad():
         return tuple(model(torch.zeros(1, *input_shape)).shape[1:])
 
-
-def block_widths(blocks, input_shape: tuple[int, ...]) -> list[int]:
-    """The output channels of every block of a chain, by a forward pass through them in turn."""
-    out = []
-    for block in blocks:
-        input_shape = output_shape(block, input_shape)
-        out.append(input_shape[0])
-    return out

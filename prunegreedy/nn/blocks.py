@@ -1,6 +1,6 @@
 """Network pieces: psi (invertible downsampling), the paper's conv block and the VGG block.
 
-`nn.net.make_block` picks a block class from BLOCKS by the stage's `block` name. Every block has
+`nn.network.make_block` picks a block class from BLOCKS by the stage's `block` name. Every block has
 a `conv` and a `bn` (export folds it), and declares `FIELDS`: its spec's fields and their types,
 checked before a spec is built. Pruning finds a block's filters through the traced graph
 (compress.graph), not by these names.

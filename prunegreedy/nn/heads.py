@@ -1,7 +1,7 @@
 """Classifier heads: the 'k hidden layers' problem each greedy stage solves, and VGG's classifier.
 
 Like the blocks, every head class declares `FIELDS` (its spec's fields and types) and
-`for_stage(in_channels, stage, num_classes, in_size)`; `nn.net.make_head` picks it from HEADS by
+`for_stage(in_channels, stage, num_classes, in_size)`; `nn.network.make_head` picks it from HEADS by
 name. `aux` is the paper's head; `pooled` and `mlp-sr` shrink the map first, so a head costs a
 few percent of its block instead of as much as the block (issue 13; DGL's aux-net study).
 """

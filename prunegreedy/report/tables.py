@@ -58,8 +58,12 @@ class Run:
 
     @property
     def planned(self) -> int | None:
+        """How many stages the run trains: its plan in run.json (older runs: their paper plan's)."""
         from ..nn.plans import make_plan
 
+        stages = (self.meta.get("planned") or {}).get("stages")
+        if isinstance(stages, list):
+            return len(stages)
         m = self.config.get("model") or {}
         try:
             return len(make_plan(m.get("plan", self.meta.get("plan")), m.get("width_mult", 1.0), m.get("widths")))
@@ -227,8 +231,9 @@ def _read_sensitivity(path: Path, done: int) -> pd.DataFrame | None:
 def _k(run: Run) -> int | None:
     from ..nn.plans import PLANS
 
-    plan = (run.config.get("model") or {}).get("plan", run.meta.get("plan"))
-    return PLANS[plan](1.0)[0].k if plan in PLANS else None
+    m = run.config.get("model") or {}
+    plan = m.get("arch") or m.get("plan", run.meta.get("plan"))
+    return m.get("k") or (PLANS[plan](1.0)[0].k if plan in PLANS else None)
 
 
 def _compress(run: Run) -> dict:

@@ -2,6 +2,7 @@
 session a trainer runs in, and the recorder that measures a phase and hands its row to the record."""
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import platform
 from dataclasses import dataclass, field
@@ -17,17 +18,16 @@ from ..data.base import Dataset, Normalize
 from ..data.registry import DATASETS
 from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
-from ..nn.net import GreedyNet
-from ..nn.plans import make_plan
-from ..nn.spec import StageSpec
-from ..records import RunRecord
+from ..compress.network import checkpoint_module, head_settings, network_spec, rebuild
+from ..nn.network import OWN, Network, from_config
+from ..records import RunRecord, load_weights
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import evaluate
 from ..train.loop import LoopState, StepCallback
+from ..train.modes import freeze
 from ..train.schedules import SCHEDULES
 from .decisions import Decisions
 from .decisions import check_config as check_decisions
-from .arch import check_model
 
 
 class UI(Protocol):
@@ -44,16 +44,14 @@ class NullUI:
         return None
 
 
-def check(cfg: Config) -> list[StageSpec]:
-    """Every registry name and per-stage list, checked before a folder is made or data is read."""
+def check(cfg: Config, module: nn.Module | None = None) -> Network:
+    """Every registry name and per-stage list, checked before a folder is made or data is read;
+    the run's network, built untrained (torch's random state is kept) to count and check its stages."""
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"unknown dataset '{cfg.data.name}'; valid: {', '.join(DATASETS)}")
     side = 32 if cfg.data.name.startswith("cifar10") else cfg.data.image_size  # CIFAR ignores image_size
-    if cfg.model.arch is not None:
-        plan = check_model(cfg, side)
-    else:
-        plan = make_plan(cfg.model.plan, cfg.model.width_mult, cfg.model.widths, cfg.model.head, cfg.model.head_pool,
-                         side)
+    with torch.random.fork_rng(devices=[]):
+        net = from_config(cfg.model, 10, side, copy.deepcopy(module) if module is not None else None)
     hook = get_hook(cfg.compress.hook)
     if cfg.compress.at < 1 and cfg.compress.hook != "none" and hook.cut is None:
         raise ConfigError(f"compress.at {cfg.compress.at:g} cuts inside the schedule, which hook "
@@ -64,14 +62,13 @@ def check(cfg: Config) -> list[StageSpec]:
     for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
-    n = len(plan)
+    n = len(net.stages)
     if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
-        raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
+        raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but {net.name} has {n} stages")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
-        raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but the plan has {n} stages")
-    if cfg.model.arch is None:
-        check_decisions(cfg, plan, (3, side, side))  # budgets and sensitivity
-    return plan
+        raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but {net.name} has {n} stages")
+    check_decisions(cfg, net, (3, side, side))  # budgets and sensitivity
+    return net
 
 
 def stage_ratio(cfg: Config, stage: int, n: int) -> float:
@@ -80,14 +77,13 @@ def stage_ratio(cfg: Config, stage: int, n: int) -> float:
     return cfg.stage_value(cfg.compress.ratios, cfg.compress.ratio, stage, n)
 
 
-def removed_count(removed: list[int] | dict | None) -> int:
-    """Filters cut: a block's list, every block's ({block: list}, prune-after-training), a
-    pruning record's ({"cuts": [...]}, any module), or every stage's ({stage: pruning record})."""
+def removed_count(removed: dict | None) -> int:
+    """Filters cut: a pruning record's ({"cuts": [...]}), or every stage's ({stage: pruning record})."""
     if removed is None:
         return 0
     if isinstance(removed, dict) and "cuts" in removed:
         return sum(len(c["removed"]) for c in removed["cuts"])
-    return sum(map(removed_count, removed.values())) if isinstance(removed, dict) else len(removed)
+    return sum(map(removed_count, removed.values()))
 
 
 def versions() -> dict[str, str]:
@@ -116,11 +112,40 @@ class Session:
     decisions: Decisions | None = None
     stage_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # test softmax of each stage's last phase
     network: nn.Module | None = None  # the caller's own module (model.arch "user:..."), trained in place
+    net: Network | None = None  # the run's network: set by start()
+    spec: dict = field(default_factory=dict)  # how to build it again, and every stage's cut so far
 
-    def spec(self, net: GreedyNet, plan_name: str) -> dict:
-        d = self.record.meta.dataset
-        return net.spec(input_shape=d["image_shape"], mean=d["mean"], std=d["std"], classes=d["classes"],
-                        plan=plan_name)
+    def start(self, cfg: Config) -> list[nn.Module]:
+        """Decide once what the network is: built afresh (seeded by run.seed), or rebuilt from the
+        last finished stage of a resumed run. Returns the heads of the stages already trained."""
+        done = self.record.meta.stages_done
+        if done:
+            spec, state, probs = self.record.read_stage(done)
+            self.net, heads = rebuild(spec, self.network)
+            load_weights(checkpoint_module(self.net, heads), state, self.record.ckpt / f"stage-{done}.safetensors")
+            self.spec = spec
+            self.stage_probs.update(enumerate(probs))
+        else:
+            torch.manual_seed(cfg.run.seed)  # a prebuilt model's initial weights, before any stage's own seed
+            self.net = from_config(cfg.model, self.ds.num_classes, self.ds.image_shape[1], self.network)
+            self.spec, heads = network_spec(self.net, self.record.meta.dataset), []
+        self.net.model.to(self.device, memory_format=self.memory_format)
+        for m in [*self.net.modules_of(done), *heads]:
+            freeze(m.to(self.device, memory_format=self.memory_format))
+        return heads
+
+    def new_head(self, j: int, out_shape: tuple[int, ...]) -> nn.Module:
+        """Stage j's head on its output (the model's own tail, or a new head whose settings the spec keeps)."""
+        stage = self.net.stages[j]
+        if stage.spec.head != OWN:
+            self.spec["heads"][str(j)] = head_settings(stage.spec)
+        head, = self.to_device(self.net.head(j, out_shape))
+        return head
+
+    def save_stage(self, stage: int, heads: list[nn.Module], pruning: list) -> None:
+        """The network after `stage` (every stage's cut in `pruning`), with its heads and spec."""
+        self.spec["pruning"] = list(pruning)
+        self.record.save_stage(stage, checkpoint_module(self.net, heads), self.spec, self.stage_probs[stage - 1])
 
     def to_device(self, *modules: nn.Module) -> list[nn.Module]:
         return [m.to(self.device, memory_format=self.memory_format) for m in modules]

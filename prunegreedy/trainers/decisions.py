@@ -16,25 +16,26 @@ from torch import nn
 from ..compress.budget import Budget, CostModel, budget_of, check_feasible, choose
 from ..compress.context import StageContext
 from ..compress.importance import NEEDS_GRADIENTS
-from ..compress.prune import accumulate_gradients
+from ..compress.gradients import accumulate_gradients
+from ..compress.network import next_of
 from ..compress.sensitivity import Gradients, measure
-from ..measure.size import block_widths, output_shape
+from ..measure.size import output_shape
 from ..config import Config
 from ..data.base import Dataset, Holdout
 from ..errors import ConfigError, DataError
-from ..nn.plans import make_plan
-from ..nn.spec import StageSpec
+from ..nn.network import Network, declares_costs, from_config
 from ..train.distributed import Dist
 
 
 
 def takes_decisions(cfg: Config) -> bool:
     """Does this run choose anything from data (and so hold data.holdout images out of training)?
-    A budget on a whole network does not: its one ratio comes from the untrained network."""
-    return cfg.compress.sensitivity or (budget_of(cfg.compress) is not None and cfg.model.arch is None)
+    A budget on a network whose stages declare no costs does not: its one ratio comes from the
+    untrained network."""
+    return cfg.compress.sensitivity or (budget_of(cfg.compress) is not None and declares_costs(cfg.model))
 
 
-def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int]) -> None:
+def check_config(cfg: Config, net: Network, image_shape: tuple[int, int, int]) -> None:
     """Budgets and sensitivity, checked with the rest of the config before any folder or data."""
     budget = budget_of(cfg.compress)  # a malformed budget is refused even when nothing else is set
     what = f"{budget.option} {budget.text}" if budget else "compress.sensitivity"
@@ -51,8 +52,9 @@ def check_config(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int
     if cfg.compress.at < 1:
         raise ConfigError(f"{what} measures the trained, unpruned block, so it needs compress.at 1 "
                           f"(prune after training), got compress.at {cfg.compress.at:g}")
-    if budget is not None and cfg.model.arch is None:
-        check_feasible(budget, CostModel.of(plan, image_shape), cfg.compress.round_to, cfg.model.plan)
+    if budget is not None and declares_costs(cfg.model):
+        check_feasible(budget, CostModel.of([st.spec for st in net.stages], image_shape), cfg.compress.round_to,
+                       net.name)
 
 
 def _check_budget_cut(cfg: Config, what: str) -> None:
@@ -101,13 +103,13 @@ class Decisions:
         self.calibration = ds.train_x[pick.sort().values.to(ds.train_x.device)] if k else None
         self.rows: list[dict] = []
         # a whole network's budget is met by one ratio found before training (planning.run_ratios)
-        self.budget_rule: Budget | None = budget_of(cfg.compress) if cfg.model.arch is None else None
+        self.budget_rule: Budget | None = budget_of(cfg.compress) if declares_costs(cfg.model) else None
         self.sensitivity = {"holdout_images": len(holdout), "ratios": list(cfg.compress.sensitivity_ratios),
                             "bn_images": k, "seconds": {}}
         self.budget: dict | None = None
         if self.budget_rule is not None:
-            m = cfg.model
-            self.model = CostModel.of(make_plan(m.plan, m.width_mult, m.widths), ds.image_shape)
+            self.model = CostModel.of([st.spec for st in from_config(cfg.model, ds.num_classes, ds.image_shape[1]).stages],
+                                      ds.image_shape)
             unpruned = self.model.unpruned(self.budget_rule.kind)
             self.target = self.budget_rule.target(unpruned)
             self.budget = {"kind": self.budget_rule.kind, "request": self.budget_rule.text, "target": self.target,
@@ -129,7 +131,7 @@ class Decisions:
         start = time.perf_counter()
         rows = measure(list(ctx.prefix), ctx.block, ctx.head, ctx.input_shape, c.sensitivity_ratios, c.importance,
                        c.round_to, self.holdout, ctx.norm, ctx.train_cfg.eval_batch_size, ctx.device, self.amp,
-                       self._gradients(ctx), self.calibration, ctx.graph, ctx.next_block, c.scope)
+                       self._gradients(ctx), self.calibration, next_of(ctx.net, ctx.stage), c.scope)
         seconds = time.perf_counter() - start
         self.rows = [r for r in self.rows if r["stage"] != stage] + [{"stage": stage, **r} for r in rows]
         self.sensitivity["seconds"][str(stage)] = round(seconds, 3)
@@ -139,7 +141,7 @@ class Decisions:
         if self.budget_rule is None:
             return StageDecision(ratio, lines)
         kind = self.budget_rule.kind
-        fixed = block_widths(ctx.prefix, ctx.ds.image_shape)  # the kept widths of blocks 1..j-1
+        fixed = [shape[0] for shape in ctx.net.shapes(ctx.ds.image_shape)[1:stage]]  # kept widths of stages 1..j-1
         curves = [[(r["ratio"], r["holdout_acc"]) for r in self.rows if r["stage"] == s] for s in range(1, stage + 1)]
         choice = self.dist.broadcast(choose(self.model, kind, self.target, fixed, curves, c.round_to,
                                             100.0 / self.num_classes))

@@ -1,10 +1,11 @@
-"""`--trainer decoupled`: every block of the plan trains at once, each against its own head.
+"""`--trainer decoupled`: every stage of the network trains at once, each against its own head.
 
-Decoupled Greedy Learning (Belilovsky, Eickenberg, Oyallon, ICML 2020) on the same plan, heads
-and records as the greedy trainer: `stages.csv` has rows per block (stage = block index) with
-the usual phases, every head votes in the ensemble, and the run resumes from the end-of-epoch
-checkpoint of every block, head and optimizer. Pruning cuts every block at once, either after
-training (then fine-tunes, all blocks again at once) or at `compress.at` of the common schedule.
+Decoupled Greedy Learning (Belilovsky, Eickenberg, Oyallon, ICML 2020) on the same network, heads
+and records as the greedy trainer: each stage reads the previous stage's output, detached;
+`stages.csv` has rows per stage with the usual phases, every head votes in the ensemble, and the
+run resumes from the end-of-epoch checkpoint of every stage, head and optimizer. Pruning cuts
+every stage, in forward order (cut_every_stage), either after training (then fine-tunes, all
+stages again at once) or at `compress.at` of the common schedule.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import torch
 from torch import nn
 
 from ..compress.context import StageContext
-from ..compress.prune import accumulate_gradients, prune_network
+from ..compress.gradients import accumulate_gradients
+from ..compress.network import cut_stage, replay_stage
 from ..config import Config
 from ..errors import ConfigError
-from ..measure.size import block_widths, output_shape
-from ..nn.net import GreedyNet, make_block, make_head
-from ..nn.spec import StageSpec
+from ..measure.size import output_shape
+from ..nn.network import Network
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
 from .common import PhaseRecorder, Session, stage_ratio
@@ -42,10 +43,10 @@ def decoupled_epochs(cfg: Config, n_stages: int) -> float:
     return per_stage.pop()
 
 
-def validate(cfg: Config, plan: list[StageSpec]) -> None:
-    decoupled_epochs(cfg, len(plan))
+def validate(cfg: Config, net: Network) -> None:
+    decoupled_epochs(cfg, len(net.stages))
     if cfg.compress.hook not in ("none", "prune"):
-        raise ConfigError(f"--trainer decoupled cuts every block at once itself; compress.hook must be none "
+        raise ConfigError(f"--trainer decoupled cuts every stage at once itself; compress.hook must be none "
                           f"or prune, not '{cfg.compress.hook}'")
     c = cfg.compress
     if c.cuts > 1 or c.distill > 0 or c.rewind or c.reconstruct:  # None, the default: only greedy cuts refit
@@ -54,71 +55,87 @@ def validate(cfg: Config, plan: list[StageSpec]) -> None:
                           f"(compress.cuts 1, compress.distill 0, compress.rewind false, compress.reconstruct 0)")
 
 
-def build_stages(plan: list[StageSpec], input_shape: tuple[int, int, int],
-                 num_classes: int) -> tuple[list[nn.Module], list[nn.Module], list[tuple[int, int, int]]]:
-    """Every block of the plan with its own head, and every block's input shape."""
-    blocks, heads, shapes, shape = [], [], [], input_shape
-    for stage in plan:
-        shapes.append(shape)
-        blocks.append(make_block(shape[0], stage))
-        shape = output_shape(blocks[-1], shape)
-        heads.append(make_head(shape[0], stage, num_classes, shape[1:]))
-    return blocks, heads, shapes
+def build_all(s: Session, heads: bool = True) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Every stage's module (made ones made now, on the widths before any cut) and, with `heads`,
+    every stage's head (else the last stage's alone, the others nn.Identity)."""
+    net, shape, out = s.net, tuple(s.ds.image_shape), []
+    for j in range(len(net.stages)):
+        block = net.module(j, shape[0])
+        shape = output_shape(block, shape)
+        last = j == len(net.stages) - 1
+        out.append(s.new_head(j, shape) if heads or last else nn.Identity())
+    blocks = s.to_device(*net.modules_of())
+    return blocks, out
 
 
-def decoupled(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
-    n = len(plan)
+def cut_every_stage(cfg: Config, s: Session, heads: list[nn.Module], ratios: list[float],
+                    gradients: Callable[[int], None], records: dict | None = None) -> dict:
+    """Cut every stage in forward order, each with its head and into the next stage's input, scored
+    on the network as the cuts before it left it (or replay `records`); {stage index: record}."""
+    net, c, removed = s.net, cfg.compress, {}
+    for j in range(len(net.stages)):
+        shape = net.shapes(s.ds.image_shape)[j]
+        if records is not None:
+            if records.get(str(j)):
+                replay_stage(net, j, heads[j], shape, records[str(j)])
+            continue
+        record = cut_stage(net, j, heads[j], shape, ratios[j], c.importance, c.round_to, c.scope,
+                           gradients=lambda j=j: gradients(j), agree=s.dist.broadcast)
+        if record.cuts:
+            removed[str(j)] = record.as_dict()
+    s.dist.check_same([*net.modules_of(), *heads], "pruned weights")
+    return records if records is not None else removed
+
+
+def decoupled(cfg: Config, s: Session) -> list[nn.Module]:
+    s.start(cfg)
+    n = len(s.net.stages)
     epochs = decoupled_epochs(cfg, n)
-    torch.manual_seed(cfg.run.seed * 1000)
-    gen = torch.Generator().manual_seed(cfg.run.seed * 1000)
-    blocks, heads, shapes = build_stages(plan, s.ds.image_shape, s.ds.num_classes)
-    blocks, heads = s.to_device(*blocks), s.to_device(*heads)
+    torch.manual_seed(cfg.run.seed * 1000)  # made stages, heads and random importance
+    gen = torch.Generator().manual_seed(cfg.run.seed * 1000)  # batches and augmentation
+    blocks, heads = build_all(s)
     ratios = [stage_ratio(cfg, j, n) for j in range(n)]
-    recs = [PhaseRecorder(s, j, blocks[:j], shapes[j], ratios[j], "block") for j in range(n)]
+    recs = [PhaseRecorder(s, j, blocks[:j], shape, ratios[j], "stage")
+            for j, shape in enumerate(s.net.shapes(s.ds.image_shape)[:n])]
 
-    def cut(replay: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
-        """Cut every block's filters at once (each scored with its own head), record `pruned` rows."""
-        c = cfg.compress
+    def gradients(j: int) -> None:  # Taylor importance: each stage's gradient from its own head's loss
+        ctx = StageContext(j, nn.Sequential(*blocks[:j]), blocks[j], heads[j], recs[j].block_input, s.ds, s.norm,
+                           cfg.train, s.device, gen, ratios[j], s.dist)
+        accumulate_gradients(ctx, blocks[j], heads[j], cfg.compress.taylor_batches)
+
+    def cut(records: dict | None = None) -> dict:
+        """Cut every stage (or replay `records`), record `pruned` rows."""
         if not any(ratios):
             return {}
-        before = block_widths(blocks, shapes[0])
-        t0 = time.perf_counter()
-
-        def gradients() -> None:  # Taylor importance: each block's gradient from its own head's loss
-            for j, (block, head) in enumerate(zip(blocks, heads)):
-                ctx = StageContext(j, nn.Sequential(*blocks[:j]), block, head, shapes[j], s.ds, s.norm, cfg.train,
-                                   s.device, gen, ratios[j], s.dist)
-                accumulate_gradients(ctx, block, head, c.taylor_batches)
-
-        removed = prune_network(blocks, None, shapes[0], ratios, c.importance, c.round_to, gradients=gradients,
-                                agree=s.dist.broadcast, heads=dict(enumerate(heads)), replay=replay)
-        s.dist.check_same([*blocks, *heads], "pruned weights")
+        before, t0 = [shape[0] for shape in s.net.shapes(s.ds.image_shape)[1:]], time.perf_counter()
+        removed = cut_every_stage(cfg, s, heads, ratios, gradients, records)
         seconds = time.perf_counter() - t0
-        for j, rec in enumerate(recs):  # after a cut every block but the first reads fewer channels
-            rec.block_input = output_shape(nn.Sequential(*blocks[:j]), s.ds.image_shape)
-        if replay is None:
+        for rec, shape in zip(recs, s.net.shapes(s.ds.image_shape)):  # after a cut a stage may read fewer channels
+            rec.block_input = shape
+        if records is None:
             for j, rec in enumerate(recs):
-                rec("pruned", blocks[j], heads[j], seconds, width_before=before[j], removed=removed.get(j, []))
+                rec("pruned", blocks[j], heads[j], seconds, width_before=before[j], removed=removed.get(str(j)))
         return removed
 
     def replay(outcome: dict) -> None:
-        removed = {int(j): r for j, r in outcome["removed"].items()}
-        cut(replay=removed)
+        cut(outcome["removed"])
         s.record.add_rows(outcome["rows"])
-        for j, r in removed.items():
-            s.record.removed(j + 1, r)
+        for j, r in outcome["removed"].items():
+            s.record.removed(int(j) + 1, r)
 
-    train_at_once(cfg, blocks, heads, recs, ratios, s, gen, epochs, cut, replay, "block")
-    net = GreedyNet([freeze(b) for b in blocks], [freeze(h) for h in heads])
-    s.record.save_stage(n, net, s.spec(net, cfg.model.plan), s.stage_probs[n - 1])
-    return net
+    removed = train_at_once(cfg, blocks, heads, recs, ratios, s, gen, epochs, cut, replay)
+    for m in [*blocks, *heads]:
+        freeze(m)
+    s.save_stage(n, heads, [removed.get(str(j)) for j in range(n)])
+    return heads
 
 
 def train_at_once(cfg: Config, blocks: list[nn.Module], heads: list[nn.Module], recs: list[PhaseRecorder],
                   ratios: list[float], s: Session, gen: torch.Generator, epochs: float,
-                  cut: Callable[[], dict], replay: Callable[[dict], None], label: str) -> None:
-    """Train every (block, head) pair in one schedule, cut them all by `cut()` at compress.at or
-    after training (`replay(outcome)` repeats a recorded cut on resume), then fine-tune them all."""
+                  cut: Callable[[], dict], replay: Callable[[dict], None]) -> dict:
+    """Train every (stage, head) pair in one schedule, cut them all by `cut()` at compress.at or
+    after training (`replay(outcome)` repeats a recorded cut on resume), then fine-tune them all.
+    Returns what the cut removed."""
     n = len(blocks)
 
     def cut_event() -> dict:
@@ -130,16 +147,17 @@ def train_at_once(cfg: Config, blocks: list[nn.Module], heads: list[nn.Module], 
         if inside else {}
     modules = {"block": nn.ModuleList(blocks), "head": nn.ModuleList(heads)}
     state = s.restore(n, modules, "", replay)
-    chain = Chain(list(zip(blocks, heads)), label=lambda j: f"{label} {j + 1}'s ")
+    chain = Chain(list(zip(blocks, heads)), label=lambda j: f"stage {j + 1}'s ")
     result = train(chain, s.ds, s.norm, cfg.train, epochs, cfg.train.lr, cfg.train.schedule, s.device, gen,
                    events=events, on_step=recs[-1].progress("train"),
                    on_epoch=lambda st: s.record.save_partial(n, modules, st), resume=state, dist=s.dist)
     for j in range(n):
         recs[j]("trained", blocks[j], heads[j], result.stats[j].seconds, stats=result.stats[j], epochs=epochs)
-    removed = any(o["removed"] for o in result.events.values()) if inside else cut()
+    removed = next((o["removed"] for o in result.events.values()), {}) if inside else cut()
     if removed and cfg.compress.finetune() > 0:
         ft = train(chain, s.ds, s.norm, cfg.train, cfg.compress.finetune(), cfg.compress.finetune_lr,
                    cfg.compress.finetune_schedule, s.device, gen, on_step=recs[-1].progress("fine-tune"),
                    dist=s.dist).stats
         for j in range(n):
             recs[j]("finetuned", blocks[j], heads[j], ft[j].seconds, stats=ft[j], epochs=cfg.compress.finetune())
+    return removed

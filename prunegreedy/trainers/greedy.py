@@ -13,92 +13,70 @@ from torch import nn
 from ..compress.context import StageContext
 from ..compress.hooks import finetune, get_hook, replay_cut
 from ..compress.inside import cut_plan, distill_loss, teacher_of
-from ..compress.graph import coupled_groups, kept_filters
+from ..compress.graph import coupled_groups
+from ..compress.network import next_of
 from ..config import Config
 from ..measure.size import output_shape
-from ..nn.net import GreedyNet, make_block, make_head
-from ..nn.spec import StageSpec
 from ..records import SENSITIVITY_FILE
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
 from .common import PhaseRecorder, Session, stage_ratio
 
 
-def greedy(cfg: Config, plan: list[StageSpec], s: Session) -> GreedyNet:
-    """Train the plan stage by stage, each on the frozen, possibly pruned, stages before it.
-    Finished stages of a resumed run are loaded, not trained again."""
-    net = GreedyNet()
-    done = s.record.meta.stages_done
-    if done:
-        net, probs = s.record.load_stage(done)
-        net = freeze(net.to(s.device, memory_format=s.memory_format))
-        s.stage_probs.update(enumerate(probs))
-    in_shape = output_shape(nn.Sequential(*net.blocks), s.ds.image_shape)
-    for j in range(len(net.blocks), len(plan)):
-        block, head = _stage(cfg, j, plan, in_shape, net, s)
-        net.blocks.append(freeze(block))
-        net.heads.append(freeze(head))
-        s.record.save_stage(j + 1, net, s.spec(net, cfg.model.plan), s.stage_probs[j])
+def greedy(cfg: Config, s: Session) -> list[nn.Module]:
+    """Train the network stage by stage, each on the frozen, possibly pruned, stages before it;
+    return every stage's head. Finished stages of a resumed run are loaded, not trained again."""
+    heads = s.start(cfg)
+    net, pruning = s.net, list(s.spec["pruning"])
+    in_shape = net.shapes(s.ds.image_shape)[len(heads)]  # the input of the first stage to train
+    for j in range(len(heads), len(net.stages)):
+        torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
+        block, = s.to_device(net.module(j, in_shape[0]))
+        head = train_stage(cfg, j, s.new_head(j, output_shape(block, in_shape)), in_shape, s, gen)
+        heads.append(freeze(head))
+        freeze(block)
+        pruning.append(s.record.meta.removed_filters.get(str(j + 1)))
+        s.save_stage(j + 1, heads, pruning)
         in_shape = output_shape(block, in_shape)
-    return net
+    return heads
 
 
-def _stage(cfg: Config, j: int, plan: list[StageSpec], in_shape: tuple[int, int, int], net: GreedyNet,
-           s: Session) -> tuple[nn.Module, nn.Module]:
-    """Build stage j's block and head from the plan, then train and compress it."""
-    stage = plan[j]
-    torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
-    gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
-    block, = s.to_device(make_block(in_shape[0], stage))
-    head, = s.to_device(make_head(stage.width, stage, s.ds.num_classes, output_shape(block, in_shape)[1:]))
-    return train_stage(cfg, j, len(plan), block, head, list(net.blocks), in_shape, s, gen)
-
-
-def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, prefix_blocks: list[nn.Module],
-                in_shape: tuple[int, ...], s: Session, gen: torch.Generator, next_block: nn.Module | None = None,
-                graph: bool = False) -> tuple[nn.Module, nn.Module]:
-    """Train stage j of n on the frozen prefix, run the compression hook, record every phase;
-    return its block and head. `graph`: the block is any module, cut through the dependency graph
-    into `next_block`'s input (compress.graph); otherwise a paper block."""
+def train_stage(cfg: Config, j: int, head: nn.Module, in_shape: tuple[int, ...], s: Session,
+                gen: torch.Generator) -> nn.Module:
+    """Train stage j of the session's network on the frozen stages before it, run the compression
+    hook, record every phase; return its head."""
+    net, n = s.net, len(s.net.stages)
+    block, prefix_blocks = net.stages[j].module, net.modules_of(j)
     prefix = freeze(nn.Sequential(*prefix_blocks))
     ratio = stage_ratio(cfg, j, n)
     rec = PhaseRecorder(s, j, prefix_blocks, in_shape, ratio)
     epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
     hook = get_hook(cfg.compress.hook)
-    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist,
-                       graph=graph, next_block=next_block)
+    ctx = StageContext(j, prefix, block, head, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist, net)
     inside = cfg.compress.at < 1 and ratio > 0  # cut part-way through the schedule (check: hook.cut exists)
     modules = {"block": block, "head": head}  # what a loop checkpoint holds (and a teacher, once there is one)
     chain = Chain([(block, head)], prefix)
     total = steps_of(epochs, s.ds.num_train, cfg.train.batch_size)
-    width0 = output_shape(block, in_shape)[0]
-    alive = list(range(width0))  # the original index of every filter still there
-    # Several cuts of any module: each group's original width, and every cut so far, in order.
-    several = graph and inside and cfg.compress.cuts > 1
-    originals = {g.root: g.width for g in coupled_groups(block, head, next_block, in_shape, cfg.compress.scope)} \
+    # Several cuts: each group's original width, and every cut so far, in order.
+    several = inside and cfg.compress.cuts > 1
+    originals = {g.root: g.width for g in coupled_groups(block, head, next_of(net, j), in_shape, cfg.compress.scope)} \
         if several else None
-    graph_cuts: list[dict] = []
+    cuts: list[dict] = []
 
-    def cut_to(cut_ratio: float, removed: list[int] | None = None) -> list[int]:
-        """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`); keep the
-        original indices of everything cut so far in run.json; distill from the uncut block after."""
+    def cut_to(cut_ratio: float, removed: dict | None = None) -> dict | None:
+        """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`), keep
+        every cut so far in run.json as one record; distill from the uncut block after."""
         if cfg.compress.distill > 0 and "teacher_block" not in modules:
             modules["teacher_block"], modules["teacher_head"] = teacher = teacher_of(block, head)
             chain.loss = distill_loss(teacher, cfg.compress, cfg.train.label_smoothing)
         if removed is None:
-            keep = kept_filters(width0, cut_ratio, cfg.compress.round_to)
-            now = cut_ratio if len(alive) == width0 else 1 - keep / len(alive)  # of the filters still there
-            removed = hook.cut(replace(ctx, ratio=cut_ratio, widths=originals) if several
-                               else replace(ctx, ratio=now), cfg.compress, rec)
+            removed = hook.cut(replace(ctx, ratio=cut_ratio, widths=originals), cfg.compress, rec)
         else:
             replay_cut(ctx, removed)
-        if isinstance(removed, list) and cfg.compress.cuts > 1:  # a paper block's filter indices
-            cut = set(removed)
-            alive[:] = [a for i, a in enumerate(alive) if i not in cut]
-            s.record.removed(j + 1, sorted(set(range(width0)) - set(alive)))
-        elif several and removed:  # pruning records: one that replays every cut in order
-            graph_cuts.extend(removed["cuts"])
-            s.record.removed(j + 1, {"cuts": list(graph_cuts)})
+        if several and removed:  # one record that replays every cut in order
+            cuts.extend(removed["cuts"])
+            s.record.removed(j + 1, {"cuts": list(cuts)})
         return removed
 
     def event(cut_ratio: float):
@@ -134,4 +112,4 @@ def train_stage(cfg: Config, j: int, n: int, block: nn.Module, head: nn.Module, 
         block, head = hook.after(ctx, cfg.compress, rec)
     elif any(o["removed"] for o in result.events.values()):
         finetune(ctx, cfg.compress, rec)  # none by default: the schedule trained the pruned block
-    return block, head
+    return head

@@ -8,6 +8,7 @@ import pandas as pd
 from torch import nn
 
 from ..config import Config
+from ..nn.network import declares_costs, network_name
 from .common import check
 from .planning import GroupPlan, StagePlan, plan_stages, run_ratios
 
@@ -95,7 +96,7 @@ def _x(after: int, before: int) -> str:
 def make_run_plan(cfg: Config, num_classes: int, image_shape: tuple[int, int, int],
                   network: nn.Module | None = None) -> RunPlan:
     """The plan of a checked config (registry.get_trainer(cfg) first) on data of that shape."""
-    ratios, budget = run_ratios(cfg, check(cfg), image_shape, num_classes, network)
+    ratios, budget = run_ratios(cfg, check(cfg, network), image_shape, num_classes, network)
     stages = plan_stages(cfg, num_classes, image_shape, network, ratios)
     unpruned = plan_stages(cfg, num_classes, image_shape, network, [0.0] * len(ratios)) if any(ratios) else stages
     before, after = unpruned[-1], stages[-1]
@@ -105,7 +106,7 @@ def make_run_plan(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
               "macs_with_head": before.macs_backbone_after + before.head_macs_after,
               "params_with_head_after": after.params_backbone_after + after.head_params_after,
               "macs_with_head_after": after.macs_backbone_after + after.head_macs_after}
-    return RunPlan(cfg.model.arch or cfg.model.plan, stages, totals, budget, _notes(cfg, budget))
+    return RunPlan(network_name(cfg.model), stages, totals, budget, _notes(cfg, budget))
 
 
 def _notes(cfg: Config, budget: dict | None) -> list[str]:
@@ -126,10 +127,10 @@ def _notes(cfg: Config, budget: dict | None) -> list[str]:
                      f"differ from the greedy stages shown")
     if budget is not None:
         unit = "MACs" if budget["kind"] == "macs" else "params"
-        if cfg.model.arch is not None:
+        if not declares_costs(cfg.model):
             notes.append(f"budget --target-{budget['kind']} {budget['text']}: {budget['target']:,} {unit} of the "
                          f"unpruned {budget['unpruned']:,}; every stage is cut at ratio {budget['uniform_ratio']:g}, "
-                         f"the smallest that meets it alike (a whole network has no per-stage rule yet)")
+                         f"the smallest that meets it alike (its stages declare no costs for the per-stage rule)")
             return notes
         notes.append(f"budget --target-{budget['kind']} {budget['text']}: {budget['target']:,} {unit} of the "
                      f"unpruned {budget['unpruned']:,}. The rule chooses each stage's ratio once the stage is "

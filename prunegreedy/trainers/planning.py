@@ -1,8 +1,7 @@
 """What a run will build and cut, measured before any training: the plan of `prunegreedy plan`.
 
 The stages are built as the greedy trainer builds them (same seeds, same heads, freshly
-initialised) and cut as its hook cuts them (`prune_block` for a paper block, `prune_stage`
-through the dependency graph for any module), in memory, on untrained weights: which filters a
+initialised) and cut as its hook cuts them (compress.network.cut_stage), in memory, on untrained weights: which filters a
 criterion keeps depends on the weights, how many does not, so the widths, params and MACs are
 the ones the run will record. Torch's global random state is restored afterwards, so planning
 at the start of a run changes nothing the run draws.
@@ -19,17 +18,12 @@ import torch
 from torch import nn
 
 from ..compress.budget import CostModel, budget_of, rest_ratio, widths_at
-from ..compress.graph import GroupInfo, Member, coupled_groups, kept_filters, prune_stage
-from ..compress.network import head_for, head_settings
-from ..compress.prune import prune_block
+from ..compress.graph import GroupInfo, coupled_groups, kept_filters
+from ..compress.network import cut_stage, next_of
 from ..config import Config
 from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
-from ..nn.models import build_model
-from ..nn.net import make_block, make_head
-from ..nn.spec import StageSpec
-from ..nn.split import split_stages
-from .arch import model_split
+from ..nn.network import OWN, Network, declares_costs, from_config, network_name
 from .common import check, stage_ratio
 
 PLAN_CRITERION = "l1"  # any criterion cuts as many filters; l1 needs no gradients
@@ -77,33 +71,34 @@ class StagePlan:
     groups: list[GroupPlan] = field(default_factory=list)
 
 
-def run_ratios(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int], num_classes: int = 10,
+def run_ratios(cfg: Config, net: Network, image_shape: tuple[int, int, int], num_classes: int = 10,
                network: nn.Module | None = None) -> tuple[list[float], dict | None]:
     """The ratio each stage is cut at, and for a budget what the rule can know before training:
-    its target and the one ratio that, applied to every stage alike, meets it. For a whole
-    network that ratio is the run's (see model_budget)."""
+    its target and the one ratio that, applied to every stage alike, meets it. For a network
+    whose stages declare no costs that ratio is the run's (see model_budget)."""
     budget = budget_of(cfg.compress)
+    n = len(net.stages)
     if budget is None:
-        return [stage_ratio(cfg, j, len(plan)) for j in range(len(plan))], None
-    if cfg.model.arch is not None:
-        return model_budget(cfg, len(plan), num_classes, image_shape, network)
-    model, round_to = CostModel.of(plan, image_shape), cfg.compress.round_to
+        return [stage_ratio(cfg, j, n) for j in range(n)], None
+    if not declares_costs(cfg.model):
+        return model_budget(cfg, n, num_classes, image_shape, network)
+    model, round_to = CostModel.of([st.spec for st in net.stages], image_shape), cfg.compress.round_to
     unpruned = model.unpruned(budget.kind)
     target = budget.target(unpruned)
     uniform = rest_ratio(model, budget.kind, target, [], round_to) or 0.0
     short = round(uniform, 6)  # a readable ratio where it keeps the same widths
     if widths_at(model.plan_widths, short, round_to) == widths_at(model.plan_widths, uniform, round_to):
         uniform = short
-    return [uniform] * len(plan), {"kind": budget.kind, "text": budget.text, "target": target,
-                                   "unpruned": unpruned, "uniform_ratio": uniform}
+    return [uniform] * n, {"kind": budget.kind, "text": budget.text, "target": target,
+                           "unpruned": unpruned, "uniform_ratio": uniform}
 
 
 def model_budget(cfg: Config, n: int, num_classes: int, image_shape: tuple[int, int, int],
                  network: nn.Module | None) -> tuple[list[float], dict]:
-    """A budget on a whole network: the smallest ratio (to 4 decimals) that, applied to every stage
-    alike, brings the backbone within the target, by bisection on the untrained network cut as the
-    hook cuts it. The paper plans' per-stage rule needs their cost model (compress.budget), which
-    a whole network does not have, so every stage gets this one ratio."""
+    """A budget on a network whose stages declare no costs: the smallest ratio (to 4 decimals)
+    that, applied to every stage alike, brings the backbone within the target, by bisection on the
+    untrained network cut as the hook cuts it. The per-stage rule needs every stage's cost as a
+    function of its widths (compress.budget), so every stage gets this one ratio."""
     budget = budget_of(cfg.compress)
     cost = functools.partial(_model_cost, cfg, num_classes, image_shape, network, budget.kind)
     unpruned = cost(0.0)
@@ -113,7 +108,7 @@ def model_budget(cfg: Config, n: int, num_classes: int, image_shape: tuple[int, 
     if least > target:
         unit = "MACs" if budget.kind == "macs" else "parameters"
         raise ConfigError(f"{budget.option} {budget.text} ({target:,} {unit}) cannot be met: model "
-                          f"{cfg.model.arch} cut at ratio {hi:g} (scope {cfg.compress.scope}) still costs "
+                          f"{network_name(cfg.model)} cut at ratio {hi:g} (scope {cfg.compress.scope}) still costs "
                           f"{least:,}; valid: at least {math.ceil(1e4 * least / unpruned) / 1e4:g}x")
     if unpruned > target:
         while hi - lo > 1e-4:
@@ -127,31 +122,27 @@ def model_budget(cfg: Config, n: int, num_classes: int, image_shape: tuple[int, 
 
 def _model_cost(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
                 kind: str, ratio: float) -> int:
-    """The backbone's MACs or parameters with every stage cut at `ratio` (as modules.greedy_model
-    cuts them: each with its head and into the next stage)."""
+    """The backbone's MACs or parameters with every stage cut at `ratio`, as the greedy trainer cuts them."""
     with torch.random.fork_rng(devices=[]):
-        stages, tail, own, settings = _fresh_stages(cfg, num_classes, image_shape, network)
+        net = _fresh(cfg, num_classes, image_shape, network)
         shape: tuple[int, ...] = tuple(image_shape)
-        for j, stage in enumerate(stages):
-            last = j == len(stages) - 1
-            head = tail if own and last else head_for(settings, output_shape(stage, shape), num_classes)
+        for j in range(len(net.stages)):
+            module = net.module(j, shape[0])
             if ratio > 0:
-                prune_stage(stage, head, None if last else stages[j + 1], shape, ratio, PLAN_CRITERION,
-                            cfg.compress.round_to, cfg.compress.scope)
-            shape = output_shape(stage, shape)
-    backbone = nn.Sequential(*stages)
+                cut_stage(net, j, net.head(j, output_shape(module, shape)), shape, ratio, PLAN_CRITERION,
+                          cfg.compress.round_to, cfg.compress.scope)
+            shape = output_shape(module, shape)
+    backbone = nn.Sequential(*net.modules_of())
     return count_params(backbone) if kind == "params" else count_macs(backbone, tuple(image_shape))
 
 
 def plan_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int],
                 network: nn.Module | None = None, ratios: list[float] | None = None) -> list[StagePlan]:
     """Every stage of the run, built and cut at `ratios` (default: the run's) in memory."""
-    plan = check(cfg)
-    ratios = ratios if ratios is not None else run_ratios(cfg, plan, image_shape, num_classes, network)[0]
+    ratios = ratios if ratios is not None else run_ratios(cfg, check(cfg, network), image_shape, num_classes,
+                                                          network)[0]
     with torch.random.fork_rng(devices=[]):
-        built = _model_stages(cfg, num_classes, image_shape, network, ratios) if cfg.model.arch is not None \
-            else _paper_stages(cfg, plan, num_classes, image_shape, ratios)
-        stages = list(built)
+        stages = list(_stages(cfg, num_classes, image_shape, network, ratios))
     params = macs = 0
     for s in stages:
         s.params_backbone, s.macs_backbone = params + s.params, macs + s.macs
@@ -178,78 +169,65 @@ def _stage(j: int, names: list[str], block_type: str, block: nn.Module, head_nam
                      head_name, hp, hm, p, m, ratio, shape[0], out[0], out_after[0], pa, ma, hpa, hma, groups=groups)
 
 
-def _groups(found: list[GroupInfo], ratio: float, round_to: int, name) -> list[GroupPlan]:
-    """The groups a cut at `ratio` narrows; `name(part, name)` qualifies a member's name."""
+def _groups(found: list[GroupInfo], ratio: float, round_to: int, name, also: str | None = None) -> list[GroupPlan]:
+    """The groups a cut at `ratio` narrows; `name(part, name)` qualifies a member's name; `also`
+    is a layer outside the trace whose input narrows with an output group (a made next stage)."""
     out = []
     for g in found:
         kept = kept_filters(g.width, ratio, round_to)
         if kept < g.width:
             coupled = [name(m.part, m.name) + (" (in)" if m.dim == "in" else "") for m in g.members
                        if not (m.part == "block" and m.name == g.root)]
-            out.append(GroupPlan(name("block", g.root), g.kind, g.width, kept, coupled, g.reaches_next))
+            reaches = g.reaches_next
+            if also is not None and g.kind == "output":
+                coupled, reaches = coupled + [also], True
+            out.append(GroupPlan(name("block", g.root), g.kind, g.width, kept, coupled, reaches))
     return out
 
 
-def _paper_stages(cfg: Config, plan: list[StageSpec], num_classes: int, image_shape: tuple[int, int, int],
-                  ratios: list[float]) -> Iterator[StagePlan]:
-    """The paper's blocks: conv filters cut with the BN and the head's input; the next block is
-    built on the cut width, so its input is coupled too (by construction, not by trace)."""
+def _fresh(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None) -> Network:
+    """The run's network as the session builds it, untrained."""
+    torch.manual_seed(cfg.run.seed)  # as Session.start: a prebuilt model's initial weights
+    return from_config(cfg.model, num_classes, image_shape[1], copy.deepcopy(network) if network is not None else None)
+
+
+def _stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
+            ratios: list[float]) -> Iterator[StagePlan]:
+    """Every stage and head as the greedy trainer builds them, cut through the graph."""
+    net = _fresh(cfg, num_classes, image_shape, network)
     shape: tuple[int, ...] = tuple(image_shape)
-    for j, spec in enumerate(plan):
-        torch.manual_seed(cfg.run.seed * 1000 + j)  # as greedy._stage: weight init
-        block = make_block(shape[0], spec)
-        head = make_head(spec.width, spec, num_classes, output_shape(block, shape)[1:])
-        before = _measure(block, head, shape)
-        last = j == len(plan) - 1
-        found = [g if last else GroupInfo(g.root, (*g.members, Member("next", "conv", "in")), g.width, g.kind, True)
-                 for g in (coupled_groups(block, head, None, shape, "internal") if ratios[j] > 0 else [])]
-        parts = {"block": f"blocks.{j}", "head": f"heads.{j}", "next": f"blocks.{j + 1}"}
-        groups = _groups(found, ratios[j], cfg.compress.round_to, lambda part, n: f"{parts[part]}.{n}")
-        prune_block(block, head, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to)
-        after = _measure(block, head, shape)
-        kind = spec.block + "+psi" * spec.psi + "+pool" * spec.pool + " no-BN" * (not spec.bn)
-        head_name = spec.head + (f" k={spec.k}" if "k" in getattr(type(head), "FIELDS", {}) else "")
-        yield _stage(j, [f"blocks.{j}"], kind, block, head_name, shape, ratios[j], before, after, groups)
-        shape = after[4]
+    names = {m: n for n, m in net.model.named_modules()}  # layers by their name in the network
+    n = len(net.stages)
+    for j, stage in enumerate(net.stages):
+        torch.manual_seed(cfg.run.seed * 1000 + j)  # as the greedy trainer: weight and head init
+        module = net.module(j, shape[0])
+        names.update({m: f"{stage.name}.{k}" if k else stage.name for k, m in module.named_modules() if m not in names})
+        head = net.head(j, output_shape(module, shape))
+        own = stage.spec.head == OWN
+        nxt = next_of(net, j)
+        before = _measure(module, head, shape)
+        found = coupled_groups(module, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else []
+        parts = {"block": module, "head": head, "next": nxt}
 
-
-def _fresh_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None):
-    """(stages, tail, whether the last stage keeps the tail, the aux heads' settings) of the run's
-    network as modules.greedy_model builds it, untrained."""
-    torch.manual_seed(cfg.run.seed)  # as modules._start: the model's initial weights
-    model = copy.deepcopy(network) if network is not None else build_model(cfg.model.arch, num_classes,
-                                                                           image_shape[1])
-    stages, tail = split_stages(model, model_split(cfg))
-    own = cfg.model.last_head == "own" and tail is not None
-    return stages, tail, own, head_settings(cfg.model.head or "pooled", cfg.model.head_pool)
-
-
-def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], network: nn.Module | None,
-                  ratios: list[float]) -> Iterator[StagePlan]:
-    """A whole network's stages and heads as modules.greedy_model builds them, cut through the graph."""
-    stages, tail, own, settings = _fresh_stages(cfg, num_classes, image_shape, network)
-    shape: tuple[int, ...] = tuple(image_shape)
-    n = len(stages)
-    for j, stage in enumerate(stages):
-        torch.manual_seed(cfg.run.seed * 1000 + j)  # as greedy_model: head init
-        own_head = own and j == n - 1
-        head = tail if own_head else head_for(settings, output_shape(stage, shape), num_classes)
-        nxt = stages[j + 1] if j + 1 < n else None
-        before = _measure(stage, head, shape)
-        found = coupled_groups(stage, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else []
-        groups = _groups(found, ratios[j], cfg.compress.round_to,
-                         lambda part, name: name if part != "head" or own_head else f"heads.{j}.{name}")
+        def name(part: str, inner: str, parts=parts, j=j, own=own) -> str:
+            m = parts[part].get_submodule(inner)
+            return names.get(m) or f"heads.{j}.{inner}"
+        made_next = j + 1 < n and nxt is None  # built later on the cut width: its input narrows too
+        groups = _groups(found, ratios[j], cfg.compress.round_to, name,
+                         f"{net.stages[j + 1].name} (in)" if made_next else None)
         if ratios[j] > 0:
-            prune_stage(stage, head, nxt, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to,
-                        cfg.compress.scope)
-        after = _measure(stage, head, shape)
-        names = _called(stage)
-        head_name = f"own ({', '.join(_called(tail))})" if own_head else settings["type"]
-        yield _stage(j, names, "", stage, head_name, shape, ratios[j], before, after, groups)
+            cut_stage(net, j, head, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to, cfg.compress.scope)
+        after = _measure(module, head, shape)
+        spec = stage.spec
+        kind = spec.block + "+psi" * spec.psi + "+pool" * spec.pool + " no-BN" * (not spec.bn) if stage.made else ""
+        head_name = f"own ({', '.join(_called(net.tail))})" if own else \
+            spec.head + (f" k={spec.k}" if "k" in getattr(type(head), "FIELDS", {}) else "")
+        yield _stage(j, _called(module) or [stage.name], kind, module, head_name, shape, ratios[j], before, after,
+                     groups)
         shape = after[4]
 
 
 def _called(module: nn.Module) -> list[str]:
-    """The modules a traced stage calls, in order, each once."""
-    return list(dict.fromkeys(str(n.target) for n in module.graph.nodes if n.op == "call_module"))
-
+    """The modules a traced stage calls, in order, each once (none for a made block)."""
+    graph = getattr(module, "graph", None)
+    return list(dict.fromkeys(str(n.target) for n in graph.nodes if n.op == "call_module")) if graph else []

@@ -13,7 +13,7 @@ from ..compress.budget import budget_of
 from ..config import Config
 from ..data.base import Dataset, Normalize
 from ..errors import PrunegreedyError, RunError
-from ..nn.split import stage_shapes
+from ..nn.network import declares_costs, network_name
 from ..records import SENSITIVITY_FILE, RunMeta, RunRecord
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import ensemble_accuracy
@@ -39,7 +39,7 @@ def new_meta(cfg: Config, ds: Dataset, device: torch.device, dist: Dist = SINGLE
                    dataset={"name": ds.name, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
                             "image_shape": list(ds.image_shape), "train_images": ds.num_train - held,
                             "test_images": len(ds.test_y)},
-                   plan=cfg.model.arch or cfg.model.plan, trainer=cfg.train.trainer)
+                   plan=network_name(cfg.model), trainer=cfg.train.trainer)
 
 
 def check_resumable(record: RunRecord, ds: Dataset) -> None:
@@ -84,21 +84,21 @@ def open_session(cfg: Config, record: RunRecord, ds: Dataset, device: torch.devi
 
 
 def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, ui: UI | None = None,
-            dist: Dist = SINGLE, network: nn.Module | None = None) -> dict:
-    """Train `cfg` into `record` (fresh, or reopened to resume); return the finished run.json.
+            dist: Dist = SINGLE, network: nn.Module | None = None) -> tuple[dict, tuple]:
+    """Train `cfg` into `record` (fresh, or reopened to resume); return the finished run.json and
+    the trained (network, heads).
 
     `network` is the caller's own module for a model.arch "user:..." run (trained in place).
     Ctrl-C marks the run `interrupted` and a non-finite loss `failed`; either way the finished
     stages and the last loop checkpoint stay for `--resume`."""
-    trainer = get_trainer(cfg)
-    plan = check(cfg)
+    trainer = get_trainer(cfg, network)
     if not record.rows:
         record.write_config(cfg.to_dict())
-    cfg = _budgeted(cfg, plan, ds, network, record)
+    cfg = _budgeted(cfg, ds, network, record)
     s = open_session(cfg, record, ds, device, ui, dist, network)
     record.set_status("running")
     try:
-        net = trainer.train(cfg, plan, s)
+        heads = trainer.train(cfg, s)
     except KeyboardInterrupt:
         record.set_status("interrupted")
         raise
@@ -108,35 +108,40 @@ def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, u
                if cfg.train.trainer == "greedy" else f"{cfg.train.trainer} training stopped: {e}")
         record.set_status("failed", msg)
         raise PrunegreedyError(msg) from None
-    return _finish(record, s, net, len(plan), trainer.ensemble)
+    meta = _finish(record, s, trainer.ensemble)
+    trained = (s.net, heads)
+    return meta, trained
 
 
-def _budgeted(cfg: Config, plan: list, ds: Dataset, network: nn.Module | None, record: RunRecord) -> Config:
-    """A whole network's budget as what the trainers take: the one ratio of every stage (run.json's
-    `budget` says how it was found). The run's plan found it already (run.json's `planned`); a run
-    without one finds it again. The paper plans' budgets are decided stage by stage instead."""
-    if cfg.model.arch is None or budget_of(cfg.compress) is None:
+def _budgeted(cfg: Config, ds: Dataset, network: nn.Module | None, record: RunRecord) -> Config:
+    """The budget of a network whose stages declare no costs, as what the trainers take: the one
+    ratio of every stage (run.json's `budget` says how it was found). The run's plan found it
+    already (run.json's `planned`); a run without one finds it again. A network whose stages
+    declare their costs has its budget decided stage by stage instead (trainers.decisions)."""
+    if declares_costs(cfg.model) or budget_of(cfg.compress) is None:
         return cfg
+    net = check(cfg, network)
     found = (record.meta.planned or {}).get("budget")
     if found is None:
-        found = run_ratios(cfg, plan, ds.image_shape, ds.num_classes, network)[1]
+        found = run_ratios(cfg, net, ds.image_shape, ds.num_classes, network)[1]
     record.meta.budget = dict(found)
-    ratios = [found["uniform_ratio"]] * len(plan)
+    ratios = [found["uniform_ratio"]] * len(net.stages)
     return replace(cfg, compress=replace(cfg.compress, ratios=ratios, target_macs=None, target_params=None))
 
 
-def _finish(record: RunRecord, s: Session, net, n: int, ensemble: bool) -> dict:
+def _finish(record: RunRecord, s: Session, ensemble: bool) -> dict:
     last: dict[int, dict] = {}  # the last phase of each stage: the state the next stage grew on
     for row in record.rows:
         last[row["stage"]] = row
     per_head = [last[k]["test_acc"] for k in sorted(last)]
+    n = len(s.net.stages)
     ens = ensemble_accuracy([s.stage_probs[j] for j in range(n)], s.ds.test_y) if ensemble else None
     row = record.rows[-1]
     metrics = dict(final_acc=round(per_head[-1], 4), ensemble_acc=round(ens, 4) if ens is not None else None,
                    head_accs=[round(a, 4) for a in per_head], params=row["params_backbone"],
                    macs=row["macs_backbone"], params_with_head=row["params_backbone"] + row["params_head"],
                    macs_with_head=row["macs_backbone"] + row["macs_head"],
-                   widths=[shape[0] for shape in stage_shapes(list(net.blocks), s.ds.image_shape)])
+                   widths=[shape[0] for shape in s.net.shapes(s.ds.image_shape)[1:]])
     line = None
     if s.decisions is not None:
         line = s.decisions.finish(metrics[s.decisions.budget_rule.kind] if s.decisions.budget_rule else 0)
