@@ -18,26 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.augment import Augment
 from ..data.base import Dataset, Normalize
 from . import stop
 from .distributed import SINGLE, Dist
+from .lookahead import Lookahead, decay_at
 from .modes import autocast, autocast_dtype, freeze
+from .optim import freeze_bn_scales, lr_scale, make_optimizer, set_rates
 from .schedules import lr_at
-
-
-def make_optimizer(modules: list[nn.Module], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for m in modules:
-        for name, p in m.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if (not cfg.wd_on_bn_bias and p.ndim <= 1) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    # On a GPU the fused kernel updates every parameter in one launch; the CPU keeps the reference loop.
-    fused = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused or None)
 
 
 @dataclass
@@ -195,7 +183,9 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     modules restored) continues exactly where it was taken. Under torchrun (`dist`) every pair is
     wrapped in DistributedDataParallel, each rank trains on its share of every global batch, and
     every rank stops and checkpoints at the same step. From step `restart` on, the learning-rate
-    schedule (warm-up included) starts over across the steps that remain.
+    schedule (warm-up included) starts over across the steps that remain. With train.lookahead_every
+    the pairs' weights are pulled to their moving average every so many steps and take it at the end
+    (a resumed loop starts the average afresh from the restored weights).
     """
     def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
@@ -212,10 +202,15 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     freeze(chain.prefix)
     for m in chain.modules():
         m.train()
+    if cfg.freeze_bn_scale:
+        freeze_bn_scales(chain.modules())
     models, opts = build()
+    look = Lookahead(chain.modules()) if cfg.lookahead_every else None
+    aug, scale = Augment.of(cfg), lr_scale(cfg)
     amp = autocast_dtype(cfg.amp, device)
     n, events = len(chain.pairs), dict(events or {})
     total = steps_of(epochs, ds.num_train, cfg.batch_size)
+    per_epoch = math.ceil(ds.num_train / cfg.batch_size)  # batches of a full epoch
     if resume is None:
         step, seen, elapsed, tally, done, epoch_step = 0, 0, 0.0, Tally(n, device), {}, 0
     else:
@@ -235,7 +230,9 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     with stop.loop():
         while step < total:
             epoch_start = generator.get_state()
-            for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard, skip=epoch_step):
+            recipe = {} if aug is None else {"aug": aug, "epoch": (step - epoch_step) // per_epoch}
+            for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard, skip=epoch_step,
+                                           **recipe):
                 if step >= total:
                     break
                 if step in events and str(step) not in done:
@@ -244,12 +241,12 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                     done[str(step)] = events[step]()
                     generator.set_state(before)
                     models, opts = build()
-                rate = lr_at(step, total, lr, schedule, cfg, restart)
+                    look = Lookahead(chain.modules()) if cfg.lookahead_every else None
+                rate = lr_at(step, total, lr, schedule, cfg, restart) * scale
                 with autocast(device, amp), torch.no_grad():
                     x = chain.prefix(xb)
                 for j, (model, opt) in enumerate(zip(models, opts)):
-                    for g in opt.param_groups:
-                        g["lr"] = rate
+                    set_rates(opt, rate, step / per_epoch)
                     with autocast(device, amp):
                         feats, logits = model(x)
                         loss = (F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -262,6 +259,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 seen += len(yb)
                 step += 1
                 epoch_step += 1
+                if look is not None and step % cfg.lookahead_every == 0:
+                    look.update(decay_at(step, total, cfg.lookahead_decay))
                 if step % Tally.CHECK_EVERY == 0:  # every rank stops together, at the same step
                     tally.check(dist, device, total, chain.label)
                 if on_step is not None:
@@ -283,6 +282,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 last_save = time.perf_counter()
             if dist.any_true([stop.requested() is not None], device)[0]:  # the epoch's checkpoint is complete
                 raise stop.Stopped(stop.requested() or signal.SIGTERM, f"step {step} of {total}")
+    if look is not None:
+        look.finish()
     seconds = time.perf_counter() - start
     dist.sync_buffers(*chain.modules())
     loss_sum, correct = tally.sums()
