@@ -14,7 +14,7 @@ from ..compress.hooks import HOOKS, get_hook
 from ..compress.importance import IMPORTANCES
 from ..config import Config
 from ..data.base import Dataset, Normalize
-from ..data.registry import DATASETS
+from ..data.registry import DATASETS, data_shape
 from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
 from ..nn.net import GreedyNet
@@ -25,6 +25,7 @@ from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import evaluate
 from ..train.loop import LoopState, StepCallback
 from ..train.schedules import SCHEDULES
+from ..train.tta import check_tta
 from .decisions import Decisions
 from .decisions import check_config as check_decisions
 from .arch import check_model
@@ -64,6 +65,8 @@ def check(cfg: Config) -> list[StageSpec]:
     for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
+    if cfg.train.tta != "off":  # from the folders' names: nothing decoded
+        check_tta(cfg.train.tta, data_shape(cfg.data)[1])
     n = len(plan)
     if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but the plan has {n} stages")
