@@ -22,6 +22,7 @@ from ..nn.net import GreedyNet
 from ..nn.spec import StageSpec
 from ..nn.split import split_stages, stage_shapes
 from ..records import load_weights
+from ..train.datainit import init_from_data
 from ..train.modes import freeze
 from .arch import model_split
 from .common import Session
@@ -37,10 +38,13 @@ def fresh_spec(cfg: Config, model: torch.nn.Module, split: list[str], s: Session
 
 
 def build_fresh(cfg: Config, s: Session) -> torch.nn.Module:
-    """The run's network, untrained: the caller's own module, or the named model built here."""
+    """The run's network, untrained: the caller's own module, or the named model built here; the
+    modules that initialise from training images (a whitening stem) given them here, once."""
     torch.manual_seed(cfg.run.seed)  # the model's initial weights, before any stage's own seed
-    return build_model(s.network if s.network is not None else cfg.model.arch, s.ds.num_classes,
-                       s.ds.image_shape[1])
+    model = build_model(s.network if s.network is not None else cfg.model.arch, s.ds.num_classes,
+                        s.ds.image_shape[1])
+    init_from_data(model, s.ds, s.norm, cfg.run.seed)
+    return model
 
 
 def cut_fresh(cfg: Config, model: torch.nn.Module, s: Session) -> tuple[Staged, bool, dict]:
