@@ -243,3 +243,18 @@ def test_a_short_greedy_run_of_the_fast_net_pruned_records_plain_and_tta_accurac
     net = prunegreedy.load_network(out)
     assert net.whiten.weight.abs().sum() > 0  # the whitening filters set from data, saved and reloaded
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+ALL_PARTS = {"lr_unit": "per1024", "lr": 11.5, "momentum": 0.85, "nesterov": True, "weight_decay": 0.0153,
+             "bn_bias_lr_mult": 64, "freeze_bn_scale": True, "schedule": "triangle", "lookahead_every": 2,
+             "flip": "alternate", "translate": 2, "translate_pad": "reflect", "tta": "flip"}
+
+
+@pytest.mark.parametrize("trainer", ["greedy", "decoupled", "end-to-end"])
+def test_the_papers_plans_take_every_part_in_every_trainer(tmp_path, cache_dir, trainer):
+    out = tmp_path / trainer
+    prunegreedy.fit("quick", out=out, set={
+        "data": {"train_limit": 200, "test_limit": 100}, "train": {**ALL_PARTS, "trainer": trainer, "epochs": 0.7},
+        "run": {"threads": 1, "quiet": True}})
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "finished" and "final_acc_tta" in meta
