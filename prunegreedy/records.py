@@ -349,7 +349,7 @@ class RunRecord:
         weights: dict[str, dict] = {}
         for k, v in tensors.items():
             name, _, key = k.partition(".")
-            if key and name not in ("momentum",):
+            if key and name not in ("momentum", "lookahead"):
                 weights.setdefault(name, {})[key] = v
         return weights, LoopState.from_saved(tensors, scalars)
 

@@ -258,3 +258,28 @@ def test_the_papers_plans_take_every_part_in_every_trainer(tmp_path, cache_dir, 
         "run": {"threads": 1, "quiet": True}})
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "finished" and "final_acc_tta" in meta
+
+
+def test_a_loop_resumed_with_lookahead_ends_where_the_uninterrupted_one_does(sample):
+    ds, norm = sample.limit(192, 10), cpu_norm(sample)  # 3 steps an epoch
+    cfg = quick_train_cfg(lookahead_every=2, flip="alternate", translate=2, translate_pad="reflect")
+
+    def run(resume=None, weights=None):
+        net = tiny_net()
+        block, head = net.blocks[0], net.heads[0]
+        if weights is not None:
+            nn.Sequential(block, head).load_state_dict(weights)
+        saved = []
+
+        def keep(st):  # as a record saves it: copied at once (the momentum buffers train on)
+            tensors, scalars = st.to_saved()
+            saved.append(({k: v.clone() for k, v in tensors.items()}, scalars, snapshot(nn.Sequential(block, head))))
+        train_loop.train(train_loop.Chain([(block, head)]), ds, norm, cfg, 2.0, 0.05, "linear",
+                         torch.device("cpu"), torch.Generator().manual_seed(0), resume=resume, on_epoch=keep)
+        return snapshot(nn.Sequential(block, head)), saved
+
+    whole, saved = run()
+    tensors, scalars, weights = saved[0]  # after epoch 1 (step 3): one pull done, the average is not the weights
+    assert scalars["lookahead_count"] == 16 and not torch.equal(tensors["lookahead.0"], weights["0.conv.weight"])
+    resumed, _ = run(train_loop.LoopState.from_saved(tensors, scalars), weights)
+    assert same(whole, resumed)

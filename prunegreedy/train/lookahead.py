@@ -24,6 +24,12 @@ class Lookahead:
         self.slow = [t.detach().clone() for t in self.live]
 
     @torch.no_grad()
+    def load(self, slow: list[torch.Tensor]) -> None:
+        """Take a saved average (a resumed loop), in the order of `self.slow`."""
+        for mine, saved in zip(self.slow, slow, strict=True):
+            mine.copy_(saved)
+
+    @torch.no_grad()
     def update(self, decay: float) -> None:
         """slow <- decay * slow + (1 - decay) * live; then live <- slow."""
         for slow, live in zip(self.slow, self.live):

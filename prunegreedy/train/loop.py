@@ -142,20 +142,24 @@ class LoopState:
     momentum: list[torch.Tensor | None]
     events: dict[str, Any] = field(default_factory=dict)
     epoch_step: int = 0  # steps already taken in the current epoch (0 at an epoch's end)
+    slow: list[torch.Tensor] = field(default_factory=list)  # Lookahead's average (train.lookahead_every)
 
     def to_saved(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON scalars): how a record stores the state without knowing its fields."""
         tensors = {"generator": self.generator}
         tensors.update({f"momentum.{i}": m for i, m in enumerate(self.momentum) if m is not None})
+        tensors.update({f"lookahead.{i}": t for i, t in enumerate(self.slow)})
         scalars = {k: getattr(self, k) for k in ("step", "seen", "seconds", "loss_sum", "correct", "events",
                                                  "epoch_step")}
-        return tensors, {**scalars, "momentum_count": len(self.momentum)}
+        counts = {"momentum_count": len(self.momentum), **({"lookahead_count": len(self.slow)} if self.slow else {})}
+        return tensors, {**scalars, **counts}
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> "LoopState":
-        n = scalars["momentum_count"]
-        rest = {k: v for k, v in scalars.items() if k != "momentum_count"}
-        return cls(**rest, generator=tensors["generator"], momentum=[tensors.get(f"momentum.{i}") for i in range(n)])
+        n, k = scalars["momentum_count"], scalars.get("lookahead_count", 0)
+        rest = {key: v for key, v in scalars.items() if key not in ("momentum_count", "lookahead_count")}
+        return cls(**rest, generator=tensors["generator"], momentum=[tensors.get(f"momentum.{i}") for i in range(n)],
+                   slow=[tensors[f"lookahead.{i}"] for i in range(k)])
 
 
 @dataclass
@@ -185,7 +189,7 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     every rank stops and checkpoints at the same step. From step `restart` on, the learning-rate
     schedule (warm-up included) starts over across the steps that remain. With train.lookahead_every
     the pairs' weights are pulled to their moving average every so many steps and take it at the end
-    (a resumed loop starts the average afresh from the restored weights).
+    (a checkpoint keeps the average, so a resumed loop goes on with it).
     """
     def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
@@ -197,7 +201,7 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
         sums = dist.all_sum([*loss_sum, *correct, seen], device)
         return LoopState(step, int(sums[-1]), time.perf_counter() - start, sums[:n], [int(c) for c in sums[n:-1]],
                          epoch_start, [o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done),
-                         epoch_step)
+                         epoch_step, [t.clone() for t in look.slow] if look is not None else [])
 
     freeze(chain.prefix)
     for m in chain.modules():
@@ -219,6 +223,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
             if buf is not None:
                 o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
         step, elapsed, epoch_step, done = resume.step, resume.seconds, resume.epoch_step, dict(resume.events)
+        if look is not None and resume.slow:
+            look.load(resume.slow)
         if dist.is_main:  # the saved sums are every rank's: one rank carries them on
             seen, tally = resume.seen, Tally(n, device, resume.loss_sum, resume.correct)
         else:
