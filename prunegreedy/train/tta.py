@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TTAS as TTA_LEVELS
 from ..data.base import Dataset, Normalize
 from ..errors import ConfigError
 from .evaluate import accuracy
 from .modes import autocast, eval_mode
-
-TTA_LEVELS = ("off", "flip", "flip-translate")
 
 
 def check_tta(level: str, image_shape: tuple[int, ...]) -> None:
