@@ -72,6 +72,24 @@ class TrainConfig:
     # Minutes between checkpoints inside an epoch (besides the one at every epoch's end), so that a
     # killed run loses at most this much; None: at epochs' ends only. ImageNet epochs take hours.
     checkpoint_every: float | None = 15.0
+    # The recipe's parts (airbench, Jordan 2024); each is off unless a recipe turns it on.
+    # step: lr, finetune_lr and weight_decay are PyTorch SGD's (on the batch's mean loss); per1024: they are
+    # per 1024 training examples with momentum's gain 1 + 1/(1 - momentum) taken out, and weight decay is
+    # decoupled from the lr's value (airbench's convention: its lr 11.5, weight_decay 0.0153 at any batch size)
+    lr_unit: str = "step"
+    bn_bias_lr_mult: float = 1.0  # learning-rate multiplier of BatchNorm biases (airbench: 64)
+    freeze_bn_scale: bool = False  # BatchNorm scales fixed at 1, not trained (airbench)
+    # triangle schedule: lr factor rises linearly from start to 1 at fraction peak of the steps, then falls to end
+    triangle_start: float = 0.2
+    triangle_peak: float = 0.23
+    triangle_end: float = 0.07
+    lookahead_every: int = 0  # Lookahead: steps between pulls of the weights to their moving average; 0 = off
+    lookahead_decay: float = 0.7737809375  # per pull, ramped by (step / steps)^3 (airbench: 0.95^5 every 5 steps)
+    flip: str = "random"  # random: a coin per image; alternate: a fixed half on even epochs, the other on odd; off
+    translate: int = 4  # random translation by up to this many pixels (the crop of a padded image); 0 = off
+    translate_pad: str = "zeros"  # how the translation pads: zeros | reflect
+    tta: str = "off"  # test-time augmentation, as final_acc_tta beside final_acc: off | flip | flip-translate
+    whiten_bias_epochs: float | None = None  # epochs of each schedule a whitening stem's bias trains; None: all
 
 
 @dataclass
@@ -394,5 +412,42 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.last_head must be own or aux, got '{cfg.model.last_head}'")
     if not (cfg.dist.timeout > 0) or math.isinf(cfg.dist.timeout):
         raise ConfigError(f"dist.timeout must be a positive number of seconds, got {cfg.dist.timeout}")
+    validate_recipe(cfg.train)
     if not (cfg.model.width_mult > 0):
         raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")
+
+
+LR_UNITS = ("step", "per1024")
+FLIPS = ("random", "alternate", "off")
+PADS = ("zeros", "reflect")
+TTAS = ("off", "flip", "flip-translate")
+
+
+def validate_recipe(t: TrainConfig) -> None:
+    """Range checks of the recipe's parts (lr unit, BN, triangle, Lookahead, augmentation, TTA)."""
+    def finite(v: float) -> bool:
+        return not (math.isnan(v) or math.isinf(v))
+
+    for key, value, valid in (("lr_unit", t.lr_unit, LR_UNITS), ("flip", t.flip, FLIPS),
+                              ("translate_pad", t.translate_pad, PADS), ("tta", t.tta, TTAS)):
+        if value not in valid:
+            raise ConfigError(f"unknown train.{key} '{value}'; valid: {', '.join(valid)}")
+    if not (t.bn_bias_lr_mult > 0) or not finite(t.bn_bias_lr_mult):
+        raise ConfigError(f"train.bn_bias_lr_mult must be a positive number, got {t.bn_bias_lr_mult}")
+    if t.lr_unit == "per1024" and not (0 <= t.momentum < 1):
+        raise ConfigError(f"train.lr_unit per1024 needs train.momentum in [0, 1), got {t.momentum}")
+    for key in ("triangle_start", "triangle_end"):
+        v = getattr(t, key)
+        if not (v >= 0) or not finite(v):
+            raise ConfigError(f"train.{key} must be a factor >= 0, got {v}")
+    if not (0 <= t.triangle_peak < 1):
+        raise ConfigError(f"train.triangle_peak must be a fraction of the steps in [0, 1), got {t.triangle_peak}")
+    if t.lookahead_every < 0:
+        raise ConfigError(f"train.lookahead_every must be >= 0 steps (0 = off), got {t.lookahead_every}")
+    if not (0 <= t.lookahead_decay <= 1):
+        raise ConfigError(f"train.lookahead_decay must be in [0, 1], got {t.lookahead_decay}")
+    if t.translate < 0:
+        raise ConfigError(f"train.translate must be >= 0 pixels, got {t.translate}")
+    w = t.whiten_bias_epochs
+    if w is not None and (not (w >= 0) or not finite(w)):
+        raise ConfigError(f"train.whiten_bias_epochs must be >= 0 epochs (or null: the whole schedule), got {w}")

@@ -104,7 +104,7 @@ class RunLock:
 
 # Keys of run.json that are written only once they have a value (as every run.json had them).
 _OPTIONAL = ("trainer", "resumed", "sensitivity", "budget", "error", "seconds", "final_acc", "head_accs", "params",
-             "macs", "params_with_head", "macs_with_head", "widths", "planned")
+             "macs", "params_with_head", "macs_with_head", "widths", "planned", "final_acc_tta")
 
 
 @dataclass
@@ -128,6 +128,7 @@ class RunMeta:
     error: str | None = None
     seconds: float | None = None
     final_acc: float | None = None
+    final_acc_tta: float | None = None  # the same network's test accuracy with test-time augmentation (train.tta)
     ensemble_acc: float | None = None
     head_accs: list | None = None
     params: int | None = None
@@ -333,7 +334,7 @@ class RunRecord:
         weights: dict[str, dict] = {}
         for k, v in tensors.items():
             name, _, key = k.partition(".")
-            if key and name not in ("momentum",):
+            if key and name not in ("momentum", "lookahead"):
                 weights.setdefault(name, {})[key] = v
         return weights, LoopState.from_saved(tensors, scalars)
 

@@ -26,7 +26,7 @@ def test_linear_schedule_with_warmup():
     assert train_schedules.lr_at(0, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 1.0 * 1 / 10)
     assert train_schedules.lr_at(9, 100, 0.1, "linear", cfg) == pytest.approx(0.1 * 0.91)
     assert train_schedules.lr_at(50, 100, 0.1, "linear", cfg) == pytest.approx(0.05)
-    with pytest.raises(ConfigError, match="unknown schedule 'exp'; valid: step, linear, cosine, constant"):
+    with pytest.raises(ConfigError, match="unknown schedule 'exp'; valid: step, linear, cosine, constant, triangle"):
         train_schedules.lr_at(0, 10, 0.1, "exp", cfg)
 
 

@@ -69,7 +69,7 @@ def test_register_model_and_pass_a_module_through(monkeypatch):
 # --- split_stages -------------------------------------------------------------------------------
 
 EXPECTED_STAGES = {"resnet20": 3, "resnet56": 3, "torchvision:resnet18": 4, "torchvision:resnet50": 4,
-                   "torchvision:mobilenet_v2": 4}
+                   "torchvision:mobilenet_v2": 4, "fastcifar-64-256-256": 3, "fastcifar-64-128-128": 3}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import torch
 
+from .augment import Augment, alternate_half
+
 
 @dataclass
 class Dataset:
@@ -74,8 +76,10 @@ class Dataset:
         return train, Holdout(self.train_x[dev], self.train_y[dev], out)
 
     def train_batches(self, batch_size: int, norm: "Normalize", generator: torch.Generator,
-                      shard: tuple[int, int] = (0, 1), skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard, skip=skip)
+                      shard: tuple[int, int] = (0, 1), skip: int = 0, aug: Augment | None = None,
+                      epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return train_batches(self.train_x, self.train_y, batch_size, norm, generator, shard=shard, skip=skip,
+                             aug=aug, epoch=epoch)
 
     def eval_batches(self, batch_size: int, norm: "Normalize") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.test_x, self.test_y, batch_size, norm)
@@ -143,8 +147,8 @@ def skip_crop_flip(n: int, pad: int, generator: torch.Generator) -> None:
 
 
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Normalize, generator: torch.Generator,
-                  augment: bool = True, shard: tuple[int, int] = (0, 1),
-                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  augment: bool = True, shard: tuple[int, int] = (0, 1), skip: int = 0,
+                  aug: Augment | None = None, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented, normalised batches (the last partial batch included).
 
     `shard = (rank, world)`: every rank draws the same global batch and augmentation (same
@@ -152,19 +156,26 @@ def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, norm: Norma
     batches one process would. A last batch smaller than `world` is dropped on every rank alike.
     `skip`: leave out the first batches (a loop resumed part-way through the epoch), drawing their
     random numbers all the same, so the rest are exactly the batches the whole epoch would give.
+    `aug`: the recipe's augmentation instead of random_crop_flip (None: the default), in epoch
+    `epoch` (alternate flip: which half is mirrored; its half is fixed by the generator's seed).
     """
     rank, world = shard
+    half = alternate_half(len(x), generator.initial_seed()) if aug is not None and aug.flip == "alternate" else None
     perm = to_device(torch.randperm(len(x), generator=generator), x.device)
     for i, start in enumerate(range(0, len(x), batch_size)):
         idx = perm[start:start + batch_size]
         if len(idx) < world:
             return
         if i < skip:
-            if augment:
+            if augment and aug is not None:
+                aug.draw(len(idx), generator)
+            elif augment:
                 skip_crop_flip(len(idx), 4, generator)
             continue
         xb = x[idx]
-        if augment:
+        if augment and aug is not None:
+            xb = aug(xb, idx, epoch, half, generator)
+        elif augment:
             xb = random_crop_flip(xb, 4, generator)
         yield norm(xb[rank::world]), y[idx][rank::world]
 

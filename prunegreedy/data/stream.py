@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision import transforms
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from .augment import Augment
 from .base import Normalize
 from .folders import IMAGE_EXTS, check_classes
 
@@ -123,10 +124,15 @@ class StreamDataset:
         return replace(self, train=self.train.head(train_limit), test=self.test.head(test_limit))
 
     def train_batches(self, batch_size: int, norm: Normalize, generator: torch.Generator,
-                      shard: tuple[int, int] = (0, 1), skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      shard: tuple[int, int] = (0, 1), skip: int = 0, aug: Augment | None = None,
+                      epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch; `batch_size` is global: each of `world` ranks gets batch_size // world images
         per step, from its DistributedSampler part of the epoch (the last partial batch included).
-        `skip`: leave out the first batches (the epoch's order and seeds are drawn all the same)."""
+        `skip`: leave out the first batches (the epoch's order and seeds are drawn all the same).
+        Streamed images take their own augmentation (train_transform), not the recipe's (`aug`)."""
+        if aug is not None:
+            raise ConfigError("train.flip, train.translate and train.translate_pad apply to cached datasets; "
+                              "a streamed dataset (imagenet) takes the defaults (random, 4, zeros)")
         rank, world = shard
         order_seed, aug_seed = torch.randint(2**62, (2,), generator=generator).tolist()
         loader = self._loader(("train", batch_size, shard), self.train, batch_size // world, _SeededEpoch())

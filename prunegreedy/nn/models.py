@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .fastcifar import NAME as FASTCIFAR
+from .fastcifar import fast_cifar
 
 SMALL_IMAGE = 64  # at this side or below, stems that shrink the map by 4 shrink it by 1 (ResNet) or 2 (MobileNet)
 TORCHVISION = "torchvision:"
@@ -109,6 +111,9 @@ MODELS: dict[str, ModelEntry] = {
     f"{TORCHVISION}resnet18": ModelEntry(_torchvision("resnet18"), RESNET_SPLIT),
     f"{TORCHVISION}resnet50": ModelEntry(_torchvision("resnet50"), RESNET_SPLIT),
     f"{TORCHVISION}mobilenet_v2": ModelEntry(_torchvision("mobilenet_v2"), MOBILENET_V2_SPLIT),
+    # airbench94's network at its two published widths; fastcifar-W1-W2-... builds any others
+    f"{FASTCIFAR}-64-256-256": ModelEntry(*fast_cifar(f"{FASTCIFAR}-64-256-256")),
+    f"{FASTCIFAR}-64-128-128": ModelEntry(*fast_cifar(f"{FASTCIFAR}-64-128-128")),
 }
 
 
@@ -119,12 +124,20 @@ def register_model(name: str, factory: Factory, split: list[str] | None = None) 
     MODELS[name] = ModelEntry(factory, list(split) if split is not None else None)
 
 
+def is_model(name: str) -> bool:
+    """Whether `name` builds a model: registered, torchvision:NAME, or the fast network at any widths."""
+    return name in MODELS or name.startswith(TORCHVISION) or name.startswith(f"{FASTCIFAR}-")
+
+
 def _entry(name: str) -> ModelEntry:
     if name in MODELS:
         return MODELS[name]
     if name.startswith(TORCHVISION):  # any torchvision classifier, without a default split
         return ModelEntry(_torchvision(name[len(TORCHVISION):]), None)
-    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, or torchvision:NAME")
+    if name.startswith(f"{FASTCIFAR}-"):  # the fast network at any widths
+        return ModelEntry(*fast_cifar(name))
+    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, {FASTCIFAR}-W1-W2-..., "
+                      f"or torchvision:NAME")
 
 
 def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: int) -> nn.Module:

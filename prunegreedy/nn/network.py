@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, cut_input
 from .heads import HEADS
-from .models import MODELS, TORCHVISION, build_model, default_split
+from .models import MODELS, build_model, default_split, is_model
 from .plans import PLANS, make_plan
 from .spec import StageSpec
 from .split import split_stages, stage_shapes
@@ -138,8 +138,9 @@ def build_network(name: str, num_classes: int, image_size: int, options: dict | 
     declare are refused. A prebuilt model's weights come from torch's current random state."""
     options = dict(options or {})
     args = {"num_classes": num_classes, "image_size": image_size, **options}
-    if module is None and not (name in PLANS or name in MODELS or name.startswith(TORCHVISION)):
-        raise ConfigError(f"unknown model '{name}'; valid: {', '.join([*MODELS, *PLANS])}, or torchvision:NAME")
+    if module is None and not (name in PLANS or is_model(name)):
+        raise ConfigError(f"unknown model '{name}'; valid: {', '.join([*MODELS, *PLANS])}, fastcifar-W1-W2-..., "
+                          f"or torchvision:NAME")
     declared = PLAN_OPTIONS if module is None and name in PLANS else MODEL_OPTIONS
     bad = [k for k in options if k not in declared]
     if bad:

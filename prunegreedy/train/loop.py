@@ -18,26 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.augment import Augment
 from ..data.base import Dataset, Normalize
 from . import stop
 from .distributed import SINGLE, Dist
+from .lookahead import Lookahead, decay_at
 from .modes import autocast, autocast_dtype, freeze
+from .optim import freeze_bn_scales, lr_scale, make_optimizer, set_rates
 from .schedules import lr_at
-
-
-def make_optimizer(modules: list[nn.Module], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for m in modules:
-        for name, p in m.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if (not cfg.wd_on_bn_bias and p.ndim <= 1) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    # On a GPU the fused kernel updates every parameter in one launch; the CPU keeps the reference loop.
-    fused = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused or None)
 
 
 @dataclass
@@ -154,20 +142,24 @@ class LoopState:
     momentum: list[torch.Tensor | None]
     events: dict[str, Any] = field(default_factory=dict)
     epoch_step: int = 0  # steps already taken in the current epoch (0 at an epoch's end)
+    slow: list[torch.Tensor] = field(default_factory=list)  # Lookahead's average (train.lookahead_every)
 
     def to_saved(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON scalars): how a record stores the state without knowing its fields."""
         tensors = {"generator": self.generator}
         tensors.update({f"momentum.{i}": m for i, m in enumerate(self.momentum) if m is not None})
+        tensors.update({f"lookahead.{i}": t for i, t in enumerate(self.slow)})
         scalars = {k: getattr(self, k) for k in ("step", "seen", "seconds", "loss_sum", "correct", "events",
                                                  "epoch_step")}
-        return tensors, {**scalars, "momentum_count": len(self.momentum)}
+        counts = {"momentum_count": len(self.momentum), **({"lookahead_count": len(self.slow)} if self.slow else {})}
+        return tensors, {**scalars, **counts}
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> "LoopState":
-        n = scalars["momentum_count"]
-        rest = {k: v for k, v in scalars.items() if k != "momentum_count"}
-        return cls(**rest, generator=tensors["generator"], momentum=[tensors.get(f"momentum.{i}") for i in range(n)])
+        n, k = scalars["momentum_count"], scalars.get("lookahead_count", 0)
+        rest = {key: v for key, v in scalars.items() if key not in ("momentum_count", "lookahead_count")}
+        return cls(**rest, generator=tensors["generator"], momentum=[tensors.get(f"momentum.{i}") for i in range(n)],
+                   slow=[tensors[f"lookahead.{i}"] for i in range(k)])
 
 
 @dataclass
@@ -195,7 +187,9 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     modules restored) continues exactly where it was taken. Under torchrun (`dist`) every pair is
     wrapped in DistributedDataParallel, each rank trains on its share of every global batch, and
     every rank stops and checkpoints at the same step. From step `restart` on, the learning-rate
-    schedule (warm-up included) starts over across the steps that remain.
+    schedule (warm-up included) starts over across the steps that remain. With train.lookahead_every
+    the pairs' weights are pulled to their moving average every so many steps and take it at the end
+    (a checkpoint keeps the average, so a resumed loop goes on with it).
     """
     def build() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         models = [dist.wrap(_Pair(b, h), device) for b, h in chain.pairs]
@@ -207,15 +201,20 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
         sums = dist.all_sum([*loss_sum, *correct, seen], device)
         return LoopState(step, int(sums[-1]), time.perf_counter() - start, sums[:n], [int(c) for c in sums[n:-1]],
                          epoch_start, [o.state[p].get("momentum_buffer") for o, p in _slots(opts)], dict(done),
-                         epoch_step)
+                         epoch_step, [t.clone() for t in look.slow] if look is not None else [])
 
     freeze(chain.prefix)
     for m in chain.modules():
         m.train()
+    if cfg.freeze_bn_scale:
+        freeze_bn_scales(chain.modules())
     models, opts = build()
+    look = Lookahead(chain.modules()) if cfg.lookahead_every else None
+    aug, scale = Augment.of(cfg), lr_scale(cfg)
     amp = autocast_dtype(cfg.amp, device)
     n, events = len(chain.pairs), dict(events or {})
     total = steps_of(epochs, ds.num_train, cfg.batch_size)
+    per_epoch = math.ceil(ds.num_train / cfg.batch_size)  # batches of a full epoch
     if resume is None:
         step, seen, elapsed, tally, done, epoch_step = 0, 0, 0.0, Tally(n, device), {}, 0
     else:
@@ -224,6 +223,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
             if buf is not None:
                 o.state[p]["momentum_buffer"] = buf.to(p.device).clone()
         step, elapsed, epoch_step, done = resume.step, resume.seconds, resume.epoch_step, dict(resume.events)
+        if look is not None and resume.slow:
+            look.load(resume.slow)
         if dist.is_main:  # the saved sums are every rank's: one rank carries them on
             seen, tally = resume.seen, Tally(n, device, resume.loss_sum, resume.correct)
         else:
@@ -235,7 +236,9 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
     with stop.loop():
         while step < total:
             epoch_start = generator.get_state()
-            for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard, skip=epoch_step):
+            recipe = {} if aug is None else {"aug": aug, "epoch": (step - epoch_step) // per_epoch}
+            for xb, yb in ds.train_batches(cfg.batch_size, norm, generator, shard=dist.shard, skip=epoch_step,
+                                           **recipe):
                 if step >= total:
                     break
                 if step in events and str(step) not in done:
@@ -244,12 +247,12 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                     done[str(step)] = events[step]()
                     generator.set_state(before)
                     models, opts = build()
-                rate = lr_at(step, total, lr, schedule, cfg, restart)
+                    look = Lookahead(chain.modules()) if cfg.lookahead_every else None
+                rate = lr_at(step, total, lr, schedule, cfg, restart) * scale
                 with autocast(device, amp), torch.no_grad():
                     x = chain.prefix(xb)
                 for j, (model, opt) in enumerate(zip(models, opts)):
-                    for g in opt.param_groups:
-                        g["lr"] = rate
+                    set_rates(opt, rate, step / per_epoch)
                     with autocast(device, amp):
                         feats, logits = model(x)
                         loss = (F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -262,6 +265,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 seen += len(yb)
                 step += 1
                 epoch_step += 1
+                if look is not None and step % cfg.lookahead_every == 0:
+                    look.update(decay_at(step, total, cfg.lookahead_decay))
                 if step % Tally.CHECK_EVERY == 0:  # every rank stops together, at the same step
                     tally.check(dist, device, total, chain.label)
                 if on_step is not None:
@@ -283,6 +288,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                 last_save = time.perf_counter()
             if dist.any_true([stop.requested() is not None], device)[0]:  # the epoch's checkpoint is complete
                 raise stop.Stopped(stop.requested() or signal.SIGTERM, f"step {step} of {total}")
+    if look is not None:
+        look.finish()
     seconds = time.perf_counter() - start
     dist.sync_buffers(*chain.modules())
     loss_sum, correct = tally.sums()

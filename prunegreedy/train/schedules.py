@@ -29,8 +29,17 @@ def _constant(t: float, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def _triangle(t: float, cfg: TrainConfig) -> float:
+    """Linear from cfg.triangle_start to 1 at fraction cfg.triangle_peak, then linear to cfg.triangle_end at
+    the end (airbench: 0.2, 0.23, 0.07)."""
+    peak = cfg.triangle_peak
+    if t < peak:
+        return cfg.triangle_start + (1.0 - cfg.triangle_start) * t / peak
+    return 1.0 + (cfg.triangle_end - 1.0) * (t - peak) / (1.0 - peak)
+
+
 SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
-    "step": _step, "linear": _linear, "cosine": _cosine, "constant": _constant,
+    "step": _step, "linear": _linear, "cosine": _cosine, "constant": _constant, "triangle": _triangle,
 }
 
 

@@ -15,7 +15,7 @@ from ..compress.hooks import HOOKS, get_hook
 from ..compress.importance import IMPORTANCES
 from ..config import Config
 from ..data.base import Dataset, Normalize
-from ..data.registry import DATASETS
+from ..data.registry import DATASETS, data_shape
 from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
 from ..compress.network import checkpoint_module, head_settings, network_spec, rebuild
@@ -24,8 +24,10 @@ from ..records import RunRecord, load_weights
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import evaluate
 from ..train.loop import LoopState, StepCallback
+from ..train.datainit import init_from_data
 from ..train.modes import freeze
 from ..train.schedules import SCHEDULES
+from ..train.tta import check_tta
 from .decisions import Decisions
 from .decisions import check_config as check_decisions
 
@@ -62,6 +64,8 @@ def check(cfg: Config, module: nn.Module | None = None) -> Network:
     for name in (cfg.train.schedule, cfg.compress.finetune_schedule):
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
+    if cfg.train.tta != "off":  # from the folders' names: nothing decoded
+        check_tta(cfg.train.tta, data_shape(cfg.data)[1])
     n = len(net.stages)
     if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
         raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but {net.name} has {n} stages")
@@ -128,6 +132,7 @@ class Session:
         else:
             torch.manual_seed(cfg.run.seed)  # a prebuilt model's initial weights, before any stage's own seed
             self.net = from_config(cfg.model, self.ds.num_classes, self.ds.image_shape[1], self.network)
+            init_from_data(self.net.model, self.ds, self.norm, cfg.run.seed)  # a whitening stem, once
             self.spec, heads = network_spec(self.net, self.record.meta.dataset), []
         self.net.model.to(self.device, memory_format=self.memory_format)
         for m in [*self.net.modules_of(done), *heads]:

@@ -19,6 +19,7 @@ from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import ensemble_accuracy
 from ..train.loop import NonFiniteLoss
 from ..train.modes import autocast_dtype
+from ..train.tta import evaluate_tta
 from .common import UI, NullUI, Session, check, versions
 from .decisions import Decisions, takes_decisions
 from .decisions import split as split_holdout
@@ -108,9 +109,7 @@ def execute(cfg: Config, record: RunRecord, ds: Dataset, device: torch.device, u
                if cfg.train.trainer == "greedy" else f"{cfg.train.trainer} training stopped: {e}")
         record.set_status("failed", msg)
         raise PrunegreedyError(msg) from None
-    meta = _finish(record, s, trainer.ensemble)
-    trained = (s.net, heads)
-    return meta, trained
+    return _finish(record, s, heads, trainer.ensemble, cfg.train.tta), (s.net, heads)
 
 
 def _budgeted(cfg: Config, ds: Dataset, network: nn.Module | None, record: RunRecord) -> Config:
@@ -129,7 +128,7 @@ def _budgeted(cfg: Config, ds: Dataset, network: nn.Module | None, record: RunRe
     return replace(cfg, compress=replace(cfg.compress, ratios=ratios, target_macs=None, target_params=None))
 
 
-def _finish(record: RunRecord, s: Session, ensemble: bool) -> dict:
+def _finish(record: RunRecord, s: Session, heads: list[nn.Module], ensemble: bool, tta: str = "off") -> dict:
     last: dict[int, dict] = {}  # the last phase of each stage: the state the next stage grew on
     for row in record.rows:
         last[row["stage"]] = row
@@ -142,6 +141,10 @@ def _finish(record: RunRecord, s: Session, ensemble: bool) -> dict:
                    macs=row["macs_backbone"], params_with_head=row["params_backbone"] + row["params_head"],
                    macs_with_head=row["macs_backbone"] + row["macs_head"],
                    widths=[shape[0] for shape in s.net.shapes(s.ds.image_shape)[1:]])
+    if tta != "off":  # beside final_acc, never instead of it
+        stages = s.net.modules_of()
+        metrics["final_acc_tta"] = round(evaluate_tta(nn.Sequential(*stages[:-1]), stages[-1], heads[-1], s.ds, s.norm,
+                                                      s.eval_batch_size, s.device, s.amp, tta), 4)
     line = None
     if s.decisions is not None:
         line = s.decisions.finish(metrics[s.decisions.budget_rule.kind] if s.decisions.budget_rule else 0)
@@ -157,6 +160,7 @@ def _finish(record: RunRecord, s: Session, ensemble: bool) -> dict:
         s.ui.log(line)
     meta = record.meta
     e = f"  ensemble (2^j weights) {ens:.2f}%" if ens is not None else ""
+    e += f"  with TTA ({tta}) {meta.final_acc_tta:.2f}%" if meta.final_acc_tta is not None else ""
     s.ui.log(f"final test acc {per_head[-1]:.2f}%{e}  backbone {meta.params:,} params {meta.macs / 1e6:,.1f} MMACs  "
            f"{meta.seconds / 60:.1f} min")
     return meta.to_json()

@@ -1,0 +1,27 @@
+"""Initialisation from data: modules that set their weights from training images before training.
+
+A module declares it by a method `init_from_data(images)` taking normalised images (N, C, H, W);
+the run start calls every such submodule once, before stage 1 (a whitening stem).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.base import Dataset, Normalize
+
+INIT_IMAGES = 5000  # airbench whitens with the patches of 5,000 training images
+
+
+@torch.no_grad()
+def init_from_data(model: nn.Module, ds: Dataset, norm: Normalize, seed: int, n: int = INIT_IMAGES) -> int:
+    """Call `init_from_data` of every submodule that has one with n training images drawn with `seed`
+    (a random subset: an image folder's split is sorted by class); return how many were called."""
+    takers = [m for m in model.modules() if callable(getattr(m, "init_from_data", None))]
+    if not takers:
+        return 0
+    pick = torch.randperm(ds.num_train, generator=torch.Generator().manual_seed(seed))[:n]
+    images = torch.cat([norm(ds.train_x[i.to(ds.train_x.device)]) for i in pick.split(1000)])
+    for m in takers:
+        m.init_from_data(images)
+    return len(takers)

@@ -1,0 +1,285 @@
+"""The fast recipe's parts (airbench): each one exactly, bad input, and a short greedy run of the fast net."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import prunegreedy
+from prunegreedy.cli import app
+from prunegreedy.config import TrainConfig
+from prunegreedy.data import base as data_base
+from prunegreedy.data.augment import Augment, alternate_half, translate_flip
+from prunegreedy.errors import ConfigError
+from prunegreedy.nn.fastcifar import FastCifar
+from prunegreedy.nn.layers import Whiten, dirac_
+from prunegreedy.nn.models import build_model, default_split
+from prunegreedy.train import loop as train_loop
+from prunegreedy.train import optim
+from prunegreedy.train.lookahead import Lookahead, decay_at
+from prunegreedy.train.schedules import lr_at
+from prunegreedy.train.tta import check_tta, evaluate_tta, tta_logits
+
+from helpers import cpu_norm, quick_train_cfg, same, snapshot, tiny_net
+
+runner = CliRunner()
+TINY = ["--epochs", "0.2", "--set", "data.train_limit=200", "--set", "data.test_limit=100", "--set", "run.threads=1"]
+
+
+def test_triangle_schedule_rises_to_one_at_its_peak_then_falls_to_its_end():
+    cfg = TrainConfig(schedule="triangle", triangle_start=0.2, triangle_peak=0.25, triangle_end=0.0)
+    lrs = [lr_at(s, 100, 2.0, "triangle", cfg) for s in (0, 10, 25, 50, 99)]
+    assert lrs == pytest.approx([0.4, 2.0 * 0.52, 2.0, 2.0 * (1 - 25 / 75), 2.0 * (1 - 74 / 75)])
+
+
+def test_lr_and_weight_decay_per_1024_examples_are_airbenchs():
+    cfg = TrainConfig(lr_unit="per1024", batch_size=512, momentum=0.5, lr=3.0, weight_decay=0.03,
+                      wd_on_bn_bias=True, bn_bias_lr_mult=64)
+    assert optim.lr_scale(cfg) == pytest.approx(512 / (1024 * 3))  # momentum's gain 1 + 1 / (1 - 0.5) = 3
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = optim.make_optimizer([net], cfg.lr, cfg)
+    optim.set_rates(opt, cfg.lr * optim.lr_scale(cfg), 0.0)
+    main, bias = opt.param_groups
+    assert [len(main["params"]), len(bias["params"])] == [3, 1]  # conv weight and bias, BN weight | BN bias
+    assert [main["lr"], bias["lr"]] == pytest.approx([0.5, 32.0])
+    # decoupled: each step decays by weight_decay * batch / (1024 * 3) = 0.005, whatever the group's lr
+    assert main["lr"] * main["weight_decay"] == pytest.approx(0.005)
+    assert bias["lr"] * bias["weight_decay"] == pytest.approx(0.005)
+
+
+def test_default_optimizer_groups_are_todays():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = optim.make_optimizer([net], 0.1, TrainConfig(wd_on_bn_bias=False))
+    assert [[p.shape for p in g["params"]] for g in opt.param_groups] == [[(4, 3, 3, 3)], [(4,), (4,), (4,)]]
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    assert optim.lr_scale(TrainConfig()) == 1.0 and Augment.of(TrainConfig()) is None
+
+
+def test_a_whitening_stems_bias_trains_only_for_its_epochs():
+    cfg = TrainConfig(whiten_bias_epochs=2)
+    net = FastCifar(10, (8, 8))
+    opt = optim.make_optimizer([net], 0.1, cfg)
+    stem = [g for g in opt.param_groups if g["until"] == 2]
+    assert len(stem) == 1 and stem[0]["params"] == [net.whiten.bias]
+    optim.set_rates(opt, 0.1, 1.99)
+    assert stem[0]["lr"] == 0.1
+    optim.set_rates(opt, 0.1, 2.0)
+    assert stem[0]["lr"] == 0.0 and all(g["lr"] == 0.1 for g in opt.param_groups if g is not stem[0])
+    assert "weight" not in dict(net.whiten.named_parameters())  # a buffer: never trained
+
+
+def test_frozen_bn_scales_stay_one_and_biases_train(sample):
+    net = tiny_net()
+    block, head = net.blocks[0], net.heads[0]
+    with torch.no_grad():
+        block.bn.weight.fill_(0.5)
+    bias = block.bn.bias.detach().clone()
+    train_loop.train(train_loop.Chain([(block, head)]), sample.limit(128, 10), cpu_norm(sample),
+                     quick_train_cfg(freeze_bn_scale=True, bn_bias_lr_mult=64), 1.0, 0.05, "linear",
+                     torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert torch.equal(block.bn.weight, torch.ones(8)) and not block.bn.weight.requires_grad
+    assert not torch.equal(block.bn.bias, bias)
+
+
+def test_lookahead_pulls_to_the_average_and_copies_it_back():
+    lin = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    look = Lookahead([lin])
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    look.update(0.75)
+    assert lin.weight.item() == 0.25
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+    look.finish()  # the end of the schedule: the average, not the last weights
+    assert lin.weight.item() == 0.25
+    assert decay_at(50, 100, 0.8) == pytest.approx(0.1)
+
+
+def test_a_loop_with_lookahead_ends_on_the_average(sample):
+    net = tiny_net()
+    block, head = net.blocks[0], net.heads[0]
+    before = snapshot(nn.Sequential(block, head))
+    # no pull within the 2 steps: the average is the start, which the end copies back (BN statistics too)
+    train_loop.train(train_loop.Chain([(block, head)]), sample.limit(128, 10), cpu_norm(sample),
+                     quick_train_cfg(lookahead_every=1000), 1.0, 0.05, "linear", torch.device("cpu"),
+                     torch.Generator().manual_seed(0))
+    after = snapshot(nn.Sequential(block, head))
+    floats = lambda d: {k: v for k, v in d.items() if v.is_floating_point()}  # noqa: E731
+    assert same(floats(before), floats(after))
+    assert after["0.bn.num_batches_tracked"] == 2  # integer counters are the live ones
+
+
+def _identity_norm():
+    return data_base.Normalize((0.0, 0.0, 0.0), (1 / 255,) * 3, torch.device("cpu"), channels_last=False)
+
+
+def test_alternating_flip_flips_a_fixed_half_on_even_epochs_and_the_other_half_on_odd():
+    n = 10
+    x = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8)
+    y = torch.arange(n)
+    aug = Augment("alternate", 0, "zeros")
+    gen = torch.Generator().manual_seed(7)
+    half = alternate_half(n, 7)
+    assert int(half.sum()) == n // 2
+    for epoch in (0, 1, 2):
+        (xb, yb), = data_base.train_batches(x, y, n, _identity_norm(), gen, aug=aug, epoch=epoch)
+        flipped = torch.tensor([torch.equal(xb[i], x[yb[i]].flip(-1).float()) for i in range(n)])
+        assert all(torch.equal(xb[i], x[yb[i]].float()) for i in range(n) if not flipped[i])
+        assert torch.equal(flipped, half[yb] ^ bool(epoch % 2))
+
+
+def test_translate_keeps_the_shape_and_reflects_at_the_border():
+    x = torch.randint(0, 255, (2, 3, 6, 6), dtype=torch.uint8)
+    out = translate_flip(x, torch.tensor([1, -2]), torch.tensor([-2, 0]), torch.tensor([False, True]), "reflect")
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    ref = F.pad(x.float(), (2, 2, 2, 2), mode="reflect")
+    assert torch.equal(out[0].float(), ref[0, :, 3:9, 0:6])  # content moved up 1 and right 2
+    assert torch.equal(out[1].float(), ref[1, :, 0:6, 2:8].flip(-1))
+    with pytest.raises(ConfigError, match="must be below the image side"):
+        translate_flip(x, torch.tensor([6, 0]), torch.tensor([0, 0]), torch.tensor([False, False]), "reflect")
+
+
+def test_random_flip_with_zero_padding_is_random_crop_flip_draw_for_draw():
+    x = torch.randint(0, 255, (5, 3, 8, 8), dtype=torch.uint8)
+    aug = Augment("random", 4, "zeros")
+    got = aug(x, torch.arange(5), 0, None, torch.Generator().manual_seed(3))
+    assert torch.equal(got, data_base.random_crop_flip(x, 4, torch.Generator().manual_seed(3)))
+
+
+def test_tta_averages_mirror_and_one_pixel_translations():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    x = torch.randn(2, 3, 4, 4)
+    flip = tta_logits(lin, x, "flip")
+    assert torch.allclose(flip, tta_logits(lin, x.flip(-1), "flip"))  # mirror-invariant
+    assert torch.allclose(flip, 0.5 * lin(x) + 0.5 * lin(x.flip(-1)))
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    moved = 0.5 * (tta_logits(lin, p[:, :, :4, :4], "flip") + tta_logits(lin, p[:, :, 2:, 2:], "flip"))
+    assert torch.allclose(tta_logits(lin, x, "flip-translate"), 0.5 * flip + 0.5 * moved)
+
+
+def test_tta_accuracy_of_a_toy_model(sample):
+    ds = sample.limit(10, 40)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    norm = cpu_norm(sample)
+    acc = evaluate_tta(nn.Sequential(), net, nn.Identity(), ds, norm, 16, torch.device("cpu"), None, "flip")
+    with torch.no_grad():
+        x = norm(ds.test_x)
+        expected = 100.0 * ((net(x) + net(x.flip(-1))).argmax(1) == ds.test_y).float().mean().item()
+    assert acc == pytest.approx(expected)
+
+
+def test_whitening_weights_whiten_the_patches():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.5, 0.5, 0.2]])
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(200, 3, 8, 8)).cumsum(-1)  # correlated in space too
+    stem = Whiten(3, 2, eps=0.0)
+    stem.init_from_data(images)
+    assert stem.weight.shape == (24, 3, 2, 2)
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])
+    y = F.conv2d(images, stem.weight[:12]).permute(1, 0, 2, 3).reshape(12, -1).double()
+    assert torch.allclose(y @ y.T / y.shape[1], torch.eye(12, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(ConfigError, match="a whitening stem takes 3-channel images"):
+        stem.init_from_data(torch.zeros(4, 1, 8, 8))
+
+
+def test_dirac_init_passes_the_first_channels_through():
+    conv = dirac_(nn.Conv2d(4, 6, 3, padding=1, bias=False))
+    x = torch.randn(1, 4, 5, 5)
+    assert torch.equal(conv(x)[:, :4], x)
+
+
+def test_the_fast_network_is_airbench94_split_at_its_groups():
+    net = build_model("fastcifar-24-56-64", 10, 32)
+    # airbench counts the frozen whitening weight (288) as parameters: 121,336
+    assert sum(p.numel() for p in net.parameters()) + net.whiten.weight.numel() == 121_336
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert default_split("fastcifar-64-256-256") == ["group1", "group2", "group3"]
+    with pytest.raises(ConfigError, match=r"named fastcifar-W1-W2-\.\.\., one positive width per group"):
+        build_model("fastcifar-64-x", 10, 32)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.tta=maybe"], "unknown train.tta 'maybe'; valid: off, flip, flip-translate"),
+    (["--set", "train.lookahead_decay=-0.5"], "train.lookahead_decay must be in [0, 1], got -0.5"),
+    (["--set", "train.lookahead_every=-1"], "train.lookahead_every must be >= 0 steps"),
+    (["--set", "train.flip=sometimes"], "unknown train.flip 'sometimes'; valid: random, alternate, off"),
+    (["--set", "train.translate=-2"], "train.translate must be >= 0 pixels, got -2"),
+    (["--set", "train.translate_pad=wrap"], "unknown train.translate_pad 'wrap'; valid: zeros, reflect"),
+    (["--set", "train.lr_unit=per512"], "unknown train.lr_unit 'per512'; valid: step, per1024"),
+    (["--set", "train.bn_bias_lr_mult=0"], "train.bn_bias_lr_mult must be a positive number, got 0.0"),
+    (["--set", "train.triangle_peak=1"], "train.triangle_peak must be a fraction of the steps in [0, 1)"),
+    (["--set", "train.triangle_end=-0.1"], "train.triangle_end must be a factor >= 0"),
+    (["--set", "train.whiten_bias_epochs=-1"], "train.whiten_bias_epochs must be >= 0 epochs"),
+    (["--model", "fastcifar-64-0"], "one positive width per group"),
+])
+def test_bad_recipe_options_exit_2_without_a_folder(tmp_path, cache_dir, args, message):
+    out = tmp_path / "bad"
+    res = runner.invoke(app, ["run", "--out", str(out), *args, *TINY])
+    assert res.exit_code == 2 and message in res.output and not out.exists(), res.output
+
+
+def test_tta_needs_square_images():
+    check_tta("flip", (3, 32, 32))
+    with pytest.raises(ConfigError, match="train.tta flip needs square images, got 32x48"):
+        check_tta("flip", (3, 32, 48))
+
+
+def test_a_short_greedy_run_of_the_fast_net_pruned_records_plain_and_tta_accuracy(tmp_path, cache_dir):
+    out = tmp_path / "fast"
+    run = prunegreedy.fit("cifar10-fast-compress", out=out, set={
+        "data": {"name": "cifar10-sample", "train_limit": 200, "test_limit": 100},
+        "train": {"epochs": 0.2}, "run": {"threads": 1, "quiet": True}})
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["widths"] == [32, 128, 128]
+    assert 0 <= meta["final_acc"] <= 100 and 0 <= meta["final_acc_tta"] <= 100
+    assert math.isclose(meta["final_acc"], run.meta["final_acc"])
+    net = prunegreedy.load_network(out)
+    assert net.whiten.weight.abs().sum() > 0  # the whitening filters set from data, saved and reloaded
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+ALL_PARTS = {"lr_unit": "per1024", "lr": 11.5, "momentum": 0.85, "nesterov": True, "weight_decay": 0.0153,
+             "bn_bias_lr_mult": 64, "freeze_bn_scale": True, "schedule": "triangle", "lookahead_every": 2,
+             "flip": "alternate", "translate": 2, "translate_pad": "reflect", "tta": "flip"}
+
+
+@pytest.mark.parametrize("trainer", ["greedy", "decoupled", "end-to-end"])
+def test_the_papers_plans_take_every_part_in_every_trainer(tmp_path, cache_dir, trainer):
+    out = tmp_path / trainer
+    prunegreedy.fit("quick", out=out, set={
+        "data": {"train_limit": 200, "test_limit": 100}, "train": {**ALL_PARTS, "trainer": trainer, "epochs": 0.7},
+        "run": {"threads": 1, "quiet": True}})
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "finished" and "final_acc_tta" in meta
+
+
+def test_a_loop_resumed_with_lookahead_ends_where_the_uninterrupted_one_does(sample):
+    ds, norm = sample.limit(192, 10), cpu_norm(sample)  # 3 steps an epoch
+    cfg = quick_train_cfg(lookahead_every=2, flip="alternate", translate=2, translate_pad="reflect")
+
+    def run(resume=None, weights=None):
+        net = tiny_net()
+        block, head = net.blocks[0], net.heads[0]
+        if weights is not None:
+            nn.Sequential(block, head).load_state_dict(weights)
+        saved = []
+
+        def keep(st):  # as a record saves it: copied at once (the momentum buffers train on)
+            tensors, scalars = st.to_saved()
+            saved.append(({k: v.clone() for k, v in tensors.items()}, scalars, snapshot(nn.Sequential(block, head))))
+        train_loop.train(train_loop.Chain([(block, head)]), ds, norm, cfg, 2.0, 0.05, "linear",
+                         torch.device("cpu"), torch.Generator().manual_seed(0), resume=resume, on_epoch=keep)
+        return snapshot(nn.Sequential(block, head)), saved
+
+    whole, saved = run()
+    tensors, scalars, weights = saved[0]  # after epoch 1 (step 3): one pull done, the average is not the weights
+    assert scalars["lookahead_count"] == 16 and not torch.equal(tensors["lookahead.0"], weights["0.conv.weight"])
+    resumed, _ = run(train_loop.LoopState.from_saved(tensors, scalars), weights)
+    assert same(whole, resumed)
