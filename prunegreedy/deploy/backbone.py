@@ -16,10 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import ClassVar
 
-import torch
-from torch import nn
 
 from ..compress.network import KIND as NETWORK_KIND
 from ..errors import ExportError, RunError, SpecError
@@ -31,43 +28,6 @@ FORMAT_VERSION = 1
 SPEC_FILE = "backbone.json"
 ARTIFACTS = {"native": "backbone.safetensors", "torchscript": "backbone.pt", "onnx": "backbone.onnx",
              "onnx-int8": "backbone.int8.onnx"}
-
-
-class FoldedAuxHead(nn.Module):
-    """An AuxHead with its BatchNorms folded away: k-1 conv3x3(+bias)+ReLU, average pool, linear."""
-
-    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "hidden": int, "k": int, "num_classes": int,
-                                         "pool": int, "in_size": list}
-
-    def __init__(self, in_channels: int, hidden: int, k: int, num_classes: int, pool: int,
-                 in_size: tuple[int, int]):
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        for _ in range(k - 1):
-            layers += [nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(inplace=True)]
-            c = hidden
-        self.body = nn.Sequential(*layers)
-        h, w = in_size
-        # A fixed window equals the adaptive pool when the map divides evenly, and unlike it
-        # exports to ONNX with a dynamic batch size.
-        even = h % pool == 0 and w % pool == 0
-        self.pool = nn.AvgPool2d((h // pool, w // pool)) if even else nn.AdaptiveAvgPool2d(pool)
-        self.fc = nn.Linear(c * pool * pool, num_classes)
-        self.in_channels, self.hidden, self.k, self.pool_size = in_channels, hidden, k, pool
-        self.in_size = (h, w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
-
-    def spec(self) -> dict:
-        return {"type": "aux-folded", "in_channels": self.in_channels, "hidden": self.hidden, "k": self.k,
-                "num_classes": self.fc.out_features, "pool": self.pool_size, "in_size": list(self.in_size)}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> FoldedAuxHead:
-        return cls(spec["in_channels"], spec["hidden"], spec["k"], spec["num_classes"], spec["pool"],
-                   tuple(spec["in_size"]))
 
 
 def validate_backbone_spec(spec: dict) -> None:

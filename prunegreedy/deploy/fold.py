@@ -15,7 +15,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .backbone import FoldedAuxHead
 from ..errors import ExportError
 from ..nn.heads import AuxHead, MLPSRHead, PooledHead, VGGHead
 
@@ -66,6 +65,29 @@ def _fold_body(body: nn.Sequential, into: nn.Sequential) -> None:
     targets = [m for m in into if isinstance(m, nn.Conv2d)]
     for conv, bn, target in zip(convs, bns, targets, strict=True):
         fold_conv_bn(conv, bn, target)
+
+
+class FoldedAuxHead(nn.Module):
+    """An AuxHead with its BatchNorms folded away: k-1 conv3x3(+bias)+ReLU, average pool, linear."""
+
+    def __init__(self, in_channels: int, hidden: int, k: int, num_classes: int, pool: int,
+                 in_size: tuple[int, int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(k - 1):
+            layers += [nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(inplace=True)]
+            c = hidden
+        self.body = nn.Sequential(*layers)
+        h, w = in_size
+        # A fixed window equals the adaptive pool when the map divides evenly, and unlike it
+        # exports to ONNX with a dynamic batch size.
+        even = h % pool == 0 and w % pool == 0
+        self.pool = nn.AvgPool2d((h // pool, w // pool)) if even else nn.AdaptiveAvgPool2d(pool)
+        self.fc = nn.Linear(c * pool * pool, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
 
 
 def fold_head(head: AuxHead, in_size: tuple[int, int]) -> FoldedAuxHead:

@@ -38,10 +38,6 @@ class Block(nn.Module):
         return self.conv.out_channels
 
     @classmethod
-    def from_spec(cls, spec: dict) -> Block:
-        return cls(**{name: spec[name] for name in cls.FIELDS})
-
-    @classmethod
     def for_stage(cls, in_channels: int, stage: StageSpec) -> Block:
         options = {name: getattr(stage, name) for name in cls.FIELDS if name not in ("in_channels", "out_channels")}
         return cls(in_channels, stage.width, **options)

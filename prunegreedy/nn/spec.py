@@ -1,4 +1,5 @@
-"""StageSpec: the plan's description of one stage, read by blocks, heads, plans and the net.
+"""StageSpec: one stage's head settings and, for a made stage, its block; read by blocks, heads,
+plans and the network.
 
 It sits below them all so that none of them imports another to learn what a stage is.
 """
@@ -7,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecError
-
-SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
