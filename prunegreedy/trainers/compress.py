@@ -188,8 +188,12 @@ def compress_stage(cfg: Config, s: Session, original: Network, j: int,
     rec = PhaseRecorder(s, j, net.modules_of(j), in_shape, ratio)
     ctx = StageContext(j, prefix, block, rest, in_shape, s.ds, s.norm, cfg.train, s.device, gen, ratio, s.dist, net)
     before, t0 = output_shape(block, in_shape)[0], time.perf_counter()
+    after = _after(net, j).requires_grad_(True)  # Taylor scores what reads the stage too (compress.scope all)
     cut = cut_stage(net, j, head, in_shape, ratio, c.importance, c.round_to, c.scope,
                     gradients=lambda: accumulate_gradients(ctx, block, rest, c.taylor_batches), agree=s.dist.broadcast)
+    freeze(after)
+    for p in [*block.parameters(), *rest.parameters()]:
+        p.grad = None
     removed = cut.as_dict() if cut.cuts else None
     if removed and c.refit_images():
         refit_to_original(s, original, j, c.refit_images(), cfg.train.batch_size)
