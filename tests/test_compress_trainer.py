@@ -80,16 +80,24 @@ def test_python_module_as_given_reloads_identically(trained, tmp_path):
     assert torch.equal(loaded(x), _contiguous(r.backbone())(x))
 
 
-def test_resumed_after_a_stage_goes_on_exactly(trained, tmp_path):
-    _, weights = trained
-    r = prunegreedy.fit(model="resnet20", weights=weights, trainer="compress", prune_ratio=0.5,
-                        dataset="cifar10-sample", out=tmp_path / "c", quiet=True, set=SHORT)
+@pytest.mark.parametrize("given", ["weights", "module"])
+def test_resumed_after_a_stage_goes_on_exactly(trained, tmp_path, given):
+    run, weights = trained
+    if given == "weights":
+        r = prunegreedy.fit(model="resnet20", weights=weights, trainer="compress", prune_ratio=0.5,
+                            dataset="cifar10-sample", out=tmp_path / "c", quiet=True, set=SHORT)
+    else:
+        mine = build_model("resnet20", 10, 32)
+        mine.load_state_dict(run.backbone().state_dict())
+        r = prunegreedy.fit(model=mine, split=SPLIT, trainer="compress", prune_ratio=0.5, dataset="cifar10-sample",
+                            out=tmp_path / "c", quiet=True, set=SHORT)
     copy = tmp_path / "resumed"
     shutil.copytree(r.path, copy)
     meta = json.loads((copy / "run.json").read_text())
     meta.update(stages_done=1, status="interrupted")  # as a run stopped during stage 2 leaves it
     (copy / "run.json").write_text(json.dumps(meta))
-    prunegreedy.resume(copy, quiet=True)
+    # the original network comes back from the run folder (checkpoints/original.safetensors)
+    prunegreedy.resume(copy, quiet=True, model=build_model("resnet20", 10, 32) if given == "module" else None)
     cols = ["stage", "phase", "test_acc", "train_loss", "macs_backbone"]
     assert pd.read_csv(copy / "stages.csv")[cols].equals(r.stages[cols])
 
