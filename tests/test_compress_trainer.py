@@ -58,6 +58,7 @@ def test_cli_compresses_stage_by_stage_from_the_reference(trained, tmp_path):
     assert rows.width[rows.phase == "finetuned"].tolist() == [16, 32, 64]  # compress.scope internal
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "finished" and meta["final_acc"] == rows.test_acc.iloc[-1]
+    assert meta["head_accs"] == rows.test_acc[rows.phase == "finetuned"].tolist()  # one per stage, no reference
     assert meta["macs"] == rows.macs_backbone.iloc[-1]
     net = load_network(out)
     assert type(net).__name__ == "CifarResNet" and net.layer1[0].conv1.out_channels == 8
