@@ -94,8 +94,9 @@ def tp_recipe(args, target_macs: int, epochs: float, base: dict, ds) -> dict:
     cfg = config.load(RECIPE, base)
     norm = Normalize(ds.mean, ds.std, torch.device("cpu"), cfg.train.channels_last)
     pruned = pruned.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(args.seed)
     stats = train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, epochs, cfg.compress.finetune_lr,
-                  cfg.compress.finetune_schedule, torch.device("cpu"), torch.Generator().manual_seed(args.seed)).stats[0]
+                  cfg.compress.finetune_schedule, torch.device("cpu"), gen).stats[0]
     acc, _ = evaluate(nn.Sequential(), pruned, nn.Identity(), ds, norm, 500, torch.device("cpu"))
     result = {"trainer": "torch-pruning", "final_acc": round(acc, 2), "params": count_params(pruned),
               "macs": count_macs(pruned, ds.image_shape), "seconds": round(stats.seconds, 1)}

@@ -399,7 +399,8 @@ def validate(cfg: Config) -> None:
                           f"got {c.cuts} with compress.at {c.at:g}")
     if not (0 <= c.distill <= 1) or (c.distill > 0 and c.at >= 1 and cfg.train.trainer != "compress"):
         raise ConfigError(f"compress.distill must be in [0, 1], and above 0 only with compress.at < 1 (it follows a "
-                          f"cut inside the schedule) or --trainer compress, got {c.distill:g} with compress.at {c.at:g}")
+                          f"cut inside the schedule) or --trainer compress, got {c.distill:g} with compress.at "
+                          f"{c.at:g}")
     if c.rewind and c.at >= 1:
         raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
                           f"got compress.at {c.at:g}")

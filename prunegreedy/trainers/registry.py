@@ -47,7 +47,8 @@ def get_trainer(cfg: Config, module: nn.Module | None = None) -> Trainer:
     net = check(cfg, module)
     trainer = TRAINERS[cfg.train.trainer]
     if cfg.model.weights is not None and not trainer.trained:
+        takes = ", ".join(name for name, t in TRAINERS.items() if t.trained)
         raise ConfigError(f"--weights starts from a trained network; --trainer {cfg.train.trainer} trains from "
-                          f"scratch (trainers that take weights: {', '.join(n for n, t in TRAINERS.items() if t.trained)})")
+                          f"scratch (trainers that take weights: {takes})")
     trainer.validate(cfg, net)
     return trainer
