@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import prunegreedy
@@ -62,6 +62,8 @@ def test_cli_compresses_stage_by_stage_from_the_reference(trained, tmp_path):
     assert meta["macs"] == rows.macs_backbone.iloc[-1]
     net = load_network(out)
     assert type(net).__name__ == "CifarResNet" and net.layer1[0].conv1.out_channels == 8
+    # only one stage trains at a time: the classifier, never trained, is the given one (weight decay would move it)
+    assert torch.equal(net.fc.weight, load_file(weights)["fc.weight"])
     r = export_run(out, tmp_path / "export", with_head=True)
     assert r["params"] < meta["params_with_head"] and r["fold_max_diff"] < 1e-2  # BatchNorm folded in
     assert load_network(tmp_path / "export")(torch.rand(2, 3, 32, 32)).shape == (2, 10)
