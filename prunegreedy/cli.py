@@ -83,12 +83,15 @@ DataDir = Annotated[Optional[Path], typer.Option(help="Local dataset folder (nev
 K = Annotated[Optional[int], typer.Option(help="Hidden layers of every aux head's problem (heads that take k).")]
 Epochs = Annotated[Optional[str], typer.Option(help="Epochs per stage: one number or a comma list.")]
 Importance = Annotated[Optional[str], typer.Option(help="Pruning criterion: l1, l2, bn, taylor, random.")]
-Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once) or end-to-end "
-                                                     "(the baseline; with pruning: prune-after-training).")]
+Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once), end-to-end "
+                                                     "(the baseline; with pruning: prune-after-training) or compress "
+                                                     "(a trained network, --weights, stage by stage).")]
 Model = Annotated[Optional[str], typer.Option("--model", help="The network instead of the recipe's: cifar10-k2, "
                                                               "vgg11, resnet20, torchvision:NAME or a registered name.")]
 Split = Annotated[Optional[str], typer.Option(help="Module names ending the model's stages, comma separated "
                                                    "(default: the model's own).")]
+Weights = Annotated[Optional[Path], typer.Option(help="Trained weights of --model for --trainer compress: safetensors "
+                                                     "or a state dict (read with weights_only=True).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]
 Seed = Annotated[Optional[int], typer.Option()]
 Sets = Annotated[Optional[List[str]], typer.Option("--set", help="Override any config field: key.sub=value.")]
@@ -120,7 +123,8 @@ def run(
     config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
     prune_ratio: PruneRatio = None, prune_ratios: PruneRatios = None,
     target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
-    trainer: Trainer = None, model: Model = None, split: Split = None, device: Device = None, seed: Seed = None,
+    trainer: Trainer = None, model: Model = None, split: Split = None, weights: Weights = None, device: Device = None,
+    seed: Seed = None,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
     name: Name = None, set_: Sets = None, quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last finished stage."),
@@ -133,7 +137,7 @@ def run(
     options = dict(config=config, dataset=dataset, k=k, epochs=epochs, prune_ratio=prune_ratio,
                    prune_ratios=prune_ratios, importance=importance, device=device, seed=seed, out=out, name=name,
                    set=set_, trainer=trainer, target_macs=target_macs, target_params=target_params, model=model,
-                   split=split)
+                   split=split, weights=weights)
     if resume is not None:
         given = [n for n, v in options.items() if v not in (None, [])]
         if given:
@@ -149,7 +153,8 @@ def plan_cmd(
     config: Config_ = None, dataset: Dataset_ = None, data_dir: DataDir = None, k: K = None, epochs: Epochs = None,
     prune_ratio: PruneRatio = None, prune_ratios: PruneRatios = None,
     target_macs: TargetMacs = None, target_params: TargetParams = None, importance: Importance = None,
-    trainer: Trainer = None, model: Model = None, split: Split = None, device: Device = None, seed: Seed = None,
+    trainer: Trainer = None, model: Model = None, split: Split = None, weights: Weights = None, device: Device = None,
+    seed: Seed = None,
     out: Optional[Path] = typer.Option(None, help="New or empty folder for plan.csv (default: nothing written)."),
     name: Name = None, set_: Sets = None, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
@@ -160,7 +165,7 @@ def plan_cmd(
     api.plan(config, out, dataset=dataset, data_dir=data_dir, k=k, epochs=epochs, prune_ratio=prune_ratio,
              prune_ratios=prune_ratios, importance=importance, device=device, seed=seed, name=name, set=set_,
              trainer=trainer, target_macs=target_macs, target_params=target_params, model=model, split=split,
-             ui=ConsoleUI(quiet))
+             weights=weights, ui=ConsoleUI(quiet))
 
 
 @app.command()

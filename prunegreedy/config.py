@@ -48,11 +48,14 @@ class ModelConfig:
     arch: str | None = None
     split: list[str] | None = None  # module names ending its stages; None = the model's registered default
     last_head: str = "own"  # own: the last stage keeps the model's tail (pool + classifier); aux: a head of ours
+    # Trained weights loaded into the network before it is compressed (--trainer compress): a
+    # safetensors file or a state dict torch.load reads with weights_only=True. None: as built.
+    weights: str | None = None
 
 
 @dataclass
 class TrainConfig:
-    trainer: str = "greedy"  # a key of trainers.registry.TRAINERS: greedy | decoupled | end-to-end
+    trainer: str = "greedy"  # a key of trainers.registry.TRAINERS: greedy | decoupled | end-to-end | compress
     epochs: Union[float, list[float]] = 50.0  # per stage: one value for all, or one per stage
     total_epochs: float | None = None  # end-to-end only; None = the sum of the per-stage epochs
     batch_size: int = 128
@@ -103,6 +106,7 @@ class CompressConfig:
     at: float = 1.0  # when to cut, as a fraction of the block's training schedule; 1 = after training
     cuts: int = 1  # cuts inside the schedule (at < 1): at at/n, ..., at, to Zhu and Gupta's cubic ratios
     distill: float = 0.0  # after a cut inside the schedule: weight of the pre-cut block + head's soft outputs
+    # (--trainer compress: of the original network's soft outputs, beside the stage's feature loss)
     distill_temperature: float = 4.0
     # after the last cut inside the schedule the learning rate starts its schedule over (learning-rate
     # rewinding, Renda et al. 2020), instead of going on from where the cut found it
@@ -115,6 +119,8 @@ class CompressConfig:
     finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
     finetune_lr: float = 0.01
     finetune_schedule: str = "linear"
+    # --trainer compress: epochs of end-to-end fine-tuning of the whole network after its last stage; 0 = none
+    finetune_all_epochs: float = 0.0
     scope: str = "internal"  # model stages: internal (inside residual blocks) | all (the stage's output too)
     # Budgets (issue 15): the final backbone's MACs or parameters, an absolute count with an optional
     # K/M/G suffix ("40M") or a fraction of the unpruned plan ("0.25x"). The per-stage ratios are then
@@ -377,6 +383,9 @@ def validate(cfg: Config) -> None:
     ft = cfg.compress.finetune_epochs
     if ft is not None and (not (ft >= 0) or math.isinf(ft)):
         raise ConfigError(f"compress.finetune_epochs must be >= 0, got {ft}")
+    fa = cfg.compress.finetune_all_epochs
+    if not (fa >= 0) or math.isinf(fa):
+        raise ConfigError(f"compress.finetune_all_epochs must be >= 0, got {fa}")
     if not (0 < cfg.compress.at <= 1):
         raise ConfigError(f"compress.at must be in (0, 1] (a fraction of a block's training schedule; 1 = after "
                           f"training), got {cfg.compress.at}")
@@ -388,9 +397,10 @@ def validate(cfg: Config) -> None:
     if c.cuts < 1 or (c.cuts > 1 and c.at >= 1):
         raise ConfigError(f"compress.cuts must be 1, or more with compress.at < 1 (cuts inside the schedule), "
                           f"got {c.cuts} with compress.at {c.at:g}")
-    if not (0 <= c.distill <= 1) or (c.distill > 0 and c.at >= 1):
+    if not (0 <= c.distill <= 1) or (c.distill > 0 and c.at >= 1 and cfg.train.trainer != "compress"):
         raise ConfigError(f"compress.distill must be in [0, 1], and above 0 only with compress.at < 1 (it follows a "
-                          f"cut inside the schedule), got {c.distill:g} with compress.at {c.at:g}")
+                          f"cut inside the schedule) or --trainer compress, got {c.distill:g} with compress.at "
+                          f"{c.at:g}")
     if c.rewind and c.at >= 1:
         raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
                           f"got compress.at {c.at:g}")

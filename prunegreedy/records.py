@@ -338,6 +338,21 @@ class RunRecord:
                 weights.setdefault(name, {})[key] = v
         return weights, LoopState.from_saved(tensors, scalars)
 
+    def save_weights(self, name: str, net: torch.nn.Module) -> None:
+        """A module's weights as checkpoints/NAME.safetensors (what a trainer needs again on resume)."""
+        from safetensors.torch import save
+
+        self._write(self.ckpt / f"{name}.safetensors", save(_cpu_state(net)))
+
+    def read_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The weights save_weights kept as NAME."""
+        from safetensors.torch import load_file
+
+        path = self.ckpt / f"{name}.safetensors"
+        if not path.exists():
+            raise RunError(f"missing file {path}; the run cannot be resumed")
+        return load_file(path)
+
     def _partial(self, stage: int) -> Path:
         return self.ckpt / f"partial-stage-{stage}.safetensors"
 

@@ -39,6 +39,7 @@ NOT_RUN = {
     "pytest": "the test suite itself, which CI runs",
     "torchrun": "needs GPUs and ImageNet; tests/test_distributed.py runs torchrun on CPU processes",
     "--resume": "needs a stopped run; tests/test_api.py and tests/test_stop.py stop runs and resume them",
+    "--weights": "needs a trained network's weights file; tests/test_compress_trainer.py saves one and runs it",
 }
 
 

@@ -18,7 +18,7 @@ RECIPE_NOTES = {
 
 def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=None, prune_ratios=None,
               target_macs=None, target_params=None, importance=None, trainer=None, device=None, seed=None,
-              out=None, name=None, quiet=None, model=None, split=None, set=None) -> dict:
+              out=None, name=None, quiet=None, model=None, split=None, weights=None, set=None) -> dict:
     """The config overrides the named options stand for (the CLI's options, by name)."""
     over = _sets(set)
     _budget_overrides(over, prune_ratio, prune_ratios, target_macs, target_params)
@@ -37,6 +37,8 @@ def overrides(*, dataset=None, data_dir=None, k=None, epochs=None, prune_ratio=N
         put("train", "trainer", trainer)
     if model is not None:
         put("model", "arch", model)
+    if weights is not None:
+        put("model", "weights", str(weights))
     if split is not None:
         put("model", "split", ",".join(split) if isinstance(split, (list, tuple)) else split)
     if prune_ratio is not None or prune_ratios is not None:

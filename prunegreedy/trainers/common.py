@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..measure.size import count_macs, count_params, output_shape
 from ..compress.network import checkpoint_module, head_settings, network_spec, rebuild
 from ..nn.network import OWN, Network, from_config
+from ..nn.weights import load_trained
 from ..records import RunRecord, load_weights
 from ..train.distributed import SINGLE, Dist
 from ..train.evaluate import evaluate
@@ -119,9 +120,11 @@ class Session:
     net: Network | None = None  # the run's network: set by start()
     spec: dict = field(default_factory=dict)  # how to build it again, and every stage's cut so far
 
-    def start(self, cfg: Config) -> list[nn.Module]:
-        """Decide once what the network is: built afresh (seeded by run.seed), or rebuilt from the
-        last finished stage of a resumed run. Returns the heads of the stages already trained."""
+    def start(self, cfg: Config, trained: bool = False) -> list[nn.Module]:
+        """Decide once what the network is: built afresh (seeded by run.seed), or given `trained`
+        (the caller's module as it is, or model.weights loaded into it: no initialisation from
+        data), or rebuilt from the last finished stage of a resumed run. Returns the heads of the
+        stages already trained."""
         done = self.record.meta.stages_done
         if done:
             spec, state, probs = self.record.read_stage(done)
@@ -132,7 +135,10 @@ class Session:
         else:
             torch.manual_seed(cfg.run.seed)  # a prebuilt model's initial weights, before any stage's own seed
             self.net = from_config(cfg.model, self.ds.num_classes, self.ds.image_shape[1], self.network)
-            init_from_data(self.net.model, self.ds, self.norm, cfg.run.seed)  # a whitening stem, once
+            if cfg.model.weights is not None:
+                load_trained(self.net.model, cfg.model.weights, self.net.name)
+            if not trained:
+                init_from_data(self.net.model, self.ds, self.norm, cfg.run.seed)  # a whitening stem, once
             self.spec, heads = network_spec(self.net, self.record.meta.dataset), []
         self.net.model.to(self.device, memory_format=self.memory_format)
         for m in [*self.net.modules_of(done), *heads]:

@@ -30,7 +30,7 @@ def machine_kind(cfg: Config, device: torch.device) -> str:
 def method(cfg: Config) -> str:
     """How the run prunes, in words."""
     c = cfg.compress
-    images = c.refit_images() if cfg.train.trainer == "greedy" else 0  # the other trainers never refit
+    images = c.refit_images() if cfg.train.trainer in ("greedy", "compress") else 0  # the others never refit
     refit = f", the layers after each cut refit on {images:,} images" if images else ""
     if c.target_macs or c.target_params:
         return (f"pruned to a budget ({'MACs' if c.target_macs else 'params'} {c.target_macs or c.target_params}) "
@@ -38,6 +38,11 @@ def method(cfg: Config) -> str:
     if c.hook == "none" or (c.ratio == 0 and not c.ratios):
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
+    if cfg.train.trainer == "compress":
+        kd = f", distilled from the original's logits (weight {c.distill:g})" if c.distill > 0 else ""
+        tail = f", then {c.finetune_all_epochs:g} epoch(s) of the whole network" if c.finetune_all_epochs else ""
+        return (f"a trained network pruned by {ratio} ({c.importance}) stage by stage{refit}, each stage fine-tuned "
+                f"{c.finetune():g} epoch(s) to the original's features{kd}{tail}")
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
         kd = f", distilled from the uncut block (weight {c.distill:g})" if c.distill > 0 else ""

@@ -1,4 +1,5 @@
-"""Trainers by name (`train.trainer`): greedy, decoupled, and the end-to-end baseline."""
+"""Trainers by name (`train.trainer`): greedy, decoupled, the end-to-end baseline, and compress
+(a trained network compressed stage by stage)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from ..nn.network import Network
-from . import decoupled, endtoend
+from . import compress, decoupled, endtoend
 from .common import Session, check
 from .greedy import greedy
 
@@ -22,16 +23,19 @@ def _no_checks(cfg: Config, net: Network) -> None:
 class Trainer:
     """A trainer: the function that trains the session's network and returns every stage's head,
     the checks of its own made before any folder (check() made the common ones), and whether its
-    heads form an ensemble."""
+    heads form an ensemble, and whether it starts from trained weights (model.weights) rather
+    than from scratch."""
     train: Callable[[Config, Session], list[nn.Module]]
     validate: Callable[[Config, Network], None] = _no_checks
     ensemble: bool = True
+    trained: bool = False
 
 
 TRAINERS: dict[str, Trainer] = {
     "greedy": Trainer(greedy),
     "decoupled": Trainer(decoupled.decoupled, decoupled.validate),
     "end-to-end": Trainer(endtoend.end_to_end, endtoend.validate, ensemble=False),
+    "compress": Trainer(compress.compress, compress.validate, ensemble=False, trained=True),
 }
 
 
@@ -42,5 +46,9 @@ def get_trainer(cfg: Config, module: nn.Module | None = None) -> Trainer:
         raise ConfigError(f"unknown trainer '{cfg.train.trainer}'; valid: {', '.join(TRAINERS)}")
     net = check(cfg, module)
     trainer = TRAINERS[cfg.train.trainer]
+    if cfg.model.weights is not None and not trainer.trained:
+        takes = ", ".join(name for name, t in TRAINERS.items() if t.trained)
+        raise ConfigError(f"--weights starts from a trained network; --trainer {cfg.train.trainer} trains from "
+                          f"scratch (trainers that take weights: {takes})")
     trainer.validate(cfg, net)
     return trainer

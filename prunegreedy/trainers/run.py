@@ -132,7 +132,7 @@ def _finish(record: RunRecord, s: Session, heads: list[nn.Module], ensemble: boo
     last: dict[int, dict] = {}  # the last phase of each stage: the state the next stage grew on
     for row in record.rows:
         last[row["stage"]] = row
-    per_head = [last[k]["test_acc"] for k in sorted(last)]
+    per_head = [last[k]["test_acc"] for k in sorted(last) if k > 0]  # stage 0: a reference, no stage
     n = len(s.net.stages)
     ens = ensemble_accuracy([s.stage_probs[j] for j in range(n)], s.ds.test_y) if ensemble else None
     row = record.rows[-1]
