@@ -132,6 +132,20 @@ def _graph_module(model: nn.Module, nodes: list[fx.Node], inp: fx.Node, returns,
     return fx.GraphModule(model, g, class_name=class_name)
 
 
+def check_feature_maps(stages: list[nn.Module], split: list[str], input_shape: tuple[int, ...], name: str) -> None:
+    """Refuse a split that reaches past the network's last feature map (its classifier, or the
+    pooling and flattening before it): every stage of an image network must give a map (C, H, W)."""
+    if len(input_shape) != 3:
+        return  # not an image network: nothing to say about maps
+    for k, shape in enumerate(stage_shapes(stages, input_shape)):
+        if len(shape) != 3:
+            maps = [s for s, out in zip(split, stage_shapes(stages, input_shape)) if len(out) == 3]
+            valid = f"the last that does: '{maps[-1]}'" if maps else "none of the split's modules does"
+            raise ConfigError(f"'{split[k]}' in the split of {name} gives an output ({'x'.join(map(str, shape))}), "
+                              f"not a feature map: a stage must end at or before the last feature map, "
+                              f"never at the classifier ({valid})")
+
+
 def stage_shapes(stages: list[nn.Module], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Each stage's output shape (without the batch) for one input of input_shape, by a forward pass
     in eval mode (BatchNorm statistics do not move); every module's own mode is restored."""

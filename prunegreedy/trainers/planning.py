@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..compress.budget import CostModel, budget_of, rest_ratio, widths_at
-from ..compress.graph import GroupInfo, Member, coupled_groups, kept_filters, prune_stage
+from ..compress.graph import GroupInfo, Member, coupled_groups, kept_width, prune_stage, stage_groups
 from ..compress.network import head_for, head_settings
 from ..compress.prune import prune_block
 from ..config import Config
@@ -28,7 +28,7 @@ from ..measure.size import count_macs, count_params, output_shape
 from ..nn.models import build_model
 from ..nn.net import make_block, make_head
 from ..nn.spec import StageSpec
-from ..nn.split import split_stages
+from ..nn.split import check_feature_maps, split_stages
 from .arch import model_split
 from .common import check, stage_ratio
 
@@ -75,6 +75,7 @@ class StagePlan:
     params_backbone_after: int = 0
     macs_backbone_after: int = 0
     groups: list[GroupPlan] = field(default_factory=list)
+    note: str | None = None  # how the stage was traced where not whole (compress.graph.stage_groups)
 
 
 def run_ratios(cfg: Config, plan: list[StageSpec], image_shape: tuple[int, int, int], num_classes: int = 10,
@@ -182,7 +183,7 @@ def _groups(found: list[GroupInfo], ratio: float, round_to: int, name) -> list[G
     """The groups a cut at `ratio` narrows; `name(part, name)` qualifies a member's name."""
     out = []
     for g in found:
-        kept = kept_filters(g.width, ratio, round_to)
+        kept = kept_width(g.width, ratio, round_to, g.channel_groups)
         if kept < g.width:
             coupled = [name(m.part, m.name) + (" (in)" if m.dim == "in" else "") for m in g.members
                        if not (m.part == "block" and m.name == g.root)]
@@ -219,7 +220,9 @@ def _fresh_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
     torch.manual_seed(cfg.run.seed)  # as modules._start: the model's initial weights
     model = copy.deepcopy(network) if network is not None else build_model(cfg.model.arch, num_classes,
                                                                            image_shape[1])
-    stages, tail = split_stages(model, model_split(cfg))
+    split = model_split(cfg)
+    stages, tail = split_stages(model, split)
+    check_feature_maps(stages, split, tuple(image_shape), type(model).__name__)
     own = cfg.model.last_head == "own" and tail is not None
     return stages, tail, own, head_settings(cfg.model.head or "pooled", cfg.model.head_pool)
 
@@ -236,7 +239,7 @@ def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
         head = tail if own_head else head_for(settings, output_shape(stage, shape), num_classes)
         nxt = stages[j + 1] if j + 1 < n else None
         before = _measure(stage, head, shape)
-        found = coupled_groups(stage, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else []
+        found, note = stage_groups(stage, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else ([], None)
         groups = _groups(found, ratios[j], cfg.compress.round_to,
                          lambda part, name: name if part != "head" or own_head else f"heads.{j}.{name}")
         if ratios[j] > 0:
@@ -245,7 +248,9 @@ def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
         after = _measure(stage, head, shape)
         names = _called(stage)
         head_name = f"own ({', '.join(_called(tail))})" if own_head else settings["type"]
-        yield _stage(j, names, "", stage, head_name, shape, ratios[j], before, after, groups)
+        planned = _stage(j, names, "", stage, head_name, shape, ratios[j], before, after, groups)
+        planned.note = note
+        yield planned
         shape = after[4]
 
 
