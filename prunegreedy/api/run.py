@@ -129,6 +129,9 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
 
     ui = ui or NullUI()
     cfg, _, data, network = _resolve(config, None, dataset, ui, options)
+    chosen = choose_split(cfg, data, network)
+    if chosen:
+        ui.log(chosen)
     get_trainer(cfg)  # the checks a run makes before its folder, in the same order
     resolve_device(cfg.run.device)
     classes, shape = (data.num_classes, data.image_shape) if data is not None else data_shape(cfg.data)
@@ -168,10 +171,29 @@ def _user_network(model, split):
     network, arch, listed = user_arch(model)
     if listed is not None and split is not None:
         raise ConfigError("a list of modules is already split into stages; give no split")
-    if split is None and listed is None:
-        raise ConfigError(f"model={type(network).__name__}(...) needs split=[module names ending its stages]")
-    split_stages(network, list(listed if listed is not None else split))
+    if split is not None or listed is not None:  # without one, the default split is chosen (choose_split)
+        split_stages(network, list(listed if listed is not None else split))
     return network, arch, listed
+
+
+def choose_split(cfg, data=None, network=None) -> str | None:
+    """Where no split is registered with the model or given, choose one now, from the network
+    traced on an input of the data's shape (nn.autosplit), into cfg.model.split: the run, its
+    config.yaml, its resumption and its loaders all read it from there. Returns a line saying so."""
+    from ..nn.models import default_split, registered_split
+
+    m = cfg.model
+    if m.arch is None or m.split is not None or (network is None and registered_split(m.arch) is not None):
+        return None
+    if data is not None:
+        shape = tuple(data.image_shape)
+    else:
+        from ..data.registry import data_shape
+
+        shape = tuple(data_shape(cfg.data)[1])
+    m.split = default_split(network if network is not None else m.arch, shape, m.stages)
+    return (f"split of {m.arch}: {','.join(m.split)} (none registered or given: its stages end where the map "
+            f"shrinks, at most model.stages {m.stages}; --split to choose others)")
 
 
 def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
@@ -185,8 +207,11 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from ..trainers.expected import start_line
     from ..trainers.run import new_meta
 
+    chosen = choose_split(cfg, data, network)
     get_trainer(cfg)  # every name in the config, before a folder is made or data is read
     dist, dev, ui = _start(cfg, ui)
+    if chosen:
+        ui.log(chosen)
     ui.log(start_line(cfg, recipe, dev))
     path = run_path(cfg, recipe)
     dist.on_main(lambda: RunRecord.ensure_free(path))  # before minutes go into reading data

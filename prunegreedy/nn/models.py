@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .autosplit import auto_split
 
 SMALL_IMAGE = 64  # at this side or below, stems that shrink the map by 4 shrink it by 1 (ResNet) or 2 (MobileNet)
 TORCHVISION = "torchvision:"
@@ -135,12 +136,27 @@ def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: i
     return _entry(name_or_module).factory(num_classes, image_size)
 
 
-def default_split(name: str) -> list[str]:
-    """Where the named model's stages end; a model registered without one needs the caller's split."""
+def registered_split(name: str) -> list[str] | None:
+    """The split registered with the named model, if any."""
     split = _entry(name).split
-    if split is None:
-        raise ConfigError(f"model '{name}' has no default split; give the module names that end its stages")
-    return list(split)
+    return list(split) if split is not None else None
+
+
+def default_split(model: str | nn.Module, input_shape: tuple[int, ...] | None = None, stages: int = 4,
+                  ) -> list[str]:
+    """Where the model's stages end: the split registered with its name, else, given the input's
+    shape, where its traced feature map shrinks (nn.autosplit, at most `stages` stages)."""
+    if isinstance(model, str):
+        split = registered_split(model)
+        if split is not None:
+            return split
+        if input_shape is None:
+            raise ConfigError(f"model '{model}' has no default split; give the module names that end its stages")
+        with torch.random.fork_rng(devices=[]):  # building it draws weights the run must not see drawn
+            model = build_model(model, 10, input_shape[1])
+    if input_shape is None:
+        raise ConfigError(f"{type(model).__name__} needs split=[module names ending its stages] or an input shape")
+    return auto_split(model, tuple(input_shape), stages)
 
 
 def import_module_factory(path: str) -> nn.Module:

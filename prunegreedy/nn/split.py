@@ -168,3 +168,6 @@ def _eval(module: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+eval_mode = _eval  # for the other modules of nn (train.modes is above nn)
