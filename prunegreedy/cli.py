@@ -86,9 +86,10 @@ Importance = Annotated[Optional[str], typer.Option(help="Pruning criterion: l1, 
 Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decoupled (every block at once) or end-to-end "
                                                      "(the baseline; with pruning: prune-after-training).")]
 Model = Annotated[Optional[str], typer.Option("--model", help="A whole network instead of a plan: resnet20, resnet56, "
-                                                              "torchvision:NAME or a registered name.")]
+                                                              "torchvision:NAME, a registered name, or your own "
+                                                              "module as MODULE:FACTORY (e.g. mynets:MyNet).")]
 Split = Annotated[Optional[str], typer.Option(help="Module names ending the model's stages, comma separated "
-                                                   "(default: the model's own).")]
+                                                   "(default: the model's own, else where its map shrinks).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]
 Seed = Annotated[Optional[int], typer.Option()]
 Sets = Annotated[Optional[List[str]], typer.Option("--set", help="Override any config field: key.sub=value.")]

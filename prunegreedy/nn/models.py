@@ -1,5 +1,7 @@
 """Whole networks by name, to train greedily stage by stage: the CIFAR ResNets and torchvision's.
 
+Your own module builds as MODULE:FACTORY (`mynets:MyNet`, imported from the working directory or
+PYTHONPATH and called with no arguments), so a run of it resumes and loads by that name.
 Like the plans, models are a dict of factories (timm's registry): `build_model("resnet20", 10, 32)`
 or `build_model("torchvision:resnet18", 10, 32)`. Each entry also says where its stages end
 (`default_split`), in the module names `nn.split.split_stages` cuts at. Any torchvision
@@ -18,6 +20,7 @@ from .autosplit import auto_split
 
 SMALL_IMAGE = 64  # at this side or below, stems that shrink the map by 4 shrink it by 1 (ResNet) or 2 (MobileNet)
 TORCHVISION = "torchvision:"
+USER = "user:"  # a module passed from Python: nothing can build it again by name
 
 Factory = Callable[[int, int], nn.Module]  # (num_classes, image_size) -> model
 
@@ -125,7 +128,9 @@ def _entry(name: str) -> ModelEntry:
         return MODELS[name]
     if name.startswith(TORCHVISION):  # any torchvision classifier, without a default split
         return ModelEntry(_torchvision(name[len(TORCHVISION):]), None)
-    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, or torchvision:NAME")
+    if ":" in name and not name.startswith(USER):  # your own module as MODULE:FACTORY, built by importing it
+        return ModelEntry(lambda num_classes, image_size: import_module_factory(name), None)
+    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, torchvision:NAME or MODULE:FACTORY")
 
 
 def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: int) -> nn.Module:
@@ -163,14 +168,22 @@ def import_module_factory(path: str) -> nn.Module:
     """A fresh instance of your own module named as MODULE:FACTORY (mynets:MyNet), imported from
     your code and called with no arguments: how the command line gets one (Python passes model=)."""
     import importlib
+    import os
+    import sys
 
     module, _, name = path.partition(":")
     if not module or not name:
         raise ConfigError(f"--model takes MODULE:FACTORY (e.g. mynets:MyNet), got '{path}'")
+    here = os.getcwd() not in sys.path and "" not in sys.path  # the `prunegreedy` script does not look here
+    if here:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--model {path}: cannot import it ({e})") from None
+    finally:
+        if here:
+            sys.path.remove(os.getcwd())
     if not callable(factory):
         raise ConfigError(f"--model {path} is a {type(factory).__name__}, not a class or function")
     made = factory()
