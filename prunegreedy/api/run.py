@@ -55,7 +55,10 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.meta["status"]
+        """running, finished, interrupted, failed, or stopped: running by run.json, but its process is gone."""
+        from ..records import live_status
+
+        return live_status(self.path, self.meta["status"])
 
     @property
     def final_acc(self) -> float:
@@ -264,7 +267,8 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
     except BaseException:
         record.release()
         raise
-    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}",
+    gone = " (run.json said running, but its process was gone: stopped)" if record.meta.status == "running" else ""
+    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}{gone}",
                     network)
 
 
