@@ -28,10 +28,12 @@ def default_ui(quiet: bool | None):
 
 
 class _Logged:
-    """The caller's UI, with every line also kept in the run's log.txt (through its record)."""
+    """The caller's UI, with every line also kept in the run's log.txt (through its record); with a
+    `pace` (trainers.expected.Pace), the first phase's steps time this machine and a line says the
+    run's minutes at its speed."""
 
-    def __init__(self, ui, record=None):
-        self.ui, self.record = ui, record
+    def __init__(self, ui, record=None, pace=None):
+        self.ui, self.record, self.pace = ui, record, pace
 
     def log(self, msg: str) -> None:
         self.ui.log(msg)
@@ -39,7 +41,17 @@ class _Logged:
             self.record.log(f"{time.strftime('%H:%M:%S')} {msg}")
 
     def progress(self, desc: str):
-        return self.ui.progress(desc)
+        on_step, pace, self.pace = self.ui.progress(desc), self.pace, None  # the first phase only
+        if pace is None:
+            return on_step
+
+        def timed(step: int, total: int, loss: float, acc: float) -> None:
+            line = pace.on_step(step, total)
+            if line is not None:
+                self.log(line)
+            if on_step is not None:
+                on_step(step, total, loss, acc)
+        return timed
 
 
 @dataclass
@@ -207,7 +219,7 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from ..trainers.decisions import check_data as check_holdout
     from ..trainers.plan_table import make_run_plan
     from ..trainers.registry import get_trainer
-    from ..trainers.expected import start_line
+    from ..trainers.expected import Pace, start_line
     from ..trainers.run import new_meta
 
     chosen = choose_split(cfg, data, network)
@@ -229,9 +241,10 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     record.meta.planned = planned.as_dict()
     procs = f" x {dist.world} processes" if dist.enabled else ""
     what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
+    pace = Pace(cfg, planned, record.meta.dataset["train_images"]) if cfg.train.trainer == "greedy" else None
     return _execute(cfg, record, ds, dev, ui, dist,
                     f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "
-                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines())
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines(), pace)
 
 
 def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False,
@@ -282,13 +295,14 @@ def _start(cfg, ui):
     return dist, dev, (ui if dist.is_main else NullUI())
 
 
-def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = ()) -> Run:
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = (),
+             pace=None) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
     from ..train import stop
     from ..trainers.run import execute
 
     hint = f"{dist.launcher()} run --resume {record.path}"
-    ui = _Logged(ui, record)
+    ui = _Logged(ui, record, pace)
     try:
         record.hold()
         for line in (first_line, *plan_lines):
