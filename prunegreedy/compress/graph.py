@@ -75,16 +75,18 @@ class PruneRecord:
     """What prune_stage cut, enough to cut the same on a fresh stage (`replay`)."""
 
     cuts: tuple[Cut, ...]
+    parts: bool = False  # the groups came from tracing the stage's parts one by one (compress.pieces)
 
     def as_dict(self) -> dict:
-        return {"cuts": [{"root": c.root, "width": c.width, "removed": list(c.removed), "kind": c.kind}
-                         for c in self.cuts]}
+        d = {"cuts": [{"root": c.root, "width": c.width, "removed": list(c.removed), "kind": c.kind}
+                      for c in self.cuts]}
+        return {**d, "parts": True} if self.parts else d
 
     @classmethod
     def from_dict(cls, d: dict) -> PruneRecord:
         try:
             return cls(tuple(Cut(c["root"], int(c["width"]), tuple(int(i) for i in c["removed"]), c["kind"])
-                             for c in d["cuts"]))
+                             for c in d["cuts"]), bool(d.get("parts", False)))
         except (KeyError, TypeError, ValueError) as e:
             raise SpecError(f"a pruning record needs 'cuts' of root, width, removed and kind ({e})") from None
 
@@ -153,14 +155,40 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
     ratio counts from those, so a later cut of several only takes what the earlier ones left."""
     check_importance(importance, gradients)
     graph, found = trace_groups(block, head, next_block, input_shape)
+    parts = isinstance(graph, PieceGraphs)
+    cuts = _choose(graph, found, scope, ratio, round_to, importance, gradients, agree, widths)
+    try:
+        _dry_run(block, head, next_block, input_shape, cuts, parts)
+    except ConfigError:
+        if parts:
+            raise
+        # tp mapped a coupling wrongly (DenseNet's concatenated features): cut inside the parts
+        # instead, where they offer something, else refuse the stage as the dry run said
+        graph, found = trace_pieces(block, input_shape, "the stage traced whole cuts wrongly")
+        inside = _choose(graph, found, scope, ratio, round_to, importance, None, agree, widths)
+        if not inside:
+            raise
+        cuts, parts = inside, True
+        _dry_run(block, head, next_block, input_shape, cuts, parts)
+    _cut(graph, block, cuts)
+    for m in (block, head, next_block):
+        for p in (m.parameters() if m is not None else []):
+            p.grad = None
+    return PruneRecord(tuple(cuts), parts)
+
+
+def _choose(graph, found: list, scope: str, ratio: float, round_to: int, importance: str,
+            gradients: Callable[[], None] | None, agree: Agree, widths: dict[str, int] | None) -> list[Cut]:
+    """The cuts of every selected group, each scored on the uncut stage; gradients drawn first
+    where the criterion needs them (not again when `gradients` is None: they are there)."""
     original = widths or {}
     selected = [(info, root, min(info.width, kept_width(original.get(info.root, info.width), ratio, round_to,
                                                         info.channel_groups)))
                 for info, root in _select(found, scope)]
     selected = [(info, root, keep) for info, root, keep in selected if keep < info.width]
     if not selected:
-        return PruneRecord(())  # nothing to cut: no gradients drawn, no batches taken from the stream
-    if importance in NEEDS_GRADIENTS:
+        return []  # nothing to cut: no gradients drawn, no batches taken from the stream
+    if importance in NEEDS_GRADIENTS and gradients is not None:
         gradients()
     cuts = []
     for info, root, keep in selected:
@@ -169,20 +197,14 @@ def prune_stage(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
         cuts.append(Cut(info.root, info.width, tuple(lowest(group, importance, info.width - keep, info.channel_groups)),
                         info.kind))
     chosen = agree([list(c.removed) for c in cuts])
-    cuts = [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
-    _dry_run(block, head, next_block, input_shape, cuts)
-    _cut(graph, block, cuts)
-    for m in (block, head, next_block):
-        for p in (m.parameters() if m is not None else []):
-            p.grad = None
-    return PruneRecord(tuple(cuts))
+    return [replace(c, removed=tuple(removed)) for c, removed in zip(cuts, chosen)]
 
 
 def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
            record: PruneRecord | dict) -> None:
     """Cut exactly what `record` says on fresh, uncut modules (then load the pruned weights into them)."""
     record = record if isinstance(record, PruneRecord) else PruneRecord.from_dict(record)
-    graph, found = trace_groups(block, head, next_block, input_shape)
+    graph, found = _trace(block, head, next_block, input_shape, record.parts)
     width = {info.root: info.width for info, _ in found}  # as the cuts, in order, leave them
     for c in record.cuts:
         if c.root not in width:
@@ -198,15 +220,21 @@ def replay(block: nn.Module, head: nn.Module, next_block: nn.Module | None, inpu
     _cut(graph, block, record.cuts)
 
 
+def _trace(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
+           parts: bool):
+    return trace_pieces(block, input_shape) if parts else trace_groups(block, head, next_block, input_shape)
+
+
 def _dry_run(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
-             cuts: list[Cut]) -> None:
-    """Make the cuts on copies first. A coupling the trace cannot see (an op that moves channels to
-    other positions, as psi's pixel_unshuffle: tp takes it for elementwise) shows here as a shape
-    mismatch, and the stage is refused before its real modules change."""
+             cuts: list[Cut], parts: bool = False) -> None:
+    """Make the cuts on copies first (traced as the cuts were: whole or by `parts`). A coupling the
+    trace cannot see (an op that moves channels to other positions, as psi's pixel_unshuffle: tp
+    takes it for elementwise) shows here as a shape mismatch, and the stage is refused before its
+    real modules change."""
     if not cuts:
         return
     probe = Probe(*copy.deepcopy((block, head, next_block)))
-    graph, _ = trace_groups(probe.block, probe.head, probe.next, input_shape)
+    graph, _ = _trace(probe.block, probe.head, probe.next, input_shape, parts)
     _cut(graph, probe.block, cuts)
     p = next(probe.block.parameters())
     try:

@@ -53,29 +53,26 @@ class Probe(nn.Module):
 
 def build_graph(block: nn.Module, head: nn.Module, next_block: nn.Module | None, input_shape: tuple[int, ...],
                 p: torch.Tensor, entry: nn.Module | None = None) -> tuple[tp.DependencyGraph, nn.Module | None]:
-    """Torch-Pruning's graph of block -> (head, next block). Where the block passes its input on
-    untouched into an op tp must size (ShuffleNetV2's chunk, concat and channel shuffle), tp cannot
-    count the channels of an input no layer made: the trace is tried again behind a fixed 1x1
-    layer (the entry), whose width is the input's and is never cut."""
+    """Torch-Pruning's graph of block -> (head, next block), the block's input made by a fixed
+    identity layer (the entry, returned; given, or made here for a map or a vector), never cut: tp
+    then counts the channels of an input the block passes on untouched (ShuffleNetV2's chunk), and
+    a group coupled to the input (a depthwise conv first in the stage) is not offered."""
     example = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
-    name = type(block).__name__
-    for attempt in range(0 if entry is None else 1, 2):
-        probe = Probe(block, head, next_block, entry)
-        try:
-            # Tracing runs a forward pass (BN statistics stay where they are) and reads autograd, so it
-            # works inside a caller's torch.no_grad() too (loading a network to run it).
-            with torch.enable_grad(), eval_mode(probe):
-                # The outputs as they are (tp traces each): a sum over them would make a block whose output
-                # is the probe's own (no head layer after it) one group with a scalar, which tp cannot cut.
-                return tp.DependencyGraph().build_dependency(probe, example_inputs=example, verbose=False), entry
-        except Exception as e:  # tp raises whatever its index mapping meets (ZeroDivisionError, ...)
-            if attempt == 1 or len(input_shape) not in (1, 3):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise Untraceable(f"Torch-Pruning cannot trace {name} ({modules_of(block)}): "
-                                  f"{type(e).__name__}: {first}; train it unpruned (--prune-ratio 0) or end the "
-                                  f"stage elsewhere (--split)") from None
-            entry = identity_layer(input_shape[0], len(input_shape) == 3).to(device=p.device, dtype=p.dtype)
-    raise AssertionError("unreachable")
+    if entry is None and len(input_shape) in (1, 3):
+        entry = identity_layer(input_shape[0], len(input_shape) == 3).to(device=p.device, dtype=p.dtype)
+    probe = Probe(block, head, next_block, entry)
+    try:
+        # Tracing runs a forward pass (BN statistics stay where they are) and reads autograd, so it
+        # works inside a caller's torch.no_grad() too (loading a network to run it).
+        with torch.enable_grad(), eval_mode(probe):
+            # The outputs as they are (tp traces each): a sum over them would make a block whose output
+            # is the probe's own (no head layer after it) one group with a scalar, which tp cannot cut.
+            return tp.DependencyGraph().build_dependency(probe, example_inputs=example, verbose=False), entry
+    except Exception as e:  # tp raises whatever its index mapping meets (ZeroDivisionError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise Untraceable(f"Torch-Pruning cannot trace {type(block).__name__} ({modules_of(block)}): "
+                          f"{type(e).__name__}: {first}; train it unpruned (--prune-ratio 0) or end the "
+                          f"stage elsewhere (--split)") from None
 
 
 class Untraceable(ConfigError):

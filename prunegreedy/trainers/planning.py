@@ -243,8 +243,11 @@ def _model_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
         groups = _groups(found, ratios[j], cfg.compress.round_to,
                          lambda part, name: name if part != "head" or own_head else f"heads.{j}.{name}")
         if ratios[j] > 0:
-            prune_stage(stage, head, nxt, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to,
-                        cfg.compress.scope)
+            record = prune_stage(stage, head, nxt, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to,
+                                 cfg.compress.scope)
+            if record.parts and note is None:  # the whole trace cut wrongly: the cut fell back to the parts
+                groups = [GroupPlan(c.root, c.kind, c.width, c.width - len(c.removed), [], False) for c in record.cuts]
+                note = "traced part by part, only the channels inside each part cut: traced whole, it cuts wrongly"
         after = _measure(stage, head, shape)
         names = _called(stage)
         head_name = f"own ({', '.join(_called(tail))})" if own_head else settings["type"]
