@@ -4,10 +4,10 @@
     python benchmarks/coverage.py [--models resnet18,convnext_tiny] [--plan-only] \
         [--csv reports/benchmarks/coverage.csv] [--md reports/benchmarks/coverage.md]
 
-For each model: `plan` at ratio 0.5 (MACs before and after the cut), a short greedy fit with a cut
-at 0.5 (a few steps per stage on 256 images), its export (native, with the classifier) and the
-reload of both the run's network (load_network) and the export (open_export), each run on an
-image. A model works when all of these do and the cut leaves fewer MACs; it is refused when
+For each model, smallest first: a short greedy fit with a cut at 0.5 (one step per stage on 256
+images; the run plans first, as `plan` does, and run.json keeps the MACs before and after the
+cut), its export (native, with the classifier) and the reload of both the run's network
+(load_network) and the export (open_export), each run on an image. A model works when all of these do and the cut leaves fewer MACs; it is refused when
 prunegreedy says why in one line (a PrunegreedyError); anything else is a crash, with its first
 line. Prints one row per model as it goes, then the counts; writes the CSV and a markdown table.
 """
@@ -25,6 +25,7 @@ import torch
 
 import prunegreedy
 from prunegreedy.errors import PrunegreedyError
+from prunegreedy.fileio import read_yaml
 
 LIMIT = 60_000_000  # parameters, as torchvision builds the model (1000 classes)
 FIT = {"data.train_limit": 256, "data.test_limit": 64, "train.batch_size": 64, "compress.reconstruct": 0,
@@ -59,14 +60,18 @@ def check(name: str, work: Path, plan_only: bool = False) -> dict:
     t0 = time.perf_counter()
     try:
         torch.manual_seed(0)
-        df = prunegreedy.plan(dataset="cifar10-sample", model=model, prune_ratio=0.5)
-        totals = df.attrs["totals"]
-        row.update(split=",".join(df["last"].tolist()), macs=totals["macs"], macs_after=totals["macs_after"])
+        if plan_only:
+            df = prunegreedy.plan(dataset="cifar10-sample", model=model, prune_ratio=0.5)
+            totals, row["split"] = df.attrs["totals"], ",".join(df["last"])
+        else:  # the run plans at its start, as `plan` does: its run.json keeps the plan
+            run = prunegreedy.fit(out=work / name, dataset="cifar10-sample", model=model, prune_ratio=0.5,
+                                  epochs=0.25, quiet=True, set=FIT)
+            totals = run.meta["planned"]["totals"]
+            row["split"] = ",".join(read_yaml(run.path / "config.yaml")["model"]["split"])
+        row.update(macs=totals["macs"], macs_after=totals["macs_after"])
         if not totals["macs_after"] < totals["macs"]:
             raise RuntimeError(f"the cut leaves {totals['macs_after']:,} of {totals['macs']:,} MACs")
         if not plan_only:
-            run = prunegreedy.fit(out=work / name, dataset="cifar10-sample", model=model, prune_ratio=0.5,
-                                  epochs=0.25, quiet=True, set=FIT)
             x = torch.zeros(1, 3, 32, 32)
             with torch.no_grad():
                 assert prunegreedy.load_network(run.path).eval()(x).shape == (1, 10)
@@ -105,7 +110,8 @@ def main() -> None:
     ap.add_argument("--md", default="reports/benchmarks/coverage.md")
     args = ap.parse_args()
     sizes = dict(classifiers())
-    names = args.models.split(",") if args.models else FAMILIES if args.families else list(sizes)
+    by_size = [n for n, _ in sorted(sizes.items(), key=lambda kv: kv[1])]  # the small ones first
+    names = args.models.split(",") if args.models else FAMILIES if args.families else by_size
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
