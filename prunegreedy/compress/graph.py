@@ -106,8 +106,10 @@ def trace_groups(block: nn.Module, head: nn.Module, next_block: nn.Module | None
     head_layers = [m for m in head.modules() if isinstance(m, ROOTS)]
     # The head's logits and the next block's outputs keep their width; the head's hidden layers need not.
     ignored = head_layers[-1:] + [m for m in (next_block.modules() if next_block else []) if isinstance(m, ROOTS)]
-    if not head_layers and next_block is None:
-        ignored += output_layers(block, input_shape)  # the block ends the network: its outputs are the logits
+    if not head_layers and next_block is None and not isinstance(head, nn.Identity):
+        # Its head has no layer (a flatten, a pooling): the block ends the network, its outputs are the
+        # class scores. (An Identity head is prune_network's: the caller cuts the consumer itself.)
+        ignored += output_layers(block, input_shape)
     ignored += [entry] if entry is not None else []
     found = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(ROOTS)):

@@ -1,8 +1,9 @@
 """How Torch-Pruning sees a stage: the probe it traces, the graph, and what a group holds.
 
 The probe runs `head(block(x))` and `next_block(block(x))` on the same block output, so the
-graph sees every consumer of the stage's channels. Where tp cannot count the channels of an input
-no layer made, the probe starts with a fixed identity layer (the entry), never cut. Grouped convs
+graph sees every consumer of the stage's channels. The stage's input comes from a fixed identity
+layer (the entry), never cut: tp then counts the input's channels, and a group coupled to them is
+not offered. Grouped convs
 split a group's channels into groups that are cut alike (`channel_groups`); the layer that ends
 the network (`output_layers`) gives the class scores and is never cut.
 """
