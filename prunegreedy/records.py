@@ -57,6 +57,10 @@ def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], weights: 
         if t.shape != expected[name].shape:
             raise SpecError(f"{weights} does not match its spec: {name} has shape {tuple(t.shape)}, "
                             f"spec says {tuple(expected[name].shape)}")
+    # safetensors keeps no module versions; the rebuilt network's own are the saved one's (MNASNet
+    # refuses a state dict without its version)
+    state = type(expected)(state)
+    state._metadata = getattr(expected, "_metadata", None)
     net.load_state_dict(state)
 
 

@@ -45,3 +45,16 @@ def test_every_family_splits_by_default_and_every_stage_cuts(name):
     assert count_params(model) < before
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_network_whose_modules_check_their_version_reloads_from_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prunegreedy.records import load_weights
+
+    torch.manual_seed(0)
+    model = build_model("torchvision:mnasnet0_5", 10, 32)  # its _load_from_state_dict needs version 2
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    fresh = build_model("torchvision:mnasnet0_5", 10, 32)
+    load_weights(fresh, load_file(tmp_path / "w.safetensors"), tmp_path / "w.safetensors")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
