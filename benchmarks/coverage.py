@@ -1,5 +1,5 @@
-"""Which torchvision classifiers prunegreedy takes with no --split: every classification model under
-60M parameters, with its default split (nn.autosplit), on the bundled CIFAR-10 sample.
+"""Which torchvision classifiers prunegreedy takes with no --split: every classification model
+under 60M parameters, with its default split (nn.autosplit), on the bundled CIFAR-10 sample.
 
     python benchmarks/coverage.py [--models resnet18,convnext_tiny] [--plan-only] \
         [--csv reports/benchmarks/coverage.csv] [--md reports/benchmarks/coverage.md]
@@ -9,7 +9,8 @@ images; the run plans first, as `plan` does, and run.json keeps the MACs before 
 cut), its export (native, with the classifier) and the reload of both the run's network
 (load_network) and the export (open_export), each run on an image. A model works when all of these do and the cut leaves fewer MACs; it is refused when
 prunegreedy says why in one line (a PrunegreedyError); anything else is a crash, with its first
-line. Prints one row per model as it goes, then the counts; writes the CSV and a markdown table.
+line. Prints one row per model as it goes, then the counts; writes the CSV and a markdown table
+after every model. A model that worked or was refused in the CSV already is not run again.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 import prunegreedy
 from prunegreedy.errors import PrunegreedyError
 from prunegreedy.fileio import read_yaml
+from prunegreedy.nn.models import registered_split
 
 LIMIT = 60_000_000  # parameters, as torchvision builds the model (1000 classes)
 FIT = {"data.train_limit": 256, "data.test_limit": 64, "train.batch_size": 64, "compress.reconstruct": 0,
@@ -67,7 +69,8 @@ def check(name: str, work: Path, plan_only: bool = False) -> dict:
             run = prunegreedy.fit(out=work / name, dataset="cifar10-sample", model=model, prune_ratio=0.5,
                                   epochs=0.25, quiet=True, set=FIT)
             totals = run.meta["planned"]["totals"]
-            row["split"] = ",".join(read_yaml(run.path / "config.yaml")["model"]["split"])
+            split = read_yaml(run.path / "config.yaml")["model"]["split"] or registered_split(model)
+            row["split"] = ",".join(split)
         row.update(macs=totals["macs"], macs_after=totals["macs_after"])
         if not totals["macs_after"] < totals["macs"]:
             raise RuntimeError(f"the cut leaves {totals['macs_after']:,} of {totals['macs']:,} MACs")
@@ -112,9 +115,19 @@ def main() -> None:
     sizes = dict(classifiers())
     by_size = [n for n, _ in sorted(sizes.items(), key=lambda kv: kv[1])]  # the small ones first
     names = args.models.split(",") if args.models else FAMILIES if args.families else by_size
+    kept = {}  # the rows of an earlier, unfinished pass over the same CSV: a model that worked or was refused
+    if Path(args.csv).exists():
+        with open(args.csv, newline="") as f:
+            kept = {r["model"]: r for r in csv.DictReader(f) if r["result"] in ("works", "refused")}
+        for r in kept.values():
+            r.update({k: int(r[k]) if r[k] else "" for k in ("params", "macs", "macs_after")},
+                     seconds=float(r["seconds"]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
+            if name in kept:
+                rows.append(kept[name])
+                continue
             row = check(name, Path(tmp), args.plan_only)
             row["params"] = sizes.get(name, 0)
             rows.append(row)

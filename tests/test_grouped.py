@@ -94,3 +94,42 @@ def test_a_split_that_reaches_the_classifier_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^'fc' in the split of CifarResNet gives an output \(10\), not a "
                                           r"feature map.*\(the last that does: 'layer3'\)$"):
         pg.plan(dataset="cifar10-sample", model="resnet20", split=["layer1", "layer2", "layer3", "fc"])
+
+
+class _AuxLogits(nn.Module):
+    """As GoogLeNet with aux_logits: a tuple of outputs in training."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.b(self.a(x)), 1), 1))
+        return (y, y) if self.training else y
+
+
+def test_a_network_whose_training_output_is_not_class_scores_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^_AuxLogits's forward gives a tuple in training, not a tensor of class "
+                                          r"scores; give a model whose forward returns them \(torchvision: "
+                                          r"aux_logits=False\)$"):
+        pg.plan(dataset="cifar10-sample", model=_AuxLogits(), split=["a", "b"])
+
+
+class _Attending(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        z = self.conv(x).flatten(2).transpose(1, 2)
+        return self.attn(z, z, z)[0].transpose(1, 2).reshape(x.shape)
+
+
+def test_a_stage_with_an_attention_layer_is_refused_in_one_line_naming_it():
+    with pytest.raises(ConfigError, match=r"^'attn' is an attention layer \(MultiheadAttention\): prunegreedy cuts "
+                                          r"the channels of convolutional networks, not attention heads; train it "
+                                          r"unpruned \(--prune-ratio 0\)$"):
+        prune_stage(_Attending(), _head(8, 4), None, (8, 4, 4), 0.5, "l1")

@@ -58,6 +58,12 @@ def build_graph(block: nn.Module, head: nn.Module, next_block: nn.Module | None,
     identity layer (the entry, returned; given, or made here for a map or a vector), never cut: tp
     then counts the channels of an input the block passes on untouched (ShuffleNetV2's chunk), and
     a group coupled to the input (a depthwise conv first in the stage) is not offered."""
+    attention = next(((n, m) for part in (block, next_block) if part is not None for n, m in part.named_modules()
+                      if isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__), None)
+    if attention is not None:  # tp's trace of one takes minutes, and heads are not channels
+        raise ConfigError(f"'{attention[0]}' is an attention layer ({type(attention[1]).__name__}): prunegreedy "
+                          f"cuts the channels of convolutional networks, not attention heads; train it unpruned "
+                          f"(--prune-ratio 0)")
     example = torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype)
     if entry is None and len(input_shape) in (1, 3):
         entry = identity_layer(input_shape[0], len(input_shape) == 3).to(device=p.device, dtype=p.dtype)

@@ -222,7 +222,7 @@ def _fresh_stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, in
                                                                            image_shape[1])
     split = model_split(cfg)
     stages, tail = split_stages(model, split)
-    check_feature_maps(stages, split, tuple(image_shape), type(model).__name__)
+    check_feature_maps(stages, split, tuple(image_shape), type(model).__name__, tail)
     own = cfg.model.last_head == "own" and tail is not None
     return stages, tail, own, head_settings(cfg.model.head or "pooled", cfg.model.head_pool)
 
