@@ -87,9 +87,10 @@ Trainer = Annotated[Optional[str], typer.Option(help="greedy (default), decouple
                                                      "(the baseline; with pruning: prune-after-training) or compress "
                                                      "(a trained network, --weights, stage by stage).")]
 Model = Annotated[Optional[str], typer.Option("--model", help="The network instead of the recipe's: cifar10-k2, "
-                                                              "vgg11, resnet20, torchvision:NAME or a registered name.")]
+                                                              "vgg11, resnet20, torchvision:NAME, a registered name, "
+                                                              "or your own module as MODULE:FACTORY (mynets:MyNet).")]
 Split = Annotated[Optional[str], typer.Option(help="Module names ending the model's stages, comma separated "
-                                                   "(default: the model's own).")]
+                                                   "(default: the model's own, else where its map shrinks).")]
 Weights = Annotated[Optional[Path], typer.Option(help="Trained weights of --model for --trainer compress: safetensors "
                                                      "or a state dict (read with weights_only=True).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]

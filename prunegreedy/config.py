@@ -47,6 +47,7 @@ class ModelConfig:
     # A whole network instead of a plan: a key of nn.models.MODELS or torchvision:NAME (None = the plan).
     arch: str | None = None
     split: list[str] | None = None  # module names ending its stages; None = the model's registered default
+    stages: int = 4  # without a split: at most this many stages, ending where the map shrinks (nn.autosplit)
     last_head: str = "own"  # own: the last stage keeps the model's tail (pool + classifier); aux: a head of ours
     # Trained weights loaded into the network before it is compressed (--trainer compress): a
     # safetensors file or a state dict torch.load reads with weights_only=True. None: as built.
@@ -422,6 +423,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.last_head must be own or aux, got '{cfg.model.last_head}'")
     if not (cfg.dist.timeout > 0) or math.isinf(cfg.dist.timeout):
         raise ConfigError(f"dist.timeout must be a positive number of seconds, got {cfg.dist.timeout}")
+    if cfg.model.stages < 1:
+        raise ConfigError(f"model.stages must be at least 1, got {cfg.model.stages}")
     validate_recipe(cfg.train)
     if not (cfg.model.width_mult > 0):
         raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")

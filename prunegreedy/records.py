@@ -56,6 +56,10 @@ def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], weights: 
         if t.shape != expected[name].shape:
             raise SpecError(f"{weights} does not match its spec: {name} has shape {tuple(t.shape)}, "
                             f"spec says {tuple(expected[name].shape)}")
+    # safetensors keeps no module versions; the rebuilt network's own are the saved one's (MNASNet
+    # refuses a state dict without its version)
+    state = type(expected)(state)
+    state._metadata = getattr(expected, "_metadata", None)
     net.load_state_dict(state)
 
 
@@ -100,6 +104,32 @@ class RunLock:
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+
+    @staticmethod
+    def held(run: Path) -> bool:
+        """Whether a live process holds the run folder (its lock dies with it, rank 0 under torchrun
+        included). Asked with a shared lock, taken and dropped at once: it never waits."""
+        try:
+            fd = os.open(run, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+STOPPED = "stopped"  # run.json says running, but no process holds the folder: it died without a word
+
+
+def live_status(run: Path, status: str | None) -> str | None:
+    """The status run.json gives, except that a run no process holds any more is not running but stopped
+    (killed, out of memory, its machine gone): `report`, `Run.status` and `--resume` read this."""
+    return STOPPED if status == "running" and not RunLock.held(Path(run)) else status
 
 
 # Keys of run.json that are written only once they have a value (as every run.json had them).

@@ -25,17 +25,18 @@ def test_prune_ratio_on_the_cpu_recipe_cuts_inside_the_schedule_unless_told_othe
     assert (c.at, c.ratio, c.target_macs, c.finetune()) == (1.0, 0.0, "0.25x", 1.0)
 
 
-def test_the_start_line_quotes_what_the_recipe_measured_on_this_kind_of_machine():
+def test_the_start_line_quotes_what_the_recipe_recorded_and_on_which_machine():
     assert start_line(_cfg(prune_ratio=0.5), "cifar10-cpu", CPU) == (
         "recipe cifar10-cpu: pruned by 0.5 (l1) inside each stage's schedule (a cut at 0.5 of it, no fine-tuning); "
-        f"expect about 79.9 % test accuracy in about 16.5 min {FP32} (accuracy measured in fp32 on AVX-512 (5.4 min "
-        "there); minutes estimated for AVX2 from the 3.07x step ratio)")
+        f"recorded: 79.9 % test accuracy, in 16.5 min {FP32} (accuracy measured in fp32 on AVX-512 (5.4 min "
+        "there); minutes estimated for AVX2 from the 3.07x step ratio); the time on this machine follows from its "
+        "first steps")
     assert start_line(_cfg(), "cifar10-cpu", CPU).startswith(
-        f"recipe cifar10-cpu: unpruned; expect about 81.1 % test accuracy in about 40 min {FP32}")
+        f"recipe cifar10-cpu: unpruned; recorded: 81.1 % test accuracy, in 40 min {FP32}")
     # The recipe that is cifar10-cpu pruned by half has the same figures.
     assert start_line(_cfg("cifar10-cpu-compress"), "cifar10-cpu-compress", CPU).startswith(
         "recipe cifar10-cpu-compress: pruned by 0.5 (l1) inside each stage's schedule (a cut at 0.5 of it, no "
-        "fine-tuning); expect about 79.9 %")
+        "fine-tuning); recorded: 79.9 %")
 
 
 def test_settings_that_were_not_measured_get_no_figure():
@@ -60,3 +61,27 @@ def test_the_method_names_the_refit_where_the_trainer_refits():
         "512 images, no fine-tuning)")
     assert method(at(1, **{"train.trainer": "end-to-end"})) == (
         "pruned by 0.5 (l1) after each stage, then 1 epoch(s) of fine-tuning")
+
+
+class _Stage:
+    def __init__(self, macs, head_macs, backbone, after, head_after, ratio):
+        self.macs, self.head_macs, self.macs_backbone = macs, head_macs, backbone
+        self.macs_after, self.head_macs_after, self.ratio = after, head_after, ratio
+
+
+def test_the_time_at_this_machines_speed_scales_the_first_steps_by_the_plans_macs(monkeypatch):
+    from types import SimpleNamespace
+
+    from prunegreedy.trainers import expected
+
+    # Stage 2 costs 2x stage 1 per step (its prefix forward + 3x its own); both cut, one epoch of fine-tuning.
+    plan = SimpleNamespace(stages=[_Stage(100, 0, 100, 50, 0, 0.5), _Stage(50, 0, 100, 25, 0, 0.5)])
+    cfg = _cfg(prune_ratio=0.5, epochs=1, set={"compress.at": 1, "train.batch_size": 100})
+    pace = expected.Pace(cfg, plan, 1000)  # 10 steps an epoch
+    assert pace.work == [(10, 30000), (10, 15000), (10, 20000), (10, 12500)]
+    clock = iter([0.0, 180.0])  # 180 s for the 9 steps after the first (270,000 MACs): 775,000 MACs in 516.7 s
+    monkeypatch.setattr("time.perf_counter", lambda: next(clock))
+    assert pace.on_step(1, 10) is None and pace.on_step(5, 10) is None
+    assert pace.on_step(10, 10) == ("about 8.6 min at this machine's speed (9 steps timed; the other stages scaled "
+                                    "by the plan's MACs)")
+    assert pace.on_step(10, 10) is None  # once

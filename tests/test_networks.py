@@ -44,7 +44,9 @@ def test_every_registered_network_plans_fits_with_a_cut_exports_and_reloads(name
     summary = prunegreedy.export_run(run.path, tmp_path / "export", "native", with_head=True)
     with torch.no_grad():
         exported = prunegreedy.load_network(tmp_path / "export")(x)
-    assert summary["export_max_diff"] == 0.0 and (exported - reloaded).abs().max().item() <= 1e-3
+    # BatchNorm folded: equal up to float rounding, relative to the logits' size (export.TOLERANCE)
+    assert summary["export_max_diff"] == 0.0
+    assert (exported - reloaded).abs().max().item() <= 1e-4 * max(1.0, reloaded.abs().max().item())
 
 
 def test_a_finished_resnet20_run_is_not_partial(tmp_path, cache_dir):

@@ -28,10 +28,12 @@ def default_ui(quiet: bool | None):
 
 
 class _Logged:
-    """The caller's UI, with every line also kept in the run's log.txt (through its record)."""
+    """The caller's UI, with every line also kept in the run's log.txt (through its record); with a
+    `pace` (trainers.expected.Pace), the first phase's steps time this machine and a line says the
+    run's minutes at its speed."""
 
-    def __init__(self, ui, record=None):
-        self.ui, self.record = ui, record
+    def __init__(self, ui, record=None, pace=None):
+        self.ui, self.record, self.pace = ui, record, pace
 
     def log(self, msg: str) -> None:
         self.ui.log(msg)
@@ -39,7 +41,17 @@ class _Logged:
             self.record.log(f"{time.strftime('%H:%M:%S')} {msg}")
 
     def progress(self, desc: str):
-        return self.ui.progress(desc)
+        on_step, pace, self.pace = self.ui.progress(desc), self.pace, None  # the first phase only
+        if pace is None:
+            return on_step
+
+        def timed(step: int, total: int, loss: float, acc: float) -> None:
+            line = pace.on_step(step, total)
+            if line is not None:
+                self.log(line)
+            if on_step is not None:
+                on_step(step, total, loss, acc)
+        return timed
 
 
 @dataclass
@@ -56,7 +68,10 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.meta["status"]
+        """running, finished, interrupted, failed, or stopped: running by run.json, but its process is gone."""
+        from ..records import live_status
+
+        return live_status(self.path, self.meta["status"])
 
     @property
     def final_acc(self) -> float:
@@ -120,6 +135,9 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
 
     ui = ui or NullUI()
     cfg, _, data, network = _resolve(config, None, dataset, ui, options)
+    chosen = choose_split(cfg, data, network)
+    if chosen:
+        ui.log(chosen)
     get_trainer(cfg, network)  # the checks a run makes before its folder, in the same order
     resolve_device(cfg.run.device)
     classes, shape = (data.num_classes, data.image_shape) if data is not None else data_shape(cfg.data)
@@ -166,10 +184,31 @@ def _user_network(model, split):
     network, arch, listed = user_network(model)
     if listed is not None and split is not None:
         raise ConfigError("a list of modules is already split into stages; give no split")
-    if split is None and listed is None:
-        raise ConfigError(f"model={type(network).__name__}(...) needs split=[module names ending its stages]")
-    split_stages(network, list(listed if listed is not None else split))
+    if split is not None or listed is not None:  # without one, the default split is chosen (choose_split)
+        split_stages(network, list(listed if listed is not None else split))
     return network, arch, listed
+
+
+def choose_split(cfg, data=None, network=None) -> str | None:
+    """Where no split is registered with the model or given, choose one now, from the network
+    traced on an input of the data's shape (nn.autosplit), into cfg.model.split: the run, its
+    config.yaml, its resumption and its loaders all read it from there. Returns a line saying so."""
+    from ..nn.models import default_split, registered_split
+    from ..nn.plans import PLANS
+
+    m = cfg.model
+    if m.arch is None or m.split is not None or (network is None and (m.arch in PLANS or
+                                                                      registered_split(m.arch) is not None)):
+        return None  # the paper's nets end their stages themselves
+    if data is not None:
+        shape = tuple(data.image_shape)
+    else:
+        from ..data.registry import data_shape
+
+        shape = tuple(data_shape(cfg.data)[1])
+    m.split = default_split(network if network is not None else m.arch, shape, m.stages)
+    return (f"split of {m.arch}: {','.join(m.split)} (none registered or given: its stages end where the map "
+            f"shrinks, at most model.stages {m.stages}; --split to choose others)")
 
 
 def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
@@ -180,11 +219,14 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     from ..trainers.decisions import check_data as check_holdout
     from ..trainers.plan_table import make_run_plan
     from ..trainers.registry import get_trainer
-    from ..trainers.expected import start_line
+    from ..trainers.expected import Pace, start_line
     from ..trainers.run import new_meta
 
+    chosen = choose_split(cfg, data, network)
     get_trainer(cfg, network)  # every name in the config, before a folder is made or data is read
     dist, dev, ui = _start(cfg, ui)
+    if chosen:
+        ui.log(chosen)
     ui.log(start_line(cfg, recipe, dev))
     path = run_path(cfg, recipe)
     dist.on_main(lambda: RunRecord.ensure_free(path))  # before minutes go into reading data
@@ -199,9 +241,10 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     record.meta.planned = planned.as_dict()
     procs = f" x {dist.world} processes" if dist.enabled else ""
     what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
+    pace = Pace(cfg, planned, record.meta.dataset["train_images"]) if cfg.train.trainer == "greedy" else None
     return _execute(cfg, record, ds, dev, ui, dist,
                     f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "
-                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines())
+                    f"{cfg.train.trainer}  hook: {cfg.compress.hook}", network, planned.lines(), pace)
 
 
 def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, quiet: bool = False,
@@ -237,7 +280,8 @@ def resume(path: str | Path, data_dir: str | Path | None = None, *, ui=None, qui
     except BaseException:
         record.release()
         raise
-    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}",
+    gone = " (run.json said running, but its process was gone: stopped)" if record.meta.status == "running" else ""
+    return _execute(cfg, record, ds, dev, ui, dist, f"resuming {path} after stage {record.meta.stages_done}{gone}",
                     network)
 
 
@@ -251,13 +295,14 @@ def _start(cfg, ui):
     return dist, dev, (ui if dist.is_main else NullUI())
 
 
-def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = ()) -> Run:
+def _execute(cfg, record, ds, dev, ui, dist, first_line: str, network=None, plan_lines: Iterable[str] = (),
+             pace=None) -> Run:
     """Train into the record; Ctrl-C keeps the finished stages and says how to go on; then the report."""
     from ..train import stop
     from ..trainers.run import execute
 
     hint = f"{dist.launcher()} run --resume {record.path}"
-    ui = _Logged(ui, record)
+    ui = _Logged(ui, record, pace)
     try:
         record.hold()
         for line in (first_line, *plan_lines):

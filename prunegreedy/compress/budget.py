@@ -241,7 +241,7 @@ class Choice:
 
 
 def ratio_for(n: int, width: int, round_to: int) -> float:
-    """A ratio (6 decimals where exact) for which compress.prune keeps exactly `width` of n filters."""
+    """A ratio (6 decimals where exact) for which a cut keeps exactly `width` of n filters."""
     r = 1.0 - width / n
     short = round(r, 6)
     return short if kept_filters(n, short, round_to) == width else r

@@ -1,5 +1,7 @@
 """Whole networks by name, to train greedily stage by stage: the CIFAR ResNets and torchvision's.
 
+Your own module builds as MODULE:FACTORY (`mynets:MyNet`, imported from the working directory or
+PYTHONPATH and called with no arguments), so a run of it resumes and loads by that name.
 Like the plans, models are a dict of factories (timm's registry): `build_model("resnet20", 10, 32)`
 or `build_model("torchvision:resnet18", 10, 32)`. Each entry also says where its stages end
 (`default_split`), in the module names `nn.split.split_stages` cuts at. Any torchvision
@@ -16,9 +18,11 @@ from torch import nn
 from ..errors import ConfigError
 from .fastcifar import NAME as FASTCIFAR
 from .fastcifar import fast_cifar
+from .autosplit import auto_split
 
 SMALL_IMAGE = 64  # at this side or below, stems that shrink the map by 4 shrink it by 1 (ResNet) or 2 (MobileNet)
 TORCHVISION = "torchvision:"
+USER = "user:"  # a module passed from Python: nothing can build it again by name
 
 Factory = Callable[[int, int], nn.Module]  # (num_classes, image_size) -> model
 
@@ -125,8 +129,9 @@ def register_model(name: str, factory: Factory, split: list[str] | None = None) 
 
 
 def is_model(name: str) -> bool:
-    """Whether `name` builds a model: registered, torchvision:NAME, or the fast network at any widths."""
-    return name in MODELS or name.startswith(TORCHVISION) or name.startswith(f"{FASTCIFAR}-")
+    """Whether `name` builds a model: registered, torchvision:NAME, the fast network at any widths,
+    or your own module as MODULE:FACTORY."""
+    return name in MODELS or name.startswith((TORCHVISION, f"{FASTCIFAR}-")) or (":" in name and not name.startswith(USER))
 
 
 def _entry(name: str) -> ModelEntry:
@@ -136,8 +141,10 @@ def _entry(name: str) -> ModelEntry:
         return ModelEntry(_torchvision(name[len(TORCHVISION):]), None)
     if name.startswith(f"{FASTCIFAR}-"):  # the fast network at any widths
         return ModelEntry(*fast_cifar(name))
-    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, {FASTCIFAR}-W1-W2-..., "
-                      f"or torchvision:NAME")
+    if ":" in name and not name.startswith(USER):  # your own module as MODULE:FACTORY, built by importing it
+        return ModelEntry(lambda num_classes, image_size: import_module_factory(name), None)
+    raise ConfigError(f"unknown model '{name}'; valid: {', '.join(MODELS)}, {FASTCIFAR}-W1-W2-..., torchvision:NAME "
+                      f"or MODULE:FACTORY")
 
 
 def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: int) -> nn.Module:
@@ -148,26 +155,49 @@ def build_model(name_or_module: str | nn.Module, num_classes: int, image_size: i
     return _entry(name_or_module).factory(num_classes, image_size)
 
 
-def default_split(name: str) -> list[str]:
-    """Where the named model's stages end; a model registered without one needs the caller's split."""
+def registered_split(name: str) -> list[str] | None:
+    """The split registered with the named model, if any."""
     split = _entry(name).split
-    if split is None:
-        raise ConfigError(f"model '{name}' has no default split; give the module names that end its stages")
-    return list(split)
+    return list(split) if split is not None else None
+
+
+def default_split(model: str | nn.Module, input_shape: tuple[int, ...] | None = None, stages: int = 4,
+                  ) -> list[str]:
+    """Where the model's stages end: the split registered with its name, else, given the input's
+    shape, where its traced feature map shrinks (nn.autosplit, at most `stages` stages)."""
+    if isinstance(model, str):
+        split = registered_split(model)
+        if split is not None:
+            return split
+        if input_shape is None:
+            raise ConfigError(f"model '{model}' has no default split; give the module names that end its stages")
+        with torch.random.fork_rng(devices=[]):  # building it draws weights the run must not see drawn
+            model = build_model(model, 10, input_shape[1])
+    if input_shape is None:
+        raise ConfigError(f"{type(model).__name__} needs split=[module names ending its stages] or an input shape")
+    return auto_split(model, tuple(input_shape), stages)
 
 
 def import_module_factory(path: str) -> nn.Module:
     """A fresh instance of your own module named as MODULE:FACTORY (mynets:MyNet), imported from
     your code and called with no arguments: how the command line gets one (Python passes model=)."""
     import importlib
+    import os
+    import sys
 
     module, _, name = path.partition(":")
     if not module or not name:
         raise ConfigError(f"--model takes MODULE:FACTORY (e.g. mynets:MyNet), got '{path}'")
+    here = os.getcwd() not in sys.path and "" not in sys.path  # the `prunegreedy` script does not look here
+    if here:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--model {path}: cannot import it ({e})") from None
+    finally:
+        if here:
+            sys.path.remove(os.getcwd())
     if not callable(factory):
         raise ConfigError(f"--model {path} is a {type(factory).__name__}, not a class or function")
     made = factory()

@@ -21,12 +21,11 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, cut_input
 from .heads import HEADS
-from .models import MODELS, build_model, default_split, is_model
+from .models import MODELS, USER, build_model, default_split, is_model
 from .plans import PLANS, make_plan
 from .spec import StageSpec
-from .split import split_stages, stage_shapes
+from .split import check_feature_maps, split_stages, stage_shapes
 
-USER = "user:"  # the name of a module the caller passed: rebuilt only onto the instance they pass again
 OWN = "own"  # the last stage learns against the network's own tail (its pooling and classifier)
 # model.* options and the networks that take them: a paper plan takes all; a whole model its heads'.
 PLAN_OPTIONS = ("width_mult", "widths", "k", "head", "head_pool")
@@ -128,19 +127,21 @@ def from_config(model_cfg, num_classes: int, image_size: int, module: nn.Module 
                 name: str | None = None) -> Network:
     """The network of a config's model section (or the caller's `module`, named `name`)."""
     return build_network(name or network_name(model_cfg), num_classes, image_size, options_of(model_cfg),
-                         model_cfg.split, model_cfg.last_head, module)
+                         model_cfg.split, model_cfg.last_head, module, model_cfg.stages)
 
 
 def build_network(name: str, num_classes: int, image_size: int, options: dict | None = None,
-                  split: list[str] | None = None, last_head: str = OWN, module: nn.Module | None = None) -> Network:
+                  split: list[str] | None = None, last_head: str = OWN, module: nn.Module | None = None,
+                  stages: int = 4) -> Network:
     """The named network (a paper plan, a registered model, torchvision:NAME) or the caller's
     `module` (named user:Class), untrained, cut into its stages. Options a network does not
-    declare are refused. A prebuilt model's weights come from torch's current random state."""
+    declare are refused. A prebuilt model's weights come from torch's current random state. With
+    no split given or registered, its stages end where its traced map shrinks (at most `stages`)."""
     options = dict(options or {})
     args = {"num_classes": num_classes, "image_size": image_size, **options}
     if module is None and not (name in PLANS or is_model(name)):
         raise ConfigError(f"unknown model '{name}'; valid: {', '.join([*MODELS, *PLANS])}, fastcifar-W1-W2-..., "
-                          f"or torchvision:NAME")
+                          f"torchvision:NAME or MODULE:FACTORY")
     declared = PLAN_OPTIONS if module is None and name in PLANS else MODEL_OPTIONS
     bad = [k for k in options if k not in declared]
     if bad:
@@ -152,11 +153,11 @@ def build_network(name: str, num_classes: int, image_size: int, options: dict | 
             raise ConfigError(f"{name} is made block by block and ends its stages itself; give no split")
         return net
     model = module if module is not None else build_model(name, num_classes, image_size)
+    shape = (3, image_size, image_size)
     if split is None:
-        if name.startswith(USER):
-            raise ConfigError("a module passed as model= needs split=[module names ending its stages]")
-        split = default_split(name)
+        split = default_split(model if module is not None else name, shape, stages)
     modules, tail = split_stages(model, list(split))
+    check_feature_maps(modules, list(split), shape, type(model).__name__, tail)
     head = StageSpec(width=0, head=options.get("head", "pooled"), k=options.get("k", 2),
                      head_pool=options.get("head_pool"))
     _check_head(head)

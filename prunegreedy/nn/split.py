@@ -11,6 +11,7 @@ pruning a stage in place narrows the user's model, and names in a pruning record
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import fx, nn
@@ -132,6 +133,34 @@ def _graph_module(model: nn.Module, nodes: list[fx.Node], inp: fx.Node, returns,
     return fx.GraphModule(model, g, class_name=class_name)
 
 
+def check_feature_maps(stages: list[nn.Module], split: list[str], input_shape: tuple[int, ...], name: str,
+                       tail: nn.Module | None = None) -> None:
+    """Refuse a split that reaches past the network's last feature map (its classifier, or the
+    pooling and flattening before it): every stage of an image network must give a map (C, H, W).
+    Refuse a tail that does not give a tensor of class scores in training (GoogLeNet's aux logits)."""
+    if tail is not None:
+        _check_scores(tail, stage_shapes(stages, input_shape)[-1], name)
+    if len(input_shape) != 3:
+        return  # not an image network: nothing to say about maps
+    for k, shape in enumerate(stage_shapes(stages, input_shape)):
+        if len(shape) != 3:
+            maps = [s for s, out in zip(split, stage_shapes(stages, input_shape)) if len(out) == 3]
+            valid = f"the last that does: '{maps[-1]}'" if maps else "none of the split's modules does"
+            raise ConfigError(f"'{split[k]}' in the split of {name} gives an output ({'x'.join(map(str, shape))}), "
+                              f"not a feature map: a stage must end at or before the last feature map, "
+                              f"never at the classifier ({valid})")
+
+
+def _check_scores(tail: nn.Module, shape: tuple[int, ...], name: str) -> None:
+    probe = copy.deepcopy(tail).train()  # a copy: training mode moves BatchNorm statistics
+    p = next(probe.parameters(), None)
+    with torch.no_grad():
+        out = probe(torch.zeros(2, *shape, device=p.device if p is not None else None))
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"{name}'s forward gives a {type(out).__name__} in training, not a tensor of class scores; "
+                          f"give a model whose forward returns them (torchvision: aux_logits=False)")
+
+
 def stage_shapes(stages: list[nn.Module], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Each stage's output shape (without the batch) for one input of input_shape, by a forward pass
     in eval mode (BatchNorm statistics do not move); every module's own mode is restored."""
@@ -154,3 +183,6 @@ def _eval(module: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+eval_mode = _eval  # for the other modules of nn (train.modes is above nn)

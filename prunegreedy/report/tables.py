@@ -1,6 +1,6 @@
 """Run folders -> pandas tables -> summary.csv, stages.csv and one self-contained report.html.
 
-A run that stopped early (status running/failed, or fewer finished stages than its plan) is kept
+A run that stopped early (status stopped/failed/interrupted, or fewer finished stages than its plan) is kept
 and marked partial: its metrics are those of its last finished stage, and its time is the sum of
 its recorded phase times. A folder without a single finished stage is an error, never skipped.
 
@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import ConfigError, RunError
 from ..fileio import read_json, read_yaml, write_text
-from ..records import RUN_FILE, SENSITIVITY_FILE, RunRecord
+from ..records import RUN_FILE, SENSITIVITY_FILE, RunRecord, live_status
 
 STAGE_COLUMNS = ["stage", "phase", "width_in", "width_before", "width", "test_acc", "train_loss", "train_acc",
                  "epochs", "seconds", "images_per_s", "params_backbone", "macs_backbone", "params_stage",
@@ -137,6 +137,7 @@ def load_run(path: Path) -> Run:
     meta = read_json(path / RUN_FILE)
     if not isinstance(meta, dict):
         raise RunError(f"{path / RUN_FILE} is not a JSON object (damaged or tampered)")
+    meta["status"] = live_status(path, meta.get("status"))  # a run whose process is gone is stopped
     name = path.resolve().name
     done = meta.get("stages_done")
     if not isinstance(done, int) or isinstance(done, bool) or done < 1:

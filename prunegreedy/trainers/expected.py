@@ -71,7 +71,8 @@ def measured_key(cfg: Config, recipe: str) -> str | None:
 
 
 def start_line(cfg: Config, recipe: str, device: torch.device) -> str:
-    """`recipe NAME: METHOD; expect ...` from the measured figures for this kind of machine."""
+    """`recipe NAME: METHOD; recorded ...`: the accuracy and minutes one run measured on a machine
+    of this kind, named as that machine (the time on this one follows from its first steps, Pace)."""
     kind = machine_kind(cfg, device)
     name = Path(recipe).stem
     table = json.loads(MEASURED.read_text())
@@ -85,5 +86,51 @@ def start_line(cfg: Config, recipe: str, device: torch.device) -> str:
         known = ", ".join(MACHINES[k] for k in (entry or {}).get(key or "", {})) if key else ""
         why = f"measured only on {known}" if known else "no measured figure for these settings"
         return f"{line}; {why}"
-    return (f"{line}; expect about {figure['acc']:.1f} % test accuracy in about {figure['minutes']:g} min on "
-            f"{MACHINES[kind]} ({figure['how']})")
+    return (f"{line}; recorded: {figure['acc']:.1f} % test accuracy, in {figure['minutes']:g} min on "
+            f"{MACHINES[kind]} ({figure['how']}); the time on this machine follows from its first steps")
+
+
+class Pace:
+    """The run's minutes at this machine's speed, from its first `STEPS` training steps.
+
+    Each stage's cost per image comes from the plan's MACs (trainers.plan_table): the frozen stages
+    before it run forward, the stage and its head forward and backward (3x); the fine-tuning after a
+    cut on the cut widths. The first steps of stage 1 give the MACs per second of this machine,
+    whatever it is, so the figure needs no table of machines."""
+
+    STEPS = 20
+
+    def __init__(self, cfg: Config, planned, num_train: int):
+        """For the greedy trainer (one stage at a time) on `planned`, the run's RunPlan."""
+        from ..train.loop import steps_of
+
+        c, n = cfg.compress, len(planned.stages)
+        batch = cfg.train.batch_size
+        self.work = []  # (steps, MACs per step) of every phase, in order
+        for j, s in enumerate(planned.stages):
+            prefix = s.macs_backbone - s.macs
+            epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
+            self.work.append((steps_of(epochs, num_train, batch), batch * (prefix + 3 * (s.macs + s.head_macs))))
+            if s.ratio > 0 and c.hook != "none" and c.finetune() > 0:
+                tuned = prefix + 3 * (s.macs_after + s.head_macs_after)
+                self.work.append((steps_of(c.finetune(), num_train, batch), batch * tuned))
+        self._t0: float | None = None
+        self._done = False
+
+    def on_step(self, step: int, total: int) -> str | None:
+        """Called at every step of the first phase: the line, once, after STEPS steps timed."""
+        import time
+
+        if self._done:
+            return None
+        if step == 1:  # the clock starts after the first step (it warms caches and allocators)
+            self._t0 = time.perf_counter()
+            return None
+        if self._t0 is None or (step < self.STEPS + 1 and step < total):
+            return None
+        self._done = True
+        per_mac = (time.perf_counter() - self._t0) / ((step - 1) * self.work[0][1])
+        minutes = sum(steps * macs for steps, macs in self.work) * per_mac / 60
+        shown = f"{minutes:.0f}" if minutes >= 10 else f"{minutes:.1f}"
+        return (f"about {shown} min at this machine's speed ({step - 1} steps timed; the other stages scaled "
+                f"by the plan's MACs)")

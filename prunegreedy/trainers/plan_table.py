@@ -28,7 +28,7 @@ class RunPlan:
         """One row per stage; `groups` names each group's root and widths (attrs: the whole plan)."""
         rows = []
         for s in self.stages:
-            row = {f.name: getattr(s, f.name) for f in fields(s) if f.name != "groups"}
+            row = {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("groups", "note")}
             row["groups"] = "; ".join(f"{g.root} {g.width}->{g.kept}" for g in s.groups)
             rows.append(row)
         df = pd.DataFrame(rows)
@@ -68,6 +68,7 @@ class RunPlan:
             out.append("  groups cut (root width->kept: coupled layers; (in): its input channels; "
                        "next: also narrows the next stage's input):")
             out += [f"    stage {j}  {_group(g)}" for j, g in cut]
+        out += [f"  stage {s.stage}: {s.note}" for s in self.stages if s.note]
         out += [f"  {n}" for n in self.notes]
         return out
 

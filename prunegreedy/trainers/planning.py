@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..compress.budget import CostModel, budget_of, rest_ratio, widths_at
-from ..compress.graph import GroupInfo, coupled_groups, kept_filters
+from ..compress.graph import GroupInfo, kept_width, stage_groups
 from ..compress.network import cut_stage, next_of
 from ..config import Config
 from ..errors import ConfigError
@@ -69,6 +69,7 @@ class StagePlan:
     params_backbone_after: int = 0
     macs_backbone_after: int = 0
     groups: list[GroupPlan] = field(default_factory=list)
+    note: str | None = None  # how the stage was traced where not whole (compress.graph.stage_groups)
 
 
 def run_ratios(cfg: Config, net: Network, image_shape: tuple[int, int, int], num_classes: int = 10,
@@ -174,7 +175,7 @@ def _groups(found: list[GroupInfo], ratio: float, round_to: int, name, also: str
     is a layer outside the trace whose input narrows with an output group (a made next stage)."""
     out = []
     for g in found:
-        kept = kept_filters(g.width, ratio, round_to)
+        kept = kept_width(g.width, ratio, round_to, g.channel_groups)
         if kept < g.width:
             coupled = [name(m.part, m.name) + (" (in)" if m.dim == "in" else "") for m in g.members
                        if not (m.part == "block" and m.name == g.root)]
@@ -206,7 +207,7 @@ def _stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], ne
         own = stage.spec.head == OWN
         nxt = next_of(net, j)
         before = _measure(module, head, shape)
-        found = coupled_groups(module, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else []
+        found, note = stage_groups(module, head, nxt, shape, cfg.compress.scope) if ratios[j] > 0 else ([], None)
         parts = {"block": module, "head": head, "next": nxt}
 
         def name(part: str, inner: str, parts=parts, j=j, own=own) -> str:
@@ -216,14 +217,20 @@ def _stages(cfg: Config, num_classes: int, image_shape: tuple[int, int, int], ne
         groups = _groups(found, ratios[j], cfg.compress.round_to, name,
                          f"{net.stages[j + 1].name} (in)" if made_next else None)
         if ratios[j] > 0:
-            cut_stage(net, j, head, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to, cfg.compress.scope)
+            record = cut_stage(net, j, head, shape, ratios[j], PLAN_CRITERION, cfg.compress.round_to,
+                               cfg.compress.scope)
+            if record.parts and note is None:  # the whole trace cut wrongly: the cut fell back to the parts
+                groups = [GroupPlan(c.root, c.kind, c.width, c.width - len(c.removed), [], False) for c in record.cuts]
+                note = "traced part by part, only the channels inside each part cut: traced whole, it cuts wrongly"
         after = _measure(module, head, shape)
         spec = stage.spec
         kind = spec.block + "+psi" * spec.psi + "+pool" * spec.pool + " no-BN" * (not spec.bn) if stage.made else ""
         head_name = f"own ({', '.join(_called(net.tail))})" if own else \
             spec.head + (f" k={spec.k}" if "k" in getattr(type(head), "FIELDS", {}) else "")
-        yield _stage(j, _called(module) or [stage.name], kind, module, head_name, shape, ratios[j], before, after,
-                     groups)
+        planned = _stage(j, _called(module) or [stage.name], kind, module, head_name, shape, ratios[j], before,
+                         after, groups)
+        planned.note = note
+        yield planned
         shape = after[4]
 
 
