@@ -193,13 +193,12 @@ def choose_split(cfg, data=None, network=None) -> str | None:
     """Where no split is registered with the model or given, choose one now, from the network
     traced on an input of the data's shape (nn.autosplit), into cfg.model.split: the run, its
     config.yaml, its resumption and its loaders all read it from there. Returns a line saying so."""
-    from ..nn.models import default_split, registered_split
-    from ..nn.plans import PLANS
+    from ..nn.models import default_split
+    from ..nn.network import ends_its_stages
 
     m = cfg.model
-    if m.arch is None or m.split is not None or (network is None and (m.arch in PLANS or
-                                                                      registered_split(m.arch) is not None)):
-        return None  # the paper's nets end their stages themselves
+    if m.arch is None or m.split is not None or (network is None and ends_its_stages(m.arch)):
+        return None
     if data is not None:
         shape = tuple(data.image_shape)
     else:
@@ -214,6 +213,7 @@ def choose_split(cfg, data=None, network=None) -> str | None:
 def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     """Train a resolved config into a new run folder (fit and sweep call this); `network`: the
     caller's module of a model.arch "user:..." run."""
+    from ..nn.network import network_name
     from ..data.registry import load_dataset
     from ..records import RunRecord
     from ..trainers.decisions import check_data as check_holdout
@@ -240,7 +240,7 @@ def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
     record = RunRecord(path, new_meta(cfg, ds, dev, dist), writes=dist.is_main)
     record.meta.planned = planned.as_dict()
     procs = f" x {dist.world} processes" if dist.enabled else ""
-    what = f"model: {cfg.model.arch}" if cfg.model.arch else f"plan: {cfg.model.plan}"
+    what = f"network: {network_name(cfg.model)}"
     pace = Pace(cfg, planned, record.meta.dataset["train_images"]) if cfg.train.trainer == "greedy" else None
     return _execute(cfg, record, ds, dev, ui, dist,
                     f"run folder: {path}  device: {dev}{procs}  {what}  trainer: "

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, cut_input
 from .heads import HEADS
-from .models import MODELS, USER, build_model, default_split, is_model
+from .models import MODELS, USER, build_model, default_split, is_model, registered_split
 from .plans import PLANS, make_plan
 from .spec import StageSpec
 from .split import check_feature_maps, split_stages, stage_shapes
@@ -181,6 +181,11 @@ def _plan_network(name: str, image_size: int, options: dict, args: dict) -> Netw
         _check_head(plan[0])
     stages = [Stage(f"blocks.{j}", s, made=True) for j, s in enumerate(plan)]
     return Network(name, PlanNet(), stages, None, args)
+
+
+def ends_its_stages(name: str) -> bool:
+    """Whether the named network says where its stages end (a plan's blocks, a registered split)."""
+    return name in PLANS or registered_split(name) is not None
 
 
 def declares_costs(model_cfg) -> bool:
