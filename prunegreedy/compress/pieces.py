@@ -5,8 +5,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..train.modes import eval_mode
-from .trace import ROOTS, GroupInfo, Member, Untraceable, build_graph, channel_groups, identity_layer
+from .trace import ROOTS, GroupInfo, Member, Untraceable, build_graph, channel_groups, identity_layer, run_hooked
 
 # tp's nodes for ops that move channels between positions; a group through one of them is trusted
 # only where the whole stage traced (its index mappings then hold), never inside a piece.
@@ -97,14 +96,7 @@ def _calls(block: nn.Module, input_shape: tuple[int, ...]) -> dict:
         ok = len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor)
         seen.setdefault(m, []).append((tuple(args[0].shape[1:]), tuple(output.shape[1:])) if ok else None)
 
-    hooks = [m.register_forward_hook(hook) for m in block.modules() if m is not block]
-    p = next(block.parameters())
-    try:
-        with torch.no_grad(), eval_mode(block):
-            block(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(block, input_shape, hook, [m for m in block.modules() if m is not block])
     return {m: v[0] for m, v in seen.items() if len(v) == 1 and v[0] is not None}
 
 

@@ -100,12 +100,9 @@ def modules_of(block: nn.Module) -> str:
     return f"{called[0]}..{called[-1]}" if len(called) > 1 else (called[0] if called else type(block).__name__)
 
 
-def output_layers(block: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
-    """The Conv2d or Linear that runs last in the block's forward: where a block's output is the
-    network's (a last stage that holds the classifier, as SqueezeNet's final conv), its channels are
-    the class scores and are never cut."""
-    called: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: called.append(m)) for m in block.modules() if isinstance(m, ROOTS)]
+def run_hooked(block: nn.Module, input_shape: tuple[int, ...], hook, modules) -> None:
+    """One eval-mode forward of the block on zeros with `hook` on each of `modules` (removed after)."""
+    hooks = [m.register_forward_hook(hook) for m in modules]
     p = next(block.parameters())
     try:
         with torch.no_grad(), eval_mode(block):
@@ -113,6 +110,15 @@ def output_layers(block: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Mod
     finally:
         for h in hooks:
             h.remove()
+
+
+def output_layers(block: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
+    """The Conv2d or Linear that runs last in the block's forward: where a block's output is the
+    network's (a last stage that holds the classifier, as SqueezeNet's final conv), its channels are
+    the class scores and are never cut."""
+    called: list[nn.Module] = []
+    layers = [m for m in block.modules() if isinstance(m, ROOTS)]
+    run_hooked(block, input_shape, lambda m, i, o: called.append(m), layers)
     return called[-1:]
 
 
