@@ -35,6 +35,19 @@ def tiny_net(widths=(8, 8, 16, 16), plan="cifar10-k2", seed=0, head=None) -> Tin
     return TinyNet(blocks, heads)
 
 
+class LinesUI:
+    """A UI that keeps every log line (no progress bars)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    def progress(self, desc: str):
+        return None
+
+
 def cpu_norm(ds) -> data_base.Normalize:
     return data_base.Normalize(ds.mean, ds.std, torch.device("cpu"), channels_last=True)
 

@@ -8,6 +8,8 @@ from prunegreedy.errors import ConfigError
 from prunegreedy.nn.autosplit import auto_split
 from prunegreedy.nn.models import build_model, default_split
 
+from helpers import LinesUI
+
 
 class Res(nn.Module):
     def __init__(self, c):
@@ -66,17 +68,10 @@ def test_a_network_too_small_for_the_input_is_refused_in_one_line():
 
 
 def test_plan_of_your_own_module_without_a_split_says_the_split_it_chose():
-    lines = []
-
-    class UI:
-        def log(self, msg):
-            lines.append(msg)
-
-        def progress(self, desc):
-            return None
-
+    ui = LinesUI()
     torch.manual_seed(0)
-    df = pg.plan(dataset="cifar10-sample", model=Net(), prune_ratio=0.5, ui=UI())
+    df = pg.plan(dataset="cifar10-sample", model=Net(), prune_ratio=0.5, ui=ui)
+    lines = ui.lines
     assert lines[0] == ("split of user:Net: body.0,body.3 (none registered or given: its stages end where the map "
                         "shrinks, at most model.stages 4; --split to choose others)")
     assert df.out_shape.tolist() == ["8x16x16", "16x8x8"]

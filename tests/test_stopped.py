@@ -7,6 +7,8 @@ import prunegreedy
 from prunegreedy.records import RunLock, live_status
 from prunegreedy.report.tables import load_run
 
+from helpers import LinesUI
+
 TINY_SET = {"data.train_limit": 200, "data.test_limit": 100, "run.threads": 1, "model.widths": "4,4,8,8"}
 HOLD = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); " \
        "print('held', flush=True); time.sleep(60)"
@@ -27,15 +29,8 @@ def test_a_running_run_whose_process_is_gone_reads_as_stopped_and_resumes(tmp_pa
         holder.wait()
     assert not RunLock.held(run.path) and run.status == "stopped"
     assert live_status(run.path, "interrupted") == "interrupted"  # only "running" is checked
-    lines = []
-
-    class UI:
-        def log(self, msg):
-            lines.append(msg)
-
-        def progress(self, desc):
-            return None
-
-    done = prunegreedy.resume(run.path, ui=UI())
+    ui = LinesUI()
+    done = prunegreedy.resume(run.path, ui=ui)
+    lines = ui.lines
     assert done.status == "finished" and done.stages.stage.max() == 4
     assert f"resuming {run.path} after stage 3 (run.json said running, but its process was gone: stopped)" in lines
