@@ -14,7 +14,7 @@ from prunegreedy.deploy.network import deployable, fold_trained
 from prunegreedy.errors import ConfigError
 from prunegreedy.measure.size import count_macs, count_params, output_shape
 from prunegreedy.nn.blocks import ConvBlock
-from prunegreedy.nn.heads import HEADS, MLPSRHead, PooledHead
+from prunegreedy.nn.heads import HEADS, MaxHead, MLPSRHead, PooledHead
 from prunegreedy.nn.network import build_network, make_head
 from prunegreedy.nn.plans import make_plan
 from prunegreedy.nn.spec import StageSpec
@@ -41,7 +41,11 @@ def tiny_network(head: str):
 #   pooled k=1: BN(8) 16, fc 32*10+10 = 330                                         -> 346
 #   mlp-sr: conv1x1 8*4 + 4*4 + 4*4 = 64, three BN(4) 24, fc1 16*4 = 64, BN1d(4) 8,
 #           fc 4*10+10 = 50                                                         -> 210
-CASES = [("pooled", 2, 474), ("pooled", 1, 346), ("mlp-sr", 2, 210), ("aux", 2, 474)]
+#   max k=2: conv3x3 8*4*9 = 288, BN(4) 8, fc 4*10 (no bias) = 40                   -> 336
+#   max k=1: fc 8*10 = 80                                                           -> 80
+CASES = [("pooled", 2, 474), ("pooled", 1, 346), ("mlp-sr", 2, 210), ("aux", 2, 474), ("max", 2, 336),
+         ("max", 1, 80)]
+STAGE_HEADS = [name for name in HEADS if name != "vgg"]  # vgg is VGG's own classifier, not a stage's head
 
 
 @pytest.mark.parametrize("name,k,params", CASES)
@@ -72,7 +76,7 @@ def test_pooled_heads_cost_a_fraction_of_the_paper_head():
     assert stage.head == "aux"
 
 
-@pytest.mark.parametrize("name", ["aux", "pooled", "mlp-sr"])
+@pytest.mark.parametrize("name", STAGE_HEADS)
 def test_folded_export_equals_the_trained_network(name, tmp_path):
     net, heads, spec = tiny_network(name)
     with torch.no_grad():  # non-trivial BN statistics, so folding has something to fold
@@ -97,14 +101,14 @@ def test_folded_export_equals_the_trained_network(name, tmp_path):
         assert torch.equal(loaded(x), folded(x))
 
 
-@pytest.mark.parametrize("name", ["aux", "pooled", "mlp-sr"])
+@pytest.mark.parametrize("name", STAGE_HEADS)
 def test_pruning_a_block_shrinks_any_heads_input(name):
     head = make_head(16, StageSpec(16, head_width=8, head=name), 10, (8, 8))
     block = ConvBlock(4, 16)
     removed = prune_stage(block, head, None, (4, 8, 8), 0.5, "l1").cuts[0].removed
     assert len(removed) == 8 and block.conv.out_channels == 8 and head.spec()["in_channels"] == 8
     assert head(block(torch.randn(2, 4, 8, 8))).shape == (2, 10)
-    assert isinstance(head, (PooledHead, MLPSRHead)) or name == "aux"
+    assert isinstance(head, (PooledHead, MLPSRHead, MaxHead)) or name == "aux"
 
 
 def test_paper_recipes_still_build_the_aux_head_and_model_head_replaces_it():
@@ -112,14 +116,14 @@ def test_paper_recipes_still_build_the_aux_head_and_model_head_replaces_it():
         assert {s.head for s in make_plan(plan)} == {"aux"}
     assert {s.head for s in make_plan("cifar10-k2", head="mlp-sr")} == {"mlp-sr"}
     assert [s.head for s in make_plan("vgg11", head="pooled")] == ["pooled"] * 7 + ["vgg"]
-    with pytest.raises(ConfigError, match="unknown model.head 'mlp'; valid: aux, pooled, mlp-sr, vgg"):
+    with pytest.raises(ConfigError, match="unknown model.head 'mlp'; valid: aux, pooled, mlp-sr, max, vgg"):
         make_plan("cifar10-k2", head="mlp")
     with pytest.raises(ConfigError, match=r"model.head_pool 32 is larger than stage 3's 16x16 map; valid: 1 to 16"):
         make_plan("cifar10-k2", head="pooled", head_pool=32, input_size=32)
 
 
 @pytest.mark.parametrize("sets,message", [
-    (["model.head=mlp"], "error: unknown model.head 'mlp'; valid: aux, pooled, mlp-sr, vgg"),
+    (["model.head=mlp"], "error: unknown model.head 'mlp'; valid: aux, pooled, mlp-sr, max, vgg"),
     (["model.head=pooled", "model.head_pool=17"],
      "error: model.head_pool 17 is larger than stage 3's 16x16 map; valid: 1 to 16"),
     (["model.head=pooled", "model.head_pool=0"], "error: model.head_pool must be at least 1, got 0"),

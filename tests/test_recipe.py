@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -14,11 +15,14 @@ from prunegreedy.config import TrainConfig
 from prunegreedy.data import base as data_base
 from prunegreedy.data.augment import Augment, alternate_half, translate_flip
 from prunegreedy.errors import ConfigError
+from prunegreedy.compress.network import cut_stage
 from prunegreedy.nn.fastcifar import FastCifar
+from prunegreedy.nn.network import build_network
 from prunegreedy.nn.layers import Whiten, dirac_
 from prunegreedy.nn.models import build_model, default_split
 from prunegreedy.train import loop as train_loop
 from prunegreedy.train import optim
+from prunegreedy.train.datainit import init_stage
 from prunegreedy.train.lookahead import Lookahead, decay_at
 from prunegreedy.train.schedules import lr_at
 from prunegreedy.train.tta import check_tta, evaluate_tta, tta_logits
@@ -235,7 +239,7 @@ def test_a_short_greedy_run_of_the_fast_net_pruned_records_plain_and_tta_accurac
     out = tmp_path / "fast"
     run = prunegreedy.fit("cifar10-fast-compress", out=out, set={
         "data": {"name": "cifar10-sample", "train_limit": 200, "test_limit": 100},
-        "train": {"epochs": 0.2}, "run": {"threads": 1, "quiet": True}})
+        "train": {"epochs": 1, "batch_size": 50, "lookahead_every": 0}, "run": {"threads": 1, "quiet": True}})
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "finished" and meta["widths"] == [32, 128, 128]
     assert 0 <= meta["final_acc"] <= 100 and 0 <= meta["final_acc_tta"] <= 100
@@ -243,6 +247,26 @@ def test_a_short_greedy_run_of_the_fast_net_pruned_records_plain_and_tta_accurac
     net = prunegreedy.load_network(out)
     assert net.whiten.weight.abs().sum() > 0  # the whitening filters set from data, saved and reloaded
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    saved = load_file(out / "model.safetensors")
+    scales = [k for k in saved if k.endswith(("norm1.weight", "norm2.weight"))]
+    assert len(scales) == 6 and all(torch.equal(saved[k], torch.ones_like(saved[k])) for k in scales), \
+        "a cut inside the schedule must leave the BN scales frozen at 1"
+
+
+def test_a_group_whose_input_was_cut_starts_from_a_fresh_dirac_init():
+    torch.manual_seed(0)
+    net = build_network("fastcifar-8-16-16", 10, 32)
+    block, head = net.stages[0].module, net.head(0, (8, 15, 15))
+    nxt = net.stages[1].module
+    cut_stage(net, 0, head, (3, 32, 32), 0.5, "l1", scope="all")
+    conv = next(m for m in nxt.modules() if isinstance(m, nn.Conv2d))  # the next group's first conv
+    zero = [i for i in range(16) if conv.weight[i].abs().sum() == 0]
+    assert len(zero) == 4  # dirac filters of the 4 removed input channels of the first 8
+    assert init_stage(nxt) == 1 and init_stage(block) == 1
+    w = conv.weight
+    assert w.shape == (16, 4, 3, 3) and all(w[i].abs().sum() > 0 for i in range(16))
+    x = torch.randn(1, 4, 6, 6)
+    assert torch.equal(F.conv2d(x, w[:4], padding=1), x)  # the identity on the 4 inputs it now has
 
 
 ALL_PARTS = {"lr_unit": "per1024", "lr": 11.5, "momentum": 0.85, "nesterov": True, "weight_decay": 0.0153,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..nn.heads import AuxHead, MLPSRHead, PooledHead, VGGHead
+from ..nn.heads import AuxHead, MaxHead, MLPSRHead, PooledHead, VGGHead
 
 
 def bn_affine(bn: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,9 +114,16 @@ def fold_mlp_sr_head(head: MLPSRHead, in_size: tuple[int, int]) -> MLPSRHead:
     return out
 
 
+def fold_max_head(head: MaxHead, in_size: tuple[int, int]) -> MaxHead:
+    out = MaxHead.from_spec({**head.spec(), "bn": False})
+    _fold_body(head.body, out.body)
+    out.fc.load_state_dict(head.fc.state_dict())
+    return out
+
+
 # Folding by head type; a head type without an entry cannot be exported with the network.
 HEAD_FOLDERS: dict[type, Callable[[nn.Module, tuple[int, int]], nn.Module]] = {
-    AuxHead: fold_head, PooledHead: fold_pooled_head, MLPSRHead: fold_mlp_sr_head,
+    AuxHead: fold_head, PooledHead: fold_pooled_head, MLPSRHead: fold_mlp_sr_head, MaxHead: fold_max_head,
     VGGHead: lambda head, in_size: copy.deepcopy(head)}
 
 

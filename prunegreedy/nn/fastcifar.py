@@ -38,6 +38,18 @@ class ConvGroup(nn.Module):
         self.norm2 = _bn(cout)
         self.act2 = make_activation(act)
 
+    @torch.no_grad()
+    def init_at_width(self) -> None:
+        """A fresh init at the current widths (train.datainit.init_stage): a cut of the previous group
+        leaves the dirac filters of its removed channels all zero, and a zero filter's gradient
+        through BatchNorm (eps 1e-12) is about 1e6 times too large."""
+        for conv in (self.conv1, self.conv2):
+            conv.reset_parameters()
+            dirac_(conv)
+        for norm in (self.norm1, self.norm2):
+            norm.reset_running_stats()
+            norm.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.norm1(self.pool(self.conv1(x))))
         return self.act2(self.norm2(self.conv2(x)))

@@ -226,6 +226,45 @@ class MLPSRHead(_ShrinkingHead):
         return cls(in_channels, stage.head_width, num_classes, _in_pool(stage, in_size), list(in_size))
 
 
+class MaxHead(_ShrinkingHead):
+    """airbench's classifier as an aux head: k-1 conv3x3+BN+GELU, global max pool, linear without bias,
+    logits x 1/9. The fast recipe's lr (per 1024, x64 on BN biases) is tuned for these logits; a head
+    with a BN before a biased linear diverges at it."""
+
+    TYPE = "max"
+    SCALE = 1 / 9
+    FIELDS: ClassVar[dict[str, type]] = {"in_channels": int, "hidden": int, "k": int, "num_classes": int,
+                                         "bn": bool}
+
+    def __init__(self, in_channels: int, hidden: int, k: int, num_classes: int, bn: bool = True):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self._args = {"hidden": hidden, "k": k, "num_classes": num_classes, "bn": bn}
+        self.shrink = nn.Identity()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(k - 1):
+            conv = nn.Conv2d(c, hidden, 3, padding=1, bias=not bn)
+            layers += [conv, nn.BatchNorm2d(hidden) if bn else nn.Identity(), nn.GELU()]
+            c = hidden
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(c, num_classes, bias=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.body[0].in_channels if len(self.body) else self.fc.in_features
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.body(z)), 1)) * self.SCALE
+
+    @classmethod
+    def for_stage(cls, in_channels: int, stage: StageSpec, num_classes: int,
+                  in_size: tuple[int, int] | None = None) -> MaxHead:
+        return cls(in_channels, stage.head_width, stage.k, num_classes)
+
+
 def _in_pool(stage: StageSpec, in_size: tuple[int, int] | None) -> int:
     if in_size is None:
         raise ValueError(f"the {stage.head} head needs the block's map size")
@@ -233,4 +272,5 @@ def _in_pool(stage: StageSpec, in_size: tuple[int, int] | None) -> int:
 
 
 # Head types by the name stored in specs and plans (`model.head`).
-HEADS: dict[str, type[nn.Module]] = {"aux": AuxHead, "pooled": PooledHead, "mlp-sr": MLPSRHead, "vgg": VGGHead}
+HEADS: dict[str, type[nn.Module]] = {"aux": AuxHead, "pooled": PooledHead, "mlp-sr": MLPSRHead, "max": MaxHead,
+                                     "vgg": VGGHead}

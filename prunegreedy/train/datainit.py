@@ -1,7 +1,9 @@
 """Initialisation from data: modules that set their weights from training images before training.
 
 A module declares it by a method `init_from_data(images)` taking normalised images (N, C, H, W);
-the run start calls every such submodule once, before stage 1 (a whitening stem).
+the run start calls every such submodule once, before stage 1 (a whitening stem). A module whose
+init depends on its input width (dirac's identity filters) declares `init_at_width()`, called before a
+greedy stage trains, at the width the previous stage's cut left it.
 """
 from __future__ import annotations
 
@@ -24,4 +26,12 @@ def init_from_data(model: nn.Module, ds: Dataset, norm: Normalize, seed: int, n:
     images = torch.cat([norm(ds.train_x[i.to(ds.train_x.device)]) for i in pick.split(1000)])
     for m in takers:
         m.init_from_data(images)
+    return len(takers)
+
+
+def init_stage(module: nn.Module) -> int:
+    """Call `init_at_width` of every submodule of a stage about to train that has one; return how many."""
+    takers = [m for m in module.modules() if callable(getattr(m, "init_at_width", None))]
+    for m in takers:
+        m.init_at_width()
     return len(takers)

@@ -246,6 +246,8 @@ def train(chain: Chain, ds: Dataset, norm: Normalize, cfg: TrainConfig, epochs: 
                     before = generator.get_state()
                     done[str(step)] = events[step]()
                     generator.set_state(before)
+                    if cfg.freeze_bn_scale:  # a cut makes new Parameters, trainable again
+                        freeze_bn_scales(chain.modules())
                     models, opts = build()
                     look = Lookahead(chain.modules()) if cfg.lookahead_every else None
                 rate = lr_at(step, total, lr, schedule, cfg, restart) * scale

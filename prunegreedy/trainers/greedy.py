@@ -18,6 +18,7 @@ from ..compress.network import next_of
 from ..config import Config
 from ..measure.size import output_shape
 from ..records import SENSITIVITY_FILE
+from ..train.datainit import init_stage
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
 from .common import PhaseRecorder, Session, stage_ratio
@@ -33,6 +34,7 @@ def greedy(cfg: Config, s: Session) -> list[nn.Module]:
         torch.manual_seed(cfg.run.seed * 1000 + j)  # weight init and random importance
         gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + j)  # batches and augmentation
         block, = s.to_device(net.module(j, in_shape[0]))
+        init_stage(block)
         head = train_stage(cfg, j, s.new_head(j, output_shape(block, in_shape)), in_shape, s, gen)
         heads.append(freeze(head))
         freeze(block)
