@@ -50,9 +50,6 @@ PROBE_EPOCHS = 0.25
 # fine-tuning after a cut after training, per 1024 examples like the recipe's lr (11.5): a fifth of it,
 # decaying linearly (not measured)
 FINETUNE = {"finetune_lr": 2.3, "finetune_schedule": "linear"}
-# End to end the network trains at airbench's own learning rate (per 1024 examples), which greedy
-# stages with aux heads do not survive (the recipes' 1.0): each method at the rate it trains best at.
-E2E = {"lr": 11.5}
 COLUMNS = ["run", "item", "seed", "recipe", "model", "trainer", "final_acc", "final_acc_tta", "params",
            "params_with_head", "macs", "seconds", "budget_seconds", "epochs"]
 
@@ -194,11 +191,10 @@ def main() -> None:
     if want("b") and "small-e2e" not in b.rows:  # (probes run only for runs still to do)
         small = "fastcifar-" + "-".join(str(w) for w in _widths(args.out / "greedy-r0.5"))
         b.run("small-e2e", "b", FAST, {"model": {"arch": small},
-                                       "train": {"trainer": "end-to-end", "total_epochs": b.e2e_epochs(small, budget), **E2E}},
+                                       "train": {"trainer": "end-to-end", "total_epochs": b.e2e_epochs(small, budget)}},
               budget)
     if want("c") and "pat" not in b.rows:
-        b.run("pat", "c", FAST, {"train": {"trainer": "end-to-end", "total_epochs": b.e2e_epochs(WIDE, budget, 0.8),
-                                           **E2E},
+        b.run("pat", "c", FAST, {"train": {"trainer": "end-to-end", "total_epochs": b.e2e_epochs(WIDE, budget, 0.8)},
                                  "compress": {"hook": "prune", "ratio": 0.5, "at": 1.0, "scope": "all",
                                               "finetune_epochs": b.e2e_epochs(WIDE, budget, 0.2), **FINETUNE}},
               budget)
@@ -207,7 +203,7 @@ def main() -> None:
     if want("d") or want("e"):
         d = b.run("greedy-r0", "d", FAST, ep(FAST))
     if want("e") and "wide-e2e" not in b.rows:
-        b.run("wide-e2e", "e", FAST, {"train": {"trainer": "end-to-end", **E2E,
+        b.run("wide-e2e", "e", FAST, {"train": {"trainer": "end-to-end",
                                                 "total_epochs": b.e2e_epochs(WIDE, d["seconds"])}}, d["seconds"])
     if want("f"):
         b.run("cpu-compress", "f", "cifar10-cpu-compress", ep("cifar10-cpu-compress"))
@@ -223,7 +219,9 @@ def main() -> None:
 
 
 def _widths(run: Path) -> list[int]:
-    return json.loads((run / "run.json").read_text())["widths"]
+    """The group widths of a finished fast network's run (a stage may hold several groups)."""
+    net = prunegreedy.load_network(run)
+    return [getattr(net, f"group{i + 1}").conv2.out_channels for i in range(net.n_groups)]
 
 
 if __name__ == "__main__":

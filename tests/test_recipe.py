@@ -241,12 +241,14 @@ def test_a_short_greedy_run_of_the_fast_net_pruned_records_plain_and_tta_accurac
         "data": {"name": "cifar10-sample", "train_limit": 200, "test_limit": 100},
         "train": {"epochs": 1, "batch_size": 50, "lookahead_every": 0}, "run": {"threads": 1, "quiet": True}})
     meta = json.loads((out / "run.json").read_text())
-    assert meta["status"] == "finished" and meta["widths"] == [32, 128, 128]
+    assert meta["status"] == "finished" and meta["widths"] == [128, 128]  # two stages: groups 1-2, group 3
     assert 0 <= meta["final_acc"] <= 100 and 0 <= meta["final_acc_tta"] <= 100
     assert math.isclose(meta["final_acc"], run.meta["final_acc"])
     net = prunegreedy.load_network(out)
     assert net.whiten.weight.abs().sum() > 0  # the whitening filters set from data, saved and reloaded
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert [net.group1.conv2.out_channels, net.group2.conv2.out_channels, net.group3.conv2.out_channels] == \
+        [32, 128, 128]
     saved = load_file(out / "model.safetensors")
     scales = [k for k in saved if k.endswith(("norm1.weight", "norm2.weight"))]
     assert len(scales) == 6 and all(torch.equal(saved[k], torch.ones_like(saved[k])) for k in scales), \

@@ -157,7 +157,7 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
 
 # What a recipe sets for its own network and a network named in its place does not inherit; the
 # options a network takes (heads, k) carry over, and any given here are checked by the network.
-RECIPE_NETWORK_OPTIONS = {"width_mult": 1.0, "widths": None}
+RECIPE_NETWORK_OPTIONS = {"width_mult": 1.0, "widths": None, "split": None}
 
 
 def _resolve(config, out, dataset, ui, options: dict):
