@@ -1,32 +1,52 @@
-"""A trained network compressed by half, three ways, from the same trained weights (a sketch: not run
-on full CIFAR-10 yet, no numbers measured):
+"""A trained network compressed by about half its MACs, three ways, from the same trained weights:
 
-  (a) --trainer compress: stage by stage, each stage cut, refit to the original's outputs and
-      fine-tuned alone against the original's features;
-  (b) Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained network, to
-      (a)'s MACs within 2 %, then end-to-end fine-tuning for the seconds (a) took;
-  (c) prune-after-training on the trained weights: every stage cut with no repair (--trainer
-      compress, compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
-      fine-tuned on the labels (compress.finetune_all_epochs) for about the seconds (a) took.
+  (a) stagewise           --trainer compress: stage by stage, each stage cut, refit to the original's
+                          outputs and fine-tuned alone against the original's features;
+  (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
+                          network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
+  (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
+                          compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
+                          fine-tuned on the labels (compress.finetune_all_epochs).
 
     python benchmarks/compress_trained.py --data-dir ~/data/cifar10-jpeg --out bench-compress [--model resnet56]
+    python benchmarks/compress_trained.py --data-dir prunegreedy/data/sample_data/cifar10-sample --out /tmp/c \
+        --epochs 0.2 --stage-epochs 0.1 --set data.train_limit=200 --set data.test_limit=100 \
+        --set run.threads=1 --csv /tmp/c/c.csv  # smoke
 
-The network is trained once end to end (OUT/trained, train.total_epochs --epochs) and its weights
-saved as OUT/trained.safetensors. One run after another (compare times only from an idle machine);
-finished runs in OUT are reused. Peak training memory is not measured here yet (to do: each
-method in its own process, its peak resident memory or torch.cuda.max_memory_allocated).
-Prints one CSV row per run.
+The network is trained once end to end (OUT/trained, --epochs) and its weights saved as
+OUT/trained.safetensors. Every method uses cifar10-cpu's optimiser and schedule: SGD with nesterov
+momentum 0.9, weight decay 5e-4 (none on BN and biases), batch 128, linear decay; the methods all
+fine-tune at its compress.finetune_lr 0.01, the trained network trains at its train.lr 0.1 with warm-up.
+(b) and (c) fine-tune for the seconds (a) spent cutting, refitting and fine-tuning (its stages.csv),
+less (b)'s own cut: their epochs come from a quarter-epoch probe of the pruned network ((c) probes
+(a)'s network, whose widths its cut repeats), so every method has about (a)'s wall clock.
+
+Each method runs in its own process, one after another (compare times only from an idle machine);
+the parent records the process's peak resident memory (os.wait4's ru_maxrss: peak_rss_mib) and, on
+CUDA, torch.cuda.max_memory_allocated (peak_cuda_mib). A process that only loads the dataset and the
+trained network (base) gives what every process holds before it trains (base_rss_mib,
+base_cuda_mib): training memory is peak minus base. The parent decodes the dataset once first, so
+no process's peak holds the decoding.
+Each finished run appends a row to the CSV (default reports/benchmarks/compress-trained.csv); runs
+already there for this seed are skipped, and finished run folders in OUT are reused (a run found
+finished without its bench.json, the measures of its process, is recorded without memory).
+--only runs a subset (the trained network and (a) run where the others need them). Prints a table.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from models import tp_global
-from runs import PrintUI, run_once
+from runs import PrintUI, finished, run_once
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,70 +58,239 @@ from prunegreedy.measure.size import count_macs, count_params
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import evaluate
 from prunegreedy.train.loop import Chain, train
+from prunegreedy.train.modes import autocast_dtype
 
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
+RUNS = {"trained": "trained", "a": "stagewise", "b": "tp-global", "c": "cut-then-finetune"}
+NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "b": ["trained", "a"], "c": ["trained", "a"]}
+BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json
+PROBE_EPOCHS = 0.25
+COLUMNS = ["run", "item", "seed", "model", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds",
+           "epochs", "peak_rss_mib", "base_rss_mib", "peak_cuda_mib", "base_cuda_mib"]
+MAXRSS_UNIT = 2 ** 20 if sys.platform == "darwin" else 2 ** 10  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def base_config(args) -> dict:
+    # the recipe's own width options are for its plan, not for a named model
+    model = {"arch": args.model, "width_mult": 1.0, "widths": None}
+    return config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)}, "model": model,
+                         "train": {"epochs": 1.0},  # per stage: unused here, the recipe's list is for its plan
+                         "run": {"quiet": True, "seed": args.seed}}, config.parse_set(args.set))
+
+
+def budget(out: Path) -> tuple[float, int]:
+    """(the seconds (a) spent in its phases: cuts, refits, fine-tuning; (a)'s MACs)."""
+    path = out / RUNS["a"]
+    if finished(path) is None:
+        raise SystemExit(f"(b) and (c) need (a)'s finished run folder {path} (its seconds and its network)")
+    seconds = float(pd.read_csv(path / "stages.csv")["seconds"].sum())
+    return round(seconds, 2), int(finished(path)["macs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# one item in this process (--child)
+
+def child(args) -> None:
+    base = base_config(args)
+    cfg = config.load(RECIPE, base)
+    device = runtime.resolve_device(cfg.run.device)
+    runtime.setup(device, cfg.run.threads)
+    ui = PrintUI()
+    ds = data_registry.load_dataset(cfg.data)
+    item, out = args.only, args.out
+    trained = {"model": {"weights": str(out / "trained.safetensors")}, "train": {"trainer": "compress"},
+               "compress": {"at": 1.0, "cuts": 1, "rewind": False, "hook": "prune", "ratio": 0.5}}
+    bench: dict = {"device": str(device)}
+    if item == "trained":
+        fresh = finished(out / "trained") is None  # else only its weights file was missing: nothing trains here
+        run_once("trained", RECIPE, {"train": {"trainer": "end-to-end", "total_epochs": args.epochs}}, base, out, ds,
+                 ui)
+        state = prunegreedy.load_network(out / "trained").state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "trained.safetensors"))
+        if not fresh:
+            return
+        bench["epochs"] = args.epochs
+    elif item == "base":  # what every process holds before it trains: the data where it trains, the network
+        _network, _data = prunegreedy.load_network(out / "trained").to(device), ds.to(device)
+        (out / "base").mkdir(exist_ok=True)
+    elif item == "a":
+        run_once(RUNS["a"], RECIPE, config.merge(trained, {"compress": {"finetune_epochs": args.stage_epochs}}), base,
+                 out, ds, ui)
+        bench["epochs"] = args.stage_epochs
+    elif item == "b":
+        bench.update(tp_recipe(args, cfg, ds.to(device), device))
+    elif item == "c":
+        seconds, _ = budget(out)
+        ds = ds.to(device)  # where the run trains (its own move is then a no-op)
+        model = prunegreedy.load_network(out / RUNS["a"])
+        epoch_s = epoch_seconds(model, ds, cfg, device)
+        del model
+        epochs = max(0.01, round(seconds / epoch_s, 3))
+        ui.log(f"(c): {epochs} epochs of fine-tuning for (a)'s {seconds} s ({epoch_s:.1f} s an epoch)")
+        run_once(RUNS["c"], RECIPE, config.merge(trained, {"compress": {
+            "finetune_epochs": 0, "reconstruct": 0, "finetune_all_epochs": epochs}}), base, out, ds, ui)
+        bench.update(budget_seconds=seconds, epochs=epochs)
+    if device.type == "cuda":
+        bench["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    folder = out / ("base" if item == "base" else RUNS[item])
+    (folder / BENCH).write_text(json.dumps(bench, indent=2) + "\n")
+
+
+def memory_format(cfg) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def epoch_seconds(model: nn.Module, ds, cfg, device: torch.device) -> float:
+    """Seconds an epoch of `model`'s end-to-end fine-tuning takes here, from a short run on a copy."""
+    trial = copy.deepcopy(model).train().requires_grad_(True)
+    trial = trial.to(device, memory_format=memory_format(cfg))
+    norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
+    stats = train(Chain([(trial, nn.Identity())]), ds, norm, cfg.train, PROBE_EPOCHS, cfg.compress.finetune_lr,
+                  cfg.compress.finetune_schedule, device, torch.Generator().manual_seed(cfg.run.seed)).stats[0]
+    return stats.seconds / PROBE_EPOCHS
+
+
+def tp_recipe(args, cfg, ds, device: torch.device) -> dict:
+    """Torch-Pruning's global group-L1 cut of the trained network to (a)'s MACs, then end-to-end
+    fine-tuning for (a)'s phase seconds less the cut's; recorded as tp-global/result.json."""
+    path = args.out / RUNS["b"]
+    path.mkdir(parents=True, exist_ok=True)
+    seconds, target_macs = budget(args.out)
+    t0 = time.perf_counter()
+    pruned = tp_global(prunegreedy.load_network(args.out / "trained"), target_macs, ds.image_shape)
+    cut_s = time.perf_counter() - t0
+    pruned = pruned.train().requires_grad_(True)
+    pruned = pruned.to(device, memory_format=memory_format(cfg))
+    epoch_s = epoch_seconds(pruned, ds, cfg, device)
+    epochs = max(0.01, round((seconds - cut_s) / epoch_s, 3))
+    PrintUI().log(f"(b): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of (a)'s {seconds} s "
+                  f"({epoch_s:.1f} s an epoch)")
+    amp = autocast_dtype(cfg.train.amp, device)
+    norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
+    t1 = time.perf_counter()
+    train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, epochs, cfg.compress.finetune_lr,
+          cfg.compress.finetune_schedule, device, torch.Generator().manual_seed(args.seed))
+    acc, _ = evaluate(nn.Sequential(), pruned, nn.Identity(), ds, norm, cfg.train.eval_batch_size, device, amp)
+    result = {"trainer": "torch-pruning", "final_acc": round(acc, 4), "params": count_params(pruned),
+              "macs": count_macs(pruned.cpu(), ds.image_shape), "seconds": round(cut_s + time.perf_counter() - t1, 2)}
+    (path / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return {"budget_seconds": seconds, "epochs": epochs}
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: each item in a process of its own, a CSV row per finished run
+
+class Bench:
+    def __init__(self, args):
+        self.args, self.ui, self.warm = args, PrintUI(), False
+        done = pd.read_csv(args.csv) if args.csv.exists() else pd.DataFrame(columns=COLUMNS)
+        self.rows = {r["run"]: r for r in done[done.seed == args.seed].to_dict("records")}
+
+    def result(self, item: str) -> dict | None:
+        """The item's results in OUT (run.json or result.json, with its bench.json), or None: not run."""
+        folder = self.args.out / ("base" if item == "base" else RUNS[item])
+        bench = json.loads((folder / BENCH).read_text()) if (folder / BENCH).exists() else {}
+        if item == "base":
+            return bench or None
+        if item == "b":
+            meta = json.loads((folder / "result.json").read_text()) if (folder / "result.json").exists() else None
+        else:
+            meta = finished(folder)
+        if item == "trained" and not (self.args.out / "trained.safetensors").exists():
+            meta = None
+        return None if meta is None else {**meta, **bench}
+
+    def ensure(self, item: str) -> dict:
+        """The item's results, from its own process where OUT does not hold them yet."""
+        res = self.result(item)
+        if res is None:
+            for dep in NEEDS[item]:
+                self.ensure(dep)
+            self.spawn(item)
+            res = self.result(item)
+        return res
+
+    def spawn(self, item: str) -> None:
+        a = self.args
+        if not self.warm:  # decoded and cached once here, so no child's peak holds the decoding
+            data_registry.load_dataset(config.load(RECIPE, base_config(a)).data)
+            self.warm = True
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", item, "--data-dir", str(a.data_dir),
+               "--out", str(a.out), "--model", a.model, "--epochs", str(a.epochs), "--stage-epochs",
+               str(a.stage_epochs), "--seed", str(a.seed), *[x for s in a.set for x in ("--set", s)]]
+        path = a.out / ("base" if item == "base" else RUNS[item]) / BENCH
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        self.ui.log(f"({item}): its own process")
+        proc = subprocess.Popen(cmd)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak (RUSAGE_CHILDREN: the max of all so far)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"({item}) failed (exit status {proc.returncode})")
+        if not path.exists() or path.stat().st_mtime_ns == stamp:  # it trained nothing: its peak measures nothing
+            return
+        bench = json.loads(path.read_text())
+        bench["peak_rss_mib"] = round(usage.ru_maxrss * MAXRSS_UNIT / 2 ** 20, 1)
+        path.write_text(json.dumps(bench, indent=2) + "\n")
+        self.ui.log(f"({item}): peak resident memory {bench['peak_rss_mib']} MiB")
+
+    def record(self, item: str, quiet: bool = False) -> dict:
+        """The item's CSV row (and those of the runs it needs), its run made unless recorded already."""
+        name = RUNS[item]
+        if name in self.rows:
+            if not quiet:
+                self.ui.log(f"{name}: in {self.args.csv} already, skipped")
+            return self.rows[name]
+        for dep in NEEDS[item]:
+            if dep in RUNS:
+                self.record(dep, quiet=True)
+        res, base = self.ensure(item), self.ensure("base")
+        if "peak_rss_mib" not in res:
+            self.ui.log(f"{name}: finished in {self.args.out} without its process's measures; recorded without memory "
+                        f"and epochs")
+        row = {"run": name, "item": item, "seed": self.args.seed, "model": self.args.model,
+               "trainer": res.get("trainer"), "final_acc": res["final_acc"], "params": res["params"],
+               "macs": res["macs"], "seconds": res["seconds"], "budget_seconds": res.get("budget_seconds"),
+               "epochs": res.get("epochs"), "peak_rss_mib": res.get("peak_rss_mib"),
+               "base_rss_mib": base.get("peak_rss_mib"), "peak_cuda_mib": res.get("peak_cuda_mib"),
+               "base_cuda_mib": base.get("peak_cuda_mib")}
+        csv = self.args.csv
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        self.rows[name] = row
+        return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="run folders")
+    ap.add_argument("--csv", type=Path, default=Path("reports/benchmarks/compress-trained.csv"))
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--epochs", type=float, default=16.0, help="end-to-end epochs of the trained network")
+    ap.add_argument("--epochs", type=float, default=8.0, help="end-to-end epochs of the trained network")
     ap.add_argument("--stage-epochs", type=float, default=1.0, help="(a): fine-tuning epochs of each stage")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
+    ap.add_argument("--only", default="trained,a,b,c", help="the items to run, comma separated, of trained, base, "
+                    "a, b, c (the trained network and a run where the others need them and they are not recorded "
+                    "yet; base, measured once in OUT, where any row needs it)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
     args = ap.parse_args()
-    runtime.setup(torch.device("cpu"), None)
-    ui = PrintUI()
-    # the recipe's own width options are for its plan, not for a named model
-    model = {"arch": args.model, "width_mult": 1.0, "widths": None}
-    base = config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)}, "model": model,
-                         "train": {"epochs": 1.0},  # per stage: unused here, the recipe's list is for its plan
-                         "run": {"quiet": True, "seed": args.seed}}, config.parse_set(args.set))
-    ds = data_registry.load_dataset(config.load(RECIPE, base).data)
+    args.out = args.out.resolve()
+    items = args.only.split(",")
+    unknown = [i for i in items if i not in NEEDS]
+    if unknown or (args.child and len(items) != 1):
+        ap.error(f"--only takes items of {', '.join(NEEDS)} (one with --child), got {args.only}")
     args.out.mkdir(parents=True, exist_ok=True)
-    metas = {"trained": run_once("trained", RECIPE, {"train": {"trainer": "end-to-end", "total_epochs": args.epochs}},
-                                 base, args.out, ds, ui)}
-    weights = args.out / "trained.safetensors"
-    if not weights.exists():
-        state = prunegreedy.load_network(args.out / "trained").state_dict()
-        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-    epoch_s = float(pd.read_csv(args.out / "trained" / "stages.csv")["seconds"].sum()) / args.epochs
-    trained = {"model": {"weights": str(weights)}, "train": {"trainer": "compress"},
-               "compress": {"at": 1.0, "cuts": 1, "rewind": False}}  # the recipe cuts inside its schedule
-    metas["stagewise"] = run_once("stagewise", RECIPE, config.merge(trained, {
-        "compress": {"hook": "prune", "ratio": 0.5, "finetune_epochs": args.stage_epochs}}), base, args.out, ds, ui)
-    budget_epochs = round(metas["stagewise"]["seconds"] / epoch_s, 2)  # what (a)'s seconds buy end to end
-    metas["cut-then-finetune"] = run_once("cut-then-finetune", RECIPE, config.merge(trained, {
-        "compress": {"hook": "prune", "ratio": 0.5, "finetune_epochs": 0, "reconstruct": 0,
-                     "finetune_all_epochs": budget_epochs}}), base, args.out, ds, ui)
-    metas["tp-global"] = tp_recipe(args, metas["stagewise"]["macs"], budget_epochs, base, ds)
-    print("run,trainer,test_acc,params,macs,seconds")
-    for name, m in metas.items():
-        print(f"{name},{m.get('trainer')},{m['final_acc']},{m['params']},{m['macs']},{m['seconds']}")
-
-
-def tp_recipe(args, target_macs: int, epochs: float, base: dict, ds) -> dict:
-    """Torch-Pruning's global group-L1 cut of the trained network to `target_macs`, then `epochs` of
-    end-to-end fine-tuning; recorded as tp-global/result.json."""
-    path = args.out / "tp-global"
-    if (path / "result.json").exists():
-        return json.loads((path / "result.json").read_text())
-    path.mkdir(parents=True, exist_ok=True)
-    model = prunegreedy.load_network(args.out / "trained")
-    pruned = tp_global(model, target_macs, ds.image_shape).train().requires_grad_(True)
-    cfg = config.load(RECIPE, base)
-    norm = Normalize(ds.mean, ds.std, torch.device("cpu"), cfg.train.channels_last)
-    pruned = pruned.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(args.seed)
-    stats = train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, epochs, cfg.compress.finetune_lr,
-                  cfg.compress.finetune_schedule, torch.device("cpu"), gen).stats[0]
-    acc, _ = evaluate(nn.Sequential(), pruned, nn.Identity(), ds, norm, 500, torch.device("cpu"))
-    result = {"trainer": "torch-pruning", "final_acc": round(acc, 2), "params": count_params(pruned),
-              "macs": count_macs(pruned, ds.image_shape), "seconds": round(stats.seconds, 1)}
-    (path / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    if args.child:
+        return child(args)
+    b = Bench(args)
+    for item in NEEDS:
+        if item in items:
+            b.ensure("base") if item == "base" else b.record(item)
+    rows = pd.DataFrame([b.rows[RUNS[i]] for i in RUNS if RUNS[i] in b.rows], columns=COLUMNS)
+    rows["train_rss_mib"] = rows.peak_rss_mib - rows.base_rss_mib
+    print(rows[["item", "run", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds", "epochs",
+                "peak_rss_mib", "base_rss_mib", "train_rss_mib"]].to_string(index=False))
 
 
 if __name__ == "__main__":
