@@ -181,6 +181,7 @@ def main() -> None:
     probe_cfg = config.load(FAST, config.merge({"data": {"name": "cifar10", "data_dir": str(args.data_dir)}},
                                                config.parse_set(args.set)))
     ds = data_registry.load_dataset(probe_cfg.data)
+    args.out = args.out / f"seed{args.seed}"  # a run folder is reused only for its own seed
     args.out.mkdir(parents=True, exist_ok=True)
     b = Bench(args, ds, ui)
     ep = lambda recipe: {"train": {"epochs": scaled_epochs(recipe, args.epoch_scale)}}  # noqa: E731

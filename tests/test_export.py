@@ -106,7 +106,7 @@ def _widen_last_head(spec):  # builds (a wider hidden layer) but no longer match
 
 @pytest.mark.parametrize("edit, message, before_build", [
     (lambda s: s["network"]["heads"]["1"].update(type="resnet"),
-     "head 1: unknown head type 'resnet'; valid: aux, pooled, mlp-sr, vgg", True),
+     "head 1: unknown head type 'resnet'; valid: aux, pooled, mlp-sr, max, vgg", True),
     (lambda s: s["network"]["args"]["widths"].__setitem__(0, 17),
      "pruning record cuts 16 filters of 'conv', which has 17", False),
     (_widen_last_head, "does not match its spec: 4.body.0.bias has shape (32,), spec says (33,)", False),

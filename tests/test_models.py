@@ -163,7 +163,7 @@ def test_blocks_and_heads_are_picked_by_name():
     assert isinstance(models_net.make_block(4, models_spec.StageSpec(16, True, False, 1, 16)), ConvBlock)  # old positional form
     with pytest.raises(ConfigError, match="unknown block type 'resnet'; valid: conv, vgg"):
         models_net.make_block(4, models_spec.StageSpec(16, block="resnet"))
-    with pytest.raises(ConfigError, match="unknown head type 'mlp'; valid: aux, pooled, mlp-sr, vgg"):
+    with pytest.raises(ConfigError, match="unknown head type 'mlp'; valid: aux, pooled, mlp-sr, max, vgg"):
         models_net.make_head(16, models_spec.StageSpec(16, head="mlp"), 10)
     explicit = models_plans.make_plan("vgg11", widths=[8, 8, 16, 16, 32, 32, 32, 32])  # widths keep block/pool/head
     assert [(s.block, s.pool, s.head, s.head_width) for s in explicit][-2:] == [
