@@ -30,6 +30,17 @@ def test_linear_schedule_with_warmup():
         train_schedules.lr_at(0, 10, 0.1, "exp", cfg)
 
 
+def test_warm_up_never_raises_the_lr_above_the_schedules():
+    """A warm-up of under a step once took that step at up to 1 / (warmup * steps) times the lr: 10x
+    for a one-step stage, which left efficientnet_b3's eval-mode outputs NaN after a short fit."""
+    cfg = TrainConfig(warmup=0.1)
+    assert train_schedules.lr_at(0, 1, 0.05, "linear", cfg) == 0.05  # was 0.5
+    assert train_schedules.lr_at(1, 15, 0.1, "constant", cfg) == 0.1  # was 0.1 * 2 / 1.5
+    assert train_schedules.lr_at(0, 15, 0.1, "constant", cfg) == pytest.approx(0.1 / 1.5)  # still a ramp
+    assert all(train_schedules.lr_at(s, total, 0.1, "constant", cfg) <= 0.1
+               for total in range(1, 40) for s in range(total))
+
+
 def test_a_restart_runs_the_schedule_again_over_the_steps_left():
     cfg = TrainConfig(warmup=0.1)
     assert train_schedules.lr_at(49, 100, 0.1, "linear", cfg, restart=50) == pytest.approx(0.1 * 0.51)
@@ -70,6 +81,22 @@ def test_evaluate_and_ensemble(sample):
     # weights 2/6 and 4/6: the later head wins
     assert train_evaluate.ensemble_accuracy([wrong, one_hot], sample.test_y) == 100.0
     assert train_evaluate.ensemble_accuracy([one_hot, wrong], sample.test_y) == 0.0
+
+
+def test_non_finite_eval_outputs_stop_with_the_first_module_that_made_them(sample):
+    """NaN logits once gave an accuracy (argmax picks class 0) and surfaced only at export."""
+    net = tiny_net().eval()
+    prefix, block, head = nn.Sequential(*net.blocks[:3]), net.blocks[3], net.heads[3]
+    with torch.no_grad():
+        head.bn.running_var[0] = -1.0  # a negative variance: NaN from the head's BN on
+    with pytest.raises(train_evaluate.NonFiniteOutputs,
+                       match=r"^eval-mode outputs became NaN or infinite, first at the head's bn \(BatchNorm2d\);"):
+        train_evaluate.evaluate(prefix, block, head, sample, cpu_norm(sample), 128, torch.device("cpu"))
+    with torch.no_grad():
+        net.blocks[1].bn.running_var[0] = -1.0  # earlier in the forward pass: the first one is named
+    with pytest.raises(train_evaluate.NonFiniteOutputs, match=r"first at bn \(BatchNorm2d\);"):
+        train_evaluate.evaluate(prefix, block, head, sample, cpu_norm(sample), 128, torch.device("cpu"))
+    assert not any(m.training for m in net.modules())  # modes as they were
 
 
 def test_evaluate_restores_each_modules_own_mode(sample):

@@ -46,7 +46,12 @@ SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: TrainConfig,
           restart: int | None = None) -> float:
     """Learning rate for optimizer step `step` of `total_steps`, with linear warm-up over cfg.warmup.
-    From step `restart` on, the schedule starts over across the steps that remain."""
+    From step `restart` on, the schedule starts over across the steps that remain.
+
+    The warm-up ramp (step + 1) / (warmup * total_steps) is capped at 1: uncapped, its last step
+    overshoots whenever warmup * total_steps is not whole, up to 1 / (warmup * total_steps) times the
+    lr; a one-step stage with warmup 0.1 took its step at 10x the lr, which left efficientnet_b3..b5's
+    eval-mode outputs NaN (BatchNorm's running statistics, one step old, no longer fit the weights)."""
     if restart is not None and step >= restart:
         step, total_steps = step - restart, total_steps - restart
     if schedule not in SCHEDULES:
@@ -54,5 +59,5 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: Train
     t = step / max(1, total_steps)
     factor = SCHEDULES[schedule](t, cfg)
     if cfg.warmup > 0 and t < cfg.warmup:
-        factor *= (step + 1) / (cfg.warmup * total_steps)
+        factor *= min(1.0, (step + 1) / (cfg.warmup * total_steps))
     return base_lr * factor
