@@ -44,6 +44,9 @@ class ModelConfig:
     k: int | None = None  # hidden layers of every aux head's problem (heads that take k); None = the network's
     head: str | None = None  # a key of nn.heads.HEADS replacing the plan's aux heads; None = the plan's
     head_pool: int | None = None  # pooled / mlp-sr heads pool the map to this side first; None = a quarter
+    # airbench's parts for the paper's blocks (the fast network has its own GELU and dirac init):
+    act: str = "relu"  # the blocks' activation, a key of nn.layers.ACTIVATIONS
+    dirac: bool = False  # each block's conv starts as a partial identity (nn.layers.dirac_) when it is made
     # A whole network instead of a plan: a key of nn.models.MODELS or torchvision:NAME (None = the plan).
     arch: str | None = None
     split: list[str] | None = None  # module names ending its stages; None = the model's registered default

@@ -11,15 +11,16 @@ from typer.testing import CliRunner
 
 import prunegreedy
 from prunegreedy.cli import app
-from prunegreedy.config import TrainConfig
+from prunegreedy.config import ModelConfig, TrainConfig
 from prunegreedy.data import base as data_base
 from prunegreedy.data.augment import Augment, alternate_half, translate_flip
 from prunegreedy.errors import ConfigError
 from prunegreedy.compress.network import cut_stage
 from prunegreedy.nn.fastcifar import FastCifar
-from prunegreedy.nn.network import build_network
+from prunegreedy.nn.network import build_network, options_of
 from prunegreedy.nn.layers import Whiten, dirac_
 from prunegreedy.nn.models import build_model, default_split
+from prunegreedy.nn.plans import PLANS
 from prunegreedy.train import loop as train_loop
 from prunegreedy.train import optim
 from prunegreedy.train.datainit import init_stage
@@ -309,3 +310,74 @@ def test_a_loop_resumed_with_lookahead_ends_where_the_uninterrupted_one_does(sam
     assert scalars["lookahead_count"] == 16 and not torch.equal(tensors["lookahead.0"], weights["0.conv.weight"])
     resumed, _ = run(train_loop.LoopState.from_saved(tensors, scalars), weights)
     assert same(whole, resumed)
+
+
+# model.act and model.dirac: airbench's activation and init for the paper's blocks.
+PAPER_TINY = {"data": {"train_limit": 200, "test_limit": 100}, "run": {"threads": 1, "quiet": True}}
+
+
+def _made_blocks(name: str, options: dict, seed: int = 0) -> list[nn.Module]:
+    """Every block of plan `name` made in order, each on the previous one's width, under `seed`."""
+    net = build_network(name, 10, 32, {"width_mult": 1 / 16, **options})
+    torch.manual_seed(seed)
+    c = 3
+    for j in range(len(net.stages)):
+        c = net.module(j, c).out_channels
+    return net.modules_of()
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_a_gelu_plan_has_gelu_in_every_block_and_a_relu_plan_keeps_todays_spec(name):
+    gelu, relu = _made_blocks(name, {"act": "gelu"}), _made_blocks(name, {})
+    assert [type(b.act) for b in gelu] == [nn.GELU] * len(gelu)
+    assert [type(b.act) for b in relu] == [nn.ReLU] * len(relu)
+    assert [b.spec() for b in gelu] == [{**b.spec(), "act": "gelu"} for b in relu]
+    assert all("act" not in b.spec() for b in relu)  # the spec every block wrote before blocks took an act
+    assert options_of(ModelConfig()) == {}  # today's options: nothing new in model.json's args
+
+
+@pytest.mark.parametrize("name, j", [("cifar10-k2", 0), ("cifar10-k2", 1), ("cifar10-k1", 1), ("vgg11", 1)])
+def test_dirac_makes_a_blocks_first_filters_the_identity_and_draws_nothing(name, j):
+    plain, dirac = _made_blocks(name, {})[j].conv, _made_blocks(name, {"dirac": True})[j].conv
+    n = min(dirac.in_channels, dirac.out_channels)
+    x = torch.randn(2, dirac.in_channels, 6, 6)
+    assert torch.equal(F.conv2d(x, dirac.weight[:n], padding=1), x[:, :n])
+    # the other filters (and every later draw) are the ones a plain block gets from the same seed
+    assert torch.equal(dirac.weight[n:], plain.weight[n:]) and not torch.equal(dirac.weight, plain.weight)
+
+
+def test_a_gelu_run_with_dirac_and_a_cut_reloads_and_exports_as_gelu(tmp_path, cache_dir):
+    run = prunegreedy.fit("quick", out=tmp_path / "run", prune_ratio=0.5, epochs=0.2, set={
+        **PAPER_TINY, "model": {"widths": [8, 8, 16, 16], "act": "gelu", "dirac": True}})
+    spec = json.loads((run.path / "model.json").read_text())
+    assert spec["args"]["act"] == "gelu" and spec["args"]["dirac"] is True
+    x = torch.randn(4, 3, 32, 32)
+    trained = run.backbone().to(memory_format=torch.contiguous_format)
+    reloaded = prunegreedy.load_network(run.path)
+    assert [type(b.act) for b in reloaded[:4]] == [nn.GELU] * 4
+    assert [b.conv.out_channels for b in reloaded[:4]] == [4, 4, 8, 8]
+    with torch.no_grad():
+        assert torch.equal(trained(x), reloaded(x))
+    summary = prunegreedy.export_run(run.path, tmp_path / "export", "native", with_head=True)
+    exported = prunegreedy.load_network(tmp_path / "export")
+    acts = [type(m) for m in exported[:4].modules() if isinstance(m, (nn.GELU, nn.ReLU))]  # stages: fx modules
+    assert summary["export_max_diff"] == 0.0 and acts == [nn.GELU] * 4
+    with torch.no_grad():  # BatchNorm folded into the convs: equal up to float rounding (export.TOLERANCE)
+        assert (exported(x) - reloaded(x)).abs().max().item() <= 1e-4 * max(1.0, reloaded(x).abs().max().item())
+
+
+NOT_DECLARED = "error: model.{opt} applies to the networks that declare it (the paper's nets: " + ", ".join(PLANS) + \
+    "); {net} takes model.k, model.head, model.head_pool"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.act=tanh"], "error: unknown model.act 'tanh'; valid: relu, gelu"),
+    (["--set", "model.dirac=maybe"], "error: model.dirac: expected true or false, got 'maybe'"),
+    (["--model", "resnet20", "--set", "model.act=gelu"], NOT_DECLARED.format(opt="act", net="resnet20")),
+    (["--model", "resnet20", "--set", "model.dirac=true"], NOT_DECLARED.format(opt="dirac", net="resnet20")),
+    (["--model", "fastcifar-8-16", "--set", "model.act=gelu"], NOT_DECLARED.format(opt="act", net="fastcifar-8-16")),
+])
+def test_bad_or_undeclared_act_and_dirac_are_one_line_exit_2_and_no_folder(tmp_path, cache_dir, args, message):
+    out = tmp_path / "bad"
+    res = runner.invoke(app, ["run", "--out", str(out), *args, *TINY])
+    assert res.exit_code == 2 and res.stderr.strip() == message and not out.exists(), res.output

@@ -108,7 +108,7 @@ class BlockCost:
 
 
 def _conv_block(stage: StageSpec, hw: tuple[int, int]) -> tuple[BlockCost, tuple[int, int]]:
-    # nn.blocks.ConvBlock: [psi] conv3x3 (bias only without BN) [BN] ReLU.
+    # nn.blocks.ConvBlock: [psi] conv3x3 (bias only without BN) [BN] activation (fvcore counts none).
     f = 4 if stage.psi else 1
     h, w = (hw[0] // 2, hw[1] // 2) if stage.psi else hw
     px = h * w
@@ -116,7 +116,7 @@ def _conv_block(stage: StageSpec, hw: tuple[int, int]) -> tuple[BlockCost, tuple
 
 
 def _vgg_block(stage: StageSpec, hw: tuple[int, int]) -> tuple[BlockCost, tuple[int, int]]:
-    # nn.blocks.VGGBlock: conv3x3 with bias, [BN], ReLU, [max-pool 2x2].
+    # nn.blocks.VGGBlock: conv3x3 with bias, [BN], activation, [max-pool 2x2].
     px = hw[0] * hw[1]
     out = (hw[0] // 2, hw[1] // 2) if stage.pool else hw
     return BlockCost(9 * px, 2 * px if stage.bn else 0, 9, 3 if stage.bn else 1), out

@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, cut_input
 from .heads import HEADS
+from .layers import ACTIVATIONS, dirac_
 from .models import MODELS, USER, build_model, default_split, is_model, registered_split
 from .plans import PLANS, make_plan
 from .spec import StageSpec
@@ -28,7 +29,7 @@ from .split import check_feature_maps, split_stages, stage_shapes
 
 OWN = "own"  # the last stage learns against the network's own tail (its pooling and classifier)
 # model.* options and the networks that take them: a paper plan takes all; a whole model its heads'.
-PLAN_OPTIONS = ("width_mult", "widths", "k", "head", "head_pool")
+PLAN_OPTIONS = ("width_mult", "widths", "k", "head", "head_pool", "act", "dirac")
 MODEL_OPTIONS = ("k", "head", "head_pool")
 
 
@@ -38,8 +39,13 @@ def _registered(table: dict, name: str, what: str):
     return table[name]
 
 
-def make_block(in_channels: int, stage: StageSpec) -> nn.Module:
-    return _registered(BLOCKS, stage.block, "block").for_stage(in_channels, stage)
+def make_block(in_channels: int, stage: StageSpec, dirac: bool = False) -> nn.Module:
+    """Stage's block on in_channels; `dirac`: its conv starts as a partial identity (nn.layers.dirac_),
+    at the width it is made at, so a block made after a cut needs no second init."""
+    block = _registered(BLOCKS, stage.block, "block").for_stage(in_channels, stage)
+    if dirac:
+        dirac_(block.conv)
+    return block
 
 
 def make_head(in_channels: int, stage: StageSpec, num_classes: int,
@@ -55,6 +61,7 @@ class Stage:
     spec: StageSpec
     module: nn.Module | None = None  # None until made (a made stage)
     made: bool = False  # made when its input width is known (declares narrow_input and cost)
+    dirac: bool = False  # a made stage's conv starts as a partial identity (model.dirac)
 
     def narrow_input(self, removed: list[int]) -> None:
         """Drop the input channels fed by the previous stage's removed filters (psi: 4 per filter)."""
@@ -92,7 +99,7 @@ class Network:
         """Stage j's module; a made stage is made now on `in_channels` (its seed is the caller's)."""
         stage = self.stages[j]
         if stage.module is None:
-            stage.module = make_block(in_channels, stage.spec)
+            stage.module = make_block(in_channels, stage.spec, stage.dirac)
             self.model.blocks.append(stage.module)
         return stage.module
 
@@ -119,7 +126,8 @@ def network_name(model_cfg) -> str:
 
 def options_of(model_cfg) -> dict:
     """The model.* options set away from their defaults: what the network is built with."""
-    defaults = {"width_mult": 1.0, "widths": None, "k": None, "head": None, "head_pool": None}
+    defaults = {"width_mult": 1.0, "widths": None, "k": None, "head": None, "head_pool": None, "act": "relu",
+                "dirac": False}
     return {k: getattr(model_cfg, k) for k, d in defaults.items() if getattr(model_cfg, k) != d}
 
 
@@ -179,7 +187,11 @@ def _plan_network(name: str, image_size: int, options: dict, args: dict) -> Netw
     if "k" in options:
         plan = [replace(s, k=options["k"]) for s in plan]
         _check_head(plan[0])
-    stages = [Stage(f"blocks.{j}", s, made=True) for j, s in enumerate(plan)]
+    if "act" in options:
+        if options["act"] not in ACTIVATIONS:
+            raise ConfigError(f"unknown model.act '{options['act']}'; valid: {', '.join(ACTIVATIONS)}")
+        plan = [replace(s, act=options["act"]) for s in plan]
+    stages = [Stage(f"blocks.{j}", s, made=True, dirac=options.get("dirac", False)) for j, s in enumerate(plan)]
     return Network(name, PlanNet(), stages, None, args)
 
 

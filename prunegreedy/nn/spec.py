@@ -21,6 +21,9 @@ class StageSpec:
     pool: bool = False  # 2x2 max-pool after the block (vgg blocks)
     head: str = "aux"  # a key of nn.heads.HEADS
     head_pool: int | None = None  # pooled / mlp-sr heads: side of the map they pool to first; None = a quarter
+    act: str = "relu"  # the block's activation, a key of nn.layers.ACTIVATIONS
+    # A spec describes the architecture, so an init (model.dirac) is no field of it: the weights loaded
+    # over a rebuilt block are the same whatever it started from.
 
 
 def check_fields(d: dict, fields: dict[str, type], where: str) -> None:
