@@ -19,7 +19,7 @@ INIT_IMAGES = 5000  # airbench whitens with the patches of 5,000 training images
 def init_from_data(model: nn.Module, ds: Dataset, norm: Normalize, seed: int, n: int = INIT_IMAGES) -> int:
     """Call `init_from_data` of every submodule that has one with n training images drawn with `seed`
     (a random subset: an image folder's split is sorted by class); return how many were called."""
-    takers = [m for m in model.modules() if callable(getattr(m, "init_from_data", None))]
+    takers = _declaring(model, "init_from_data")
     if not takers:
         return 0
     pick = torch.randperm(ds.num_train, generator=torch.Generator().manual_seed(seed))[:n]
@@ -31,7 +31,12 @@ def init_from_data(model: nn.Module, ds: Dataset, norm: Normalize, seed: int, n:
 
 def init_stage(module: nn.Module) -> int:
     """Call `init_at_width` of every submodule of a stage about to train that has one; return how many."""
-    takers = [m for m in module.modules() if callable(getattr(m, "init_at_width", None))]
+    takers = _declaring(module, "init_at_width")
     for m in takers:
         m.init_at_width()
     return len(takers)
+
+
+def _declaring(module: nn.Module, method: str) -> list[nn.Module]:
+    """The submodules of `module` (itself included) that declare `method`."""
+    return [m for m in module.modules() if callable(getattr(m, method, None))]

@@ -49,9 +49,8 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, cfg: Train
     From step `restart` on, the schedule starts over across the steps that remain.
 
     The warm-up ramp (step + 1) / (warmup * total_steps) is capped at 1: uncapped, its last step
-    overshoots whenever warmup * total_steps is not whole, up to 1 / (warmup * total_steps) times the
-    lr; a one-step stage with warmup 0.1 took its step at 10x the lr, which left efficientnet_b3..b5's
-    eval-mode outputs NaN (BatchNorm's running statistics, one step old, no longer fit the weights)."""
+    overshoots whenever warmup * total_steps is not whole (a one-step stage with warmup 0.1 would
+    step at 10x the lr, too far for BatchNorm's running statistics to follow)."""
     if restart is not None and step >= restart:
         step, total_steps = step - restart, total_steps - restart
     if schedule not in SCHEDULES:
