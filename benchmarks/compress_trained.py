@@ -4,6 +4,8 @@
                           outputs and fine-tuned alone against the original's features;
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
+  (a-kd) stagewise-kd    (a) with half of each stage's loss the original's logits through its frozen rest
+                          (compress.distill 0.5): which of the two is the default is chosen here;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
                           compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
                           fine-tuned on the labels (compress.finetune_all_epochs).
@@ -21,12 +23,18 @@ fine-tune at its compress.finetune_lr 0.01, the trained network trains at its tr
 less (b)'s own cut: their epochs come from a quarter-epoch probe of the pruned network ((c) probes
 (a)'s network, whose widths its cut repeats), so every method has about (a)'s wall clock.
 
-Each method runs in its own process, one after another (compare times only from an idle machine);
-the parent records the process's peak resident memory (os.wait4's ru_maxrss: peak_rss_mib) and, on
-CUDA, torch.cuda.max_memory_allocated (peak_cuda_mib). A process that only loads the dataset and the
-trained network (base) gives what every process holds before it trains (base_rss_mib,
-base_cuda_mib): training memory is peak minus base. The parent decodes the dataset once first, so
-no process's peak holds the decoding.
+Each method runs in its own process, one after another (compare times only from an idle machine),
+which records its own peak resident memory (peak_rss_mib: VmHWM on Linux, counted from the start of
+its program; ru_maxrss elsewhere) and, on CUDA, torch.cuda.max_memory_allocated (peak_cuda_mib).
+A process that only loads the dataset and the trained network (base) gives what every process
+holds before it trains (base_rss_mib, base_cuda_mib): training memory is peak minus base. The
+parent decodes the dataset once first, so no process's peak holds the decoding. On a CPU the
+resident peak is mostly what every process holds (data, library, evaluation, allocator caches),
+so each row also gives saved_mib: the activations
+autograd keeps for one training step at the recipe's batch (prunegreedy.measure.memory, exact):
+the whole network's for end-to-end training, the largest stage's for (a), whose prefix runs
+without a graph (and, for (a-kd), the frozen rest after the stage, which its logits' loss
+backpropagates through).
 Each finished run appends a row to the CSV (default reports/benchmarks/compress-trained.csv); runs
 already there for this seed are skipped, and finished run folders in OUT are reused (a run found
 finished without its bench.json, the measures of its process, is recorded without memory).
@@ -37,7 +45,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import subprocess
 import sys
 import time
@@ -54,20 +61,37 @@ import prunegreedy
 from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
+from prunegreedy.measure.memory import saved_activation_bytes
 from prunegreedy.measure.size import count_macs, count_params
+from prunegreedy.nn.models import default_split
+from prunegreedy.nn.network import build_network
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import evaluate
 from prunegreedy.train.loop import Chain, train
 from prunegreedy.train.modes import autocast_dtype
 
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
-RUNS = {"trained": "trained", "a": "stagewise", "b": "tp-global", "c": "cut-then-finetune"}
-NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "b": ["trained", "a"], "c": ["trained", "a"]}
+RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "b": "tp-global", "c": "cut-then-finetune"}
+NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "b": ["trained", "a"],
+         "c": ["trained", "a"]}
+DISTILL = {"a": 0.0, "a-kd": 0.5}  # compress.distill of the two stage-wise runs
 BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json
 PROBE_EPOCHS = 0.25
 COLUMNS = ["run", "item", "seed", "model", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds",
-           "epochs", "peak_rss_mib", "base_rss_mib", "peak_cuda_mib", "base_cuda_mib"]
+           "epochs", "peak_rss_mib", "base_rss_mib", "peak_cuda_mib", "base_cuda_mib", "saved_mib"]
 MAXRSS_UNIT = 2 ** 20 if sys.platform == "darwin" else 2 ** 10  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. On Linux, VmHWM: ru_maxrss there also counts what the
+    parent held when it forked this process (the decoded dataset), whatever this one uses."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        kib = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return round(int(kib) / 1024, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT / 2 ** 20, 1)
 
 
 def base_config(args) -> dict:
@@ -113,9 +137,9 @@ def child(args) -> None:
     elif item == "base":  # what every process holds before it trains: the data where it trains, the network
         _network, _data = prunegreedy.load_network(out / "trained").to(device), ds.to(device)
         (out / "base").mkdir(exist_ok=True)
-    elif item == "a":
-        run_once(RUNS["a"], RECIPE, config.merge(trained, {"compress": {"finetune_epochs": args.stage_epochs}}), base,
-                 out, ds, ui)
+    elif item in DISTILL:
+        run_once(RUNS[item], RECIPE, config.merge(trained, {"compress": {
+            "finetune_epochs": args.stage_epochs, "distill": DISTILL[item]}}), base, out, ds, ui)
         bench["epochs"] = args.stage_epochs
     elif item == "b":
         bench.update(tp_recipe(args, cfg, ds.to(device), device))
@@ -130,10 +154,35 @@ def child(args) -> None:
         run_once(RUNS["c"], RECIPE, config.merge(trained, {"compress": {
             "finetune_epochs": 0, "reconstruct": 0, "finetune_all_epochs": epochs}}), base, out, ds, ui)
         bench.update(budget_seconds=seconds, epochs=epochs)
+    bench["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         bench["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     folder = out / ("base" if item == "base" else RUNS[item])
     (folder / BENCH).write_text(json.dumps(bench, indent=2) + "\n")
+
+
+def saved_mib(model: nn.Module, name: str, shape: tuple[int, int, int], batch: int, stagewise: bool = False,
+              through_rest: bool = False) -> float:
+    """MiB of activations autograd keeps for one training step of `model` at `batch`: end to end, or
+    with `stagewise` its largest stage's (the stages before it without a graph; with
+    `through_rest`, the stages after it and the classifier frozen but in the graph)."""
+    model = model.train().requires_grad_(True)
+    net = build_network(name, 10, shape[1], module=model, split=default_split(name, shape))
+    stages, x = [s.module for s in net.stages], torch.randn(batch, *shape)
+    params = list(model.state_dict().values())
+
+    def step(j: int | None):
+        def forward():
+            if j is None:
+                return model(x)
+            with torch.no_grad():
+                h = nn.Sequential(*stages[:j])(x)
+            h = stages[j](h)
+            return nn.Sequential(*stages[j + 1:], net.tail)(h) if through_rest else h
+        return forward
+
+    steps = [step(j) for j in range(len(stages))] if stagewise else [step(None)]
+    return round(max(saved_activation_bytes(fn, params)[0] for fn in steps) / 2 ** 20, 1)
 
 
 def memory_format(cfg) -> torch.memory_format:
@@ -221,17 +270,10 @@ class Bench:
         path = a.out / ("base" if item == "base" else RUNS[item]) / BENCH
         stamp = path.stat().st_mtime_ns if path.exists() else None
         self.ui.log(f"({item}): its own process")
-        proc = subprocess.Popen(cmd)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak (RUSAGE_CHILDREN: the max of all so far)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise SystemExit(f"({item}) failed (exit status {proc.returncode})")
-        if not path.exists() or path.stat().st_mtime_ns == stamp:  # it trained nothing: its peak measures nothing
-            return
-        bench = json.loads(path.read_text())
-        bench["peak_rss_mib"] = round(usage.ru_maxrss * MAXRSS_UNIT / 2 ** 20, 1)
-        path.write_text(json.dumps(bench, indent=2) + "\n")
-        self.ui.log(f"({item}): peak resident memory {bench['peak_rss_mib']} MiB")
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit(f"({item}) failed")
+        if path.exists() and path.stat().st_mtime_ns != stamp:  # else it trained nothing: no peak to show
+            self.ui.log(f"({item}): peak resident memory {json.loads(path.read_text())['peak_rss_mib']} MiB")
 
     def record(self, item: str, quiet: bool = False) -> dict:
         """The item's CSV row (and those of the runs it needs), its run made unless recorded already."""
@@ -253,11 +295,24 @@ class Bench:
                "epochs": res.get("epochs"), "peak_rss_mib": res.get("peak_rss_mib"),
                "base_rss_mib": base.get("peak_rss_mib"), "peak_cuda_mib": res.get("peak_cuda_mib"),
                "base_cuda_mib": base.get("peak_cuda_mib")}
+        row["saved_mib"] = self.saved(item)
         csv = self.args.csv
         csv.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
         self.rows[name] = row
         return row
+
+
+    def saved(self, item: str) -> float:
+        """The item's saved_mib, from its network in OUT ((b)'s cut made again: it keeps no network)."""
+        a, cfg = self.args, config.load(RECIPE, base_config(self.args))
+        shape = (3, cfg.data.image_size, cfg.data.image_size)
+        if item == "b":
+            model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a.out)[1], shape)
+        else:
+            model = prunegreedy.load_network(a.out / RUNS[item])
+        return saved_mib(model, a.model, shape, cfg.train.batch_size, stagewise=item in DISTILL,
+                         through_rest=DISTILL.get(item, 0) > 0)
 
 
 def main() -> None:
@@ -270,9 +325,9 @@ def main() -> None:
     ap.add_argument("--stage-epochs", type=float, default=1.0, help="(a): fine-tuning epochs of each stage")
     ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="trained,a,b,c", help="the items to run, comma separated, of trained, base, "
-                    "a, b, c (the trained network and a run where the others need them and they are not recorded "
-                    "yet; base, measured once in OUT, where any row needs it)")
+    ap.add_argument("--only", default="trained,a,a-kd,b,c", help="the items to run, comma separated, of trained, "
+                    "base, a, a-kd, b, c (the trained network and a run where the others need them and they are not "
+                    "recorded yet; base, measured once in OUT, where any row needs it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
     args = ap.parse_args()
     args.out = args.out.resolve()
@@ -290,7 +345,7 @@ def main() -> None:
     rows = pd.DataFrame([b.rows[RUNS[i]] for i in RUNS if RUNS[i] in b.rows], columns=COLUMNS)
     rows["train_rss_mib"] = rows.peak_rss_mib - rows.base_rss_mib
     print(rows[["item", "run", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds", "epochs",
-                "peak_rss_mib", "base_rss_mib", "train_rss_mib"]].to_string(index=False))
+                "peak_rss_mib", "base_rss_mib", "train_rss_mib", "saved_mib"]].to_string(index=False))
 
 
 if __name__ == "__main__":
