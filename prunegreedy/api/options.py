@@ -12,7 +12,8 @@ from ..errors import ConfigError
 # Shown when `dataset="cifar10"` picks a recipe by itself.
 RECIPE_NOTES = {
     "cifar10-k2": "the paper's k=2 recipe (50 epochs per stage); a GPU is present; several hours on one GPU",
-    "cifar10-cpu": "the CPU recipe (k=2 net at half width, pooled heads, 20 epochs in all); no GPU found",
+    "cifar10-fast": "the CPU recipe (airbench's net and training parts at 64/256/256, two stages, 8 epochs in all); "
+                    "no GPU found",
 }
 
 
@@ -104,7 +105,7 @@ def choose_recipe(config: str | None, dataset: str | None, device: str, ui) -> s
     if dataset == "cifar10":
         from ..train.runtime import resolve_device
 
-        recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-cpu"
+        recipe = "cifar10-k2" if resolve_device(device).type == "cuda" else "cifar10-fast"
         ui.log(f"recipe: {recipe} - {RECIPE_NOTES[recipe]} (choose another with --config)")
         return recipe
     return "quick"
