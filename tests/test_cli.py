@@ -79,7 +79,8 @@ BAD = [
     (["--set", "train.total_epochs=-1"], "train.total_epochs must be a positive number, got -1.0"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys: trainer, epochs"),
     (["--set", "train.batch_size=big"], "train.batch_size: expected an integer, got 'big'"),
-    (["--epochs", "1,1"], "train.epochs lists 2 values but cifar10-k2 has 4 stages"),
+    (["--epochs", "1,1"], "train.epochs lists 2 values but cifar10-k2 has 4 stages; give --epochs E (every stage) "
+                          "or 4 values, e.g. --epochs 2,2,2,2"),
     (["--config", "nonesuch"], "config 'nonesuch' is neither a YAML file nor a recipe; recipes: cifar10-cpu"),
     (["--config", "{bad_yaml}"], "is not valid YAML at line 2"),
     (["--dataset", "cifar10", "--config", "quick", "--data-dir", "{missing}"], "does not exist"),
@@ -108,6 +109,21 @@ def test_bad_input_is_one_line_exit_2_and_no_folder(tmp_path, cache_dir, args, m
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
     assert "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_a_recipe_given_another_network_spreads_its_epochs_and_keeps_its_cuts_for_training_from_scratch():
+    from prunegreedy.api.run import _resolve
+    from prunegreedy.trainers.common import NullUI
+
+    resolve = lambda **o: _resolve("cifar10-fast", None, "cifar10-sample", NullUI(), o)[0]  # noqa: E731
+    cfg = resolve(model="resnet20")  # cifar10-fast's [4, 4] are its two stages' epochs
+    assert (cfg.train.epochs, cfg.model.split, cfg.compress.at, cfg.compress.scope) == (4.0, None, 0.5, "all")
+    assert resolve(model="resnet20", epochs=[1, 2, 3]).train.epochs == [1.0, 2.0, 3.0]
+    assert resolve().train.epochs == [4.0, 4.0]
+    c = resolve(model="resnet20", trainer="compress", weights="w.safetensors", prune_ratio=0.5).compress
+    assert (c.at, c.cuts, c.rewind, c.scope, c.ratio) == (1.0, 1, False, "internal", 0.5)
+    c = resolve(trainer="compress", set={"compress.scope": "all"}).compress
+    assert (c.at, c.scope) == (1.0, "all")
 
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "imagenet"])
@@ -145,7 +161,7 @@ def test_dataset_cifar10_without_config_names_the_recipe_it_chose(tmp_path, cach
     res = runner.invoke(app, ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 2
-    assert "recipe: cifar10-cpu - the CPU recipe" in res.stdout and "no GPU found" in res.stdout
+    assert "recipe: cifar10-fast - the CPU recipe" in res.stdout and "no GPU found" in res.stdout
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     res = runner.invoke(app, ["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
                               "--out", str(tmp_path / "r")])

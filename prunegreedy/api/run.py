@@ -158,6 +158,10 @@ def plan(config: str | None = None, out: str | Path | None = None, *, dataset: A
 # What a recipe sets for its own network and a network named in its place does not inherit; the
 # options a network takes (heads, k) carry over, and any given here are checked by the network.
 RECIPE_NETWORK_OPTIONS = {"width_mult": 1.0, "widths": None, "split": None}
+# What a recipe's cuts inside its schedule become for --trainer compress, which cuts a trained
+# network once per stage and repairs it against the original's features (scope internal: they
+# keep their width).
+COMPRESS_TRAINER_CUTS = {"at": 1.0, "cuts": 1, "rewind": False, "scope": "internal"}
 
 
 def _resolve(config, out, dataset, ui, options: dict):
@@ -173,6 +177,11 @@ def _resolve(config, out, dataset, ui, options: dict):
     recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
     if model is not None:  # another network than the recipe's: its widths were the recipe's network's
         over["model"] = {**RECIPE_NETWORK_OPTIONS, **over["model"]}
+        epochs = config_mod.load(recipe).train.epochs
+        if isinstance(epochs, list) and "epochs" not in over.get("train", {}):  # one per stage of its network
+            over.setdefault("train", {})["epochs"] = round(sum(epochs) / len(epochs), 4)
+    if over.get("train", {}).get("trainer") == "compress":
+        over["compress"] = {**COMPRESS_TRAINER_CUTS, **over.get("compress", {})}
     return config_mod.load(recipe, over), recipe, data, network
 
 

@@ -69,7 +69,8 @@ def check(cfg: Config, module: nn.Module | None = None) -> Network:
         check_tta(cfg.train.tta, data_shape(cfg.data)[1])
     n = len(net.stages)
     if isinstance(cfg.train.epochs, list) and len(cfg.train.epochs) != n:
-        raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but {net.name} has {n} stages")
+        raise ConfigError(f"train.epochs lists {len(cfg.train.epochs)} values but {net.name} has {n} stages; give "
+                          f"--epochs E (every stage) or {n} values, e.g. --epochs {','.join(['2'] * n)}")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but {net.name} has {n} stages")
     check_decisions(cfg, net, (3, side, side))  # budgets and sensitivity
