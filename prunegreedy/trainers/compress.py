@@ -17,8 +17,9 @@ compressed and frozen:
   - record the whole network (compressed prefix + original rest + classifier) after it.
 Only the stage trains; the rest, the prefix and the frozen copy of the original stay in eval mode.
 compress.finetune_all_epochs then fine-tunes the whole network on the labels (none by default).
-The feature loss alone is the default: the logits' loss puts the whole network back into each step's
-graph, and measured on resnet20 it gained 0.44 points for 1.22x the time (benchmarks/compress_trained.py).
+The feature loss alone is the default, so that one stage is in training memory at a time: the
+logits' loss puts the whole network back into each step's graph (on resnet20 it gained 0.44 and
+0.96 points for 1.22x and 1.14x the time: benchmarks/compress_trained.py).
 """
 from __future__ import annotations
 
