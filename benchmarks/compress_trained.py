@@ -2,10 +2,10 @@
 
   (a) stagewise           --trainer compress: stage by stage, each stage cut, refit to the original's
                           outputs and fine-tuned alone against the original's features;
+  (a-kd) stagewise-kd     (a) with half of each stage's loss the original's logits through its frozen rest
+                          (compress.distill 0.5): which of the two is the default is chosen here;
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
-  (a-kd) stagewise-kd    (a) with half of each stage's loss the original's logits through its frozen rest
-                          (compress.distill 0.5): which of the two is the default is chosen here;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
                           compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
                           fine-tuned on the labels (compress.finetune_all_epochs).
@@ -30,11 +30,10 @@ A process that only loads the dataset and the trained network (base) gives what 
 holds before it trains (base_rss_mib, base_cuda_mib): training memory is peak minus base. The
 parent decodes the dataset once first, so no process's peak holds the decoding. On a CPU the
 resident peak is mostly what every process holds (data, library, evaluation, allocator caches),
-so each row also gives saved_mib: the activations
-autograd keeps for one training step at the recipe's batch (prunegreedy.measure.memory, exact):
-the whole network's for end-to-end training, the largest stage's for (a), whose prefix runs
-without a graph (and, for (a-kd), the frozen rest after the stage, which its logits' loss
-backpropagates through).
+so each row also gives saved_mib: the activations autograd keeps for one training step at the
+recipe's batch (prunegreedy.measure.memory, exact): the whole network's for end-to-end training,
+the largest stage's for (a), whose prefix runs without a graph (and, for (a-kd), the frozen rest
+after the stage, which its logits' loss backpropagates through).
 Each finished run appends a row to the CSV (default reports/benchmarks/compress-trained.csv); runs
 already there for this seed are skipped, and finished run folders in OUT are reused (a run found
 finished without its bench.json, the measures of its process, is recorded without memory).
@@ -301,7 +300,6 @@ class Bench:
         pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
         self.rows[name] = row
         return row
-
 
     def saved(self, item: str) -> float:
         """The item's saved_mib, from its network in OUT ((b)'s cut made again: it keeps no network)."""

@@ -87,7 +87,6 @@ def test_the_time_at_this_machines_speed_scales_the_first_steps_by_the_plans_mac
     assert pace.on_step(10, 10) is None  # once
 
 
-
 def test_the_default_cpu_recipe_quotes_its_figures_only_for_the_machine_it_was_measured_on(monkeypatch):
     line = start_line(_cfg("cifar10-fast", prune_ratio=0.5), "cifar10-fast", CPU)
     assert line == ("recipe cifar10-fast: pruned by 0.5 (l1) inside each stage's schedule (a cut at 0.5 of it, no "
