@@ -177,12 +177,13 @@ def _resolve(config, out, dataset, ui, options: dict):
     recipe = choose_recipe(config, dataset, options.get("device") or "auto", ui)
     if model is not None:  # another network than the recipe's: its widths were the recipe's network's
         over["model"] = {**RECIPE_NETWORK_OPTIONS, **over["model"]}
-        epochs = config_mod.load(recipe).train.epochs
-        if isinstance(epochs, list) and "epochs" not in over.get("train", {}):  # one per stage of its network
-            over.setdefault("train", {})["epochs"] = round(sum(epochs) / len(epochs), 4)
     if over.get("train", {}).get("trainer") == "compress":
         over["compress"] = {**COMPRESS_TRAINER_CUTS, **over.get("compress", {})}
-    return config_mod.load(recipe, over), recipe, data, network
+    cfg = config_mod.load(recipe, over)
+    epochs = cfg.train.epochs
+    if model is not None and isinstance(epochs, list) and "epochs" not in over.get("train", {}):
+        cfg.train.epochs = round(sum(epochs) / len(epochs), 4)  # the recipe's list was one per stage of its network
+    return cfg, recipe, data, network
 
 
 def _user_network(model, split):
