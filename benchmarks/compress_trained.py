@@ -63,7 +63,7 @@ from prunegreedy.data.base import Normalize
 from prunegreedy.measure.memory import saved_activation_bytes
 from prunegreedy.measure.size import count_macs, count_params
 from prunegreedy.nn.models import default_split
-from prunegreedy.nn.network import build_network
+from prunegreedy.nn.split import split_stages
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import evaluate
 from prunegreedy.train.loop import Chain, train
@@ -166,8 +166,8 @@ def saved_mib(model: nn.Module, name: str, shape: tuple[int, int, int], batch: i
     with `stagewise` its largest stage's (the stages before it without a graph; with
     `through_rest`, the stages after it and the classifier frozen but in the graph)."""
     model = model.train().requires_grad_(True)
-    net = build_network(name, 10, shape[1], module=model, split=default_split(name, shape))
-    stages, x = [s.module for s in net.stages], torch.randn(batch, *shape)
+    stages, tail = split_stages(model, default_split(name, shape))
+    x = torch.randn(batch, *shape)
     params = list(model.state_dict().values())
 
     def step(j: int | None):
@@ -177,7 +177,7 @@ def saved_mib(model: nn.Module, name: str, shape: tuple[int, int, int], batch: i
             with torch.no_grad():
                 h = nn.Sequential(*stages[:j])(x)
             h = stages[j](h)
-            return nn.Sequential(*stages[j + 1:], net.tail)(h) if through_rest else h
+            return nn.Sequential(*stages[j + 1:], *[tail] * (tail is not None))(h) if through_rest else h
         return forward
 
     steps = [step(j) for j in range(len(stages))] if stagewise else [step(None)]
