@@ -2,8 +2,12 @@
 
   (a) stagewise           --trainer compress: stage by stage, each stage cut, refit to the original's
                           outputs and fine-tuned alone against the original's features;
-  (a-kd) stagewise-kd     (a) with half of each stage's loss the original's logits through its frozen rest
-                          (compress.distill 0.5): which of the two is the default is chosen here;
+  (a-kd) stagewise-kd     (a) with half of the loss of every stage but the first the original's logits
+                          through its frozen rest (compress.distill 0,0.5,0.5: the first stage's rest would
+                          be the largest graph); which loss is the default is chosen here;
+  (a-blocks)              (a) with one stage per residual block (--split layer1.0,...: each stage of the
+                          model's split cut into its children), the same fine-tuning epochs in all, spread
+                          over the blocks: a smaller largest stage, so less training memory;
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
@@ -17,8 +21,10 @@
 
 The network is trained once end to end (OUT/trained, --epochs) and its weights saved as
 OUT/trained.safetensors. Every method uses cifar10-cpu's optimiser and schedule: SGD with nesterov
-momentum 0.9, weight decay 5e-4 (none on BN and biases), batch 128, linear decay; the methods all
-fine-tune at its compress.finetune_lr 0.01, the trained network trains at its train.lr 0.1 with warm-up.
+momentum 0.9, weight decay 5e-4 (none on BN and biases), batch 128, linear decay; the trained network
+trains at its train.lr 0.1 with warm-up. (a) repairs its stages at compress.repair_lr (the trainer's
+default); (b) and (c) fine-tune on the labels once at each --finetune-lr (run folders and CSV rows
+tp-global-lr0.05, ...; column lr), so that each baseline is compared at its best learning rate.
 (b) and (c) fine-tune for the seconds (a) spent cutting, refitting and fine-tuning (its stages.csv),
 less (b)'s own cut: their epochs come from a quarter-epoch probe of the pruned network ((c) probes
 (a)'s network, whose widths its cut repeats), so every method has about (a)'s wall clock.
@@ -32,8 +38,8 @@ parent decodes the dataset once first, so no process's peak holds the decoding. 
 resident peak is mostly what every process holds (data, library, evaluation, allocator caches),
 so each row also gives saved_mib: the activations autograd keeps for one training step at the
 recipe's batch (prunegreedy.measure.memory, exact): the whole network's for end-to-end training,
-the largest stage's for (a), whose prefix runs without a graph (and, for (a-kd), the frozen rest
-after the stage, which its logits' loss backpropagates through).
+the largest stage's for (a), whose prefix runs without a graph (and, for (a-kd)'s later stages, the
+frozen rest after the stage, which their logits' loss backpropagates through).
 Each finished run appends a row to the CSV (default reports/benchmarks/compress-trained.csv); runs
 already there for this seed are skipped, and finished run folders in OUT are reused (a run found
 finished without its bench.json, the measures of its process, is recorded without memory).
@@ -62,7 +68,7 @@ from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
 from prunegreedy.measure.memory import saved_activation_bytes
 from prunegreedy.measure.size import count_macs, count_params
-from prunegreedy.nn.models import default_split
+from prunegreedy.nn.models import build_model, default_split
 from prunegreedy.nn.split import split_stages
 from prunegreedy.train import runtime
 from prunegreedy.train.evaluate import evaluate
@@ -70,14 +76,18 @@ from prunegreedy.train.loop import Chain, train
 from prunegreedy.train.modes import autocast_dtype
 
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
-RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "b": "tp-global", "c": "cut-then-finetune"}
-NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "b": ["trained", "a"],
+RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "a-blocks": "stagewise-blocks",
+        "b": "tp-global", "c": "cut-then-finetune"}
+SWEPT = ("b", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
+NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "a-blocks": ["trained"],
+         "b": ["trained", "a"],
          "c": ["trained", "a"]}
-DISTILL = {"a": 0.0, "a-kd": 0.5}  # compress.distill of the two stage-wise runs
+# the stage-wise runs: (stages: the model's split, or one per block; compress.distill of every stage but the first)
+STAGEWISE = {"a": ("stages", 0.0), "a-kd": ("stages", 0.5), "a-blocks": ("blocks", 0.0)}
 BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json
 PROBE_EPOCHS = 0.25
 COLUMNS = ["run", "item", "seed", "model", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds",
-           "epochs", "peak_rss_mib", "base_rss_mib", "peak_cuda_mib", "base_cuda_mib", "saved_mib"]
+           "epochs", "peak_rss_mib", "base_rss_mib", "peak_cuda_mib", "base_cuda_mib", "saved_mib", "lr"]
 MAXRSS_UNIT = 2 ** 20 if sys.platform == "darwin" else 2 ** 10  # ru_maxrss: bytes on macOS, KiB on Linux
 
 
@@ -91,6 +101,30 @@ def peak_rss_mib() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT / 2 ** 20, 1)
+
+
+def run_name(item: str, lr: float | None = None) -> str:
+    """The item's run folder and CSV name: (b) and (c) once per fine-tuning learning rate."""
+    return f"{RUNS[item]}-lr{lr:g}" if item in SWEPT else RUNS[item]
+
+
+def folder_of(out: Path, item: str, lr: float | None = None) -> Path:
+    return out / ("base" if item == "base" else run_name(item, lr))
+
+
+def stage_split(model: str, kind: str) -> list[str]:
+    """The model's registered split, or (blocks) each of its stages cut at every child module."""
+    split = default_split(model)
+    if kind == "stages":
+        return split
+    net = build_model(model, 10, 32)
+    return [f"{s}.{c}" for s in split for c, _ in net.get_submodule(s).named_children()]
+
+
+def distills(model: str, item: str) -> float | list[float]:
+    """compress.distill of a stage-wise run: none on the first stage."""
+    kind, late = STAGEWISE[item]
+    return 0.0 if late == 0 else [0.0] + [late] * (len(stage_split(model, kind)) - 1)
 
 
 def base_config(args) -> dict:
@@ -136,72 +170,76 @@ def child(args) -> None:
     elif item == "base":  # what every process holds before it trains: the data where it trains, the network
         _network, _data = prunegreedy.load_network(out / "trained").to(device), ds.to(device)
         (out / "base").mkdir(exist_ok=True)
-    elif item in DISTILL:
-        run_once(RUNS[item], RECIPE, config.merge(trained, {"compress": {
-            "finetune_epochs": args.stage_epochs, "distill": DISTILL[item]}}), base, out, ds, ui)
-        bench["epochs"] = args.stage_epochs
+    elif item in STAGEWISE:
+        split = stage_split(args.model, STAGEWISE[item][0])
+        epochs = round(args.stage_epochs * len(stage_split(args.model, "stages")) / len(split), 4)  # the same in all
+        over = {"model": {"split": split}, "compress": {"finetune_epochs": epochs, "distill": distills(args.model, item)}}
+        run_once(RUNS[item], RECIPE, config.merge(trained, over), base, out, ds, ui)
+        bench["epochs"] = epochs
     elif item == "b":
-        bench.update(tp_recipe(args, cfg, ds.to(device), device))
+        bench.update(tp_recipe(args, cfg, ds.to(device), device, args.finetune_lr))
     elif item == "c":
         seconds, _ = budget(out)
         ds = ds.to(device)  # where the run trains (its own move is then a no-op)
         model = prunegreedy.load_network(out / RUNS["a"])
-        epoch_s = epoch_seconds(model, ds, cfg, device)
+        epoch_s = epoch_seconds(model, ds, cfg, device, args.finetune_lr)
         del model
         epochs = max(0.01, round(seconds / epoch_s, 3))
         ui.log(f"(c): {epochs} epochs of fine-tuning for (a)'s {seconds} s ({epoch_s:.1f} s an epoch)")
-        run_once(RUNS["c"], RECIPE, config.merge(trained, {"compress": {
-            "finetune_epochs": 0, "reconstruct": 0, "finetune_all_epochs": epochs}}), base, out, ds, ui)
+        run_once(run_name("c", args.finetune_lr), RECIPE, config.merge(trained, {"compress": {
+            "finetune_epochs": 0, "reconstruct": 0, "finetune_all_epochs": epochs, "finetune_lr": args.finetune_lr}}),
+            base, out, ds, ui)
         bench.update(budget_seconds=seconds, epochs=epochs)
     bench["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         bench["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    folder = out / ("base" if item == "base" else RUNS[item])
+    folder = folder_of(out, item, args.finetune_lr)
     (folder / BENCH).write_text(json.dumps(bench, indent=2) + "\n")
 
 
-def saved_mib(model: nn.Module, name: str, shape: tuple[int, int, int], batch: int, stagewise: bool = False,
-              through_rest: bool = False) -> float:
+def saved_mib(model: nn.Module, shape: tuple[int, int, int], batch: int, split: list[str] | None = None,
+              distill: float | list[float] = 0.0) -> float:
     """MiB of activations autograd keeps for one training step of `model` at `batch`: end to end, or
-    with `stagewise` its largest stage's (the stages before it without a graph; with
-    `through_rest`, the stages after it and the classifier frozen but in the graph)."""
+    given the `split` of a stage-wise run its largest stage's (the stages before it without a graph;
+    on a stage with `distill` > 0, the stages after it and the classifier frozen but in the graph)."""
     model = model.train().requires_grad_(True)
-    stages, tail = split_stages(model, default_split(name, shape))
+    if split is None:
+        return round(saved_activation_bytes(lambda: model(torch.randn(batch, *shape)),
+                                            list(model.state_dict().values()))[0] / 2 ** 20, 1)
+    stages, tail = split_stages(model, split)
     x = torch.randn(batch, *shape)
     params = list(model.state_dict().values())
 
-    def step(j: int | None):
+    def step(j: int):
         def forward():
-            if j is None:
-                return model(x)
             with torch.no_grad():
                 h = nn.Sequential(*stages[:j])(x)
             h = stages[j](h)
+            through_rest = (distill[j] if isinstance(distill, list) else distill) > 0
             return nn.Sequential(*stages[j + 1:], *[tail] * (tail is not None))(h) if through_rest else h
         return forward
 
-    steps = [step(j) for j in range(len(stages))] if stagewise else [step(None)]
-    return round(max(saved_activation_bytes(fn, params)[0] for fn in steps) / 2 ** 20, 1)
+    return round(max(saved_activation_bytes(step(j), params)[0] for j in range(len(stages))) / 2 ** 20, 1)
 
 
 def memory_format(cfg) -> torch.memory_format:
     return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
 
-def epoch_seconds(model: nn.Module, ds, cfg, device: torch.device) -> float:
+def epoch_seconds(model: nn.Module, ds, cfg, device: torch.device, lr: float) -> float:
     """Seconds an epoch of `model`'s end-to-end fine-tuning takes here, from a short run on a copy."""
     trial = copy.deepcopy(model).train().requires_grad_(True)
     trial = trial.to(device, memory_format=memory_format(cfg))
     norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
-    stats = train(Chain([(trial, nn.Identity())]), ds, norm, cfg.train, PROBE_EPOCHS, cfg.compress.finetune_lr,
+    stats = train(Chain([(trial, nn.Identity())]), ds, norm, cfg.train, PROBE_EPOCHS, lr,
                   cfg.compress.finetune_schedule, device, torch.Generator().manual_seed(cfg.run.seed)).stats[0]
     return stats.seconds / PROBE_EPOCHS
 
 
-def tp_recipe(args, cfg, ds, device: torch.device) -> dict:
+def tp_recipe(args, cfg, ds, device: torch.device, lr: float) -> dict:
     """Torch-Pruning's global group-L1 cut of the trained network to (a)'s MACs, then end-to-end
-    fine-tuning for (a)'s phase seconds less the cut's; recorded as tp-global/result.json."""
-    path = args.out / RUNS["b"]
+    fine-tuning at `lr` for (a)'s phase seconds less the cut's; recorded as result.json."""
+    path = folder_of(args.out, "b", lr)
     path.mkdir(parents=True, exist_ok=True)
     seconds, target_macs = budget(args.out)
     t0 = time.perf_counter()
@@ -209,14 +247,14 @@ def tp_recipe(args, cfg, ds, device: torch.device) -> dict:
     cut_s = time.perf_counter() - t0
     pruned = pruned.train().requires_grad_(True)
     pruned = pruned.to(device, memory_format=memory_format(cfg))
-    epoch_s = epoch_seconds(pruned, ds, cfg, device)
+    epoch_s = epoch_seconds(pruned, ds, cfg, device, lr)
     epochs = max(0.01, round((seconds - cut_s) / epoch_s, 3))
     PrintUI().log(f"(b): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of (a)'s {seconds} s "
                   f"({epoch_s:.1f} s an epoch)")
     amp = autocast_dtype(cfg.train.amp, device)
     norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
     t1 = time.perf_counter()
-    train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, epochs, cfg.compress.finetune_lr,
+    train(Chain([(pruned, nn.Identity())]), ds, norm, cfg.train, epochs, lr,
           cfg.compress.finetune_schedule, device, torch.Generator().manual_seed(args.seed))
     acc, _ = evaluate(nn.Sequential(), pruned, nn.Identity(), ds, norm, cfg.train.eval_batch_size, device, amp)
     result = {"trainer": "torch-pruning", "final_acc": round(acc, 4), "params": count_params(pruned),
@@ -234,9 +272,9 @@ class Bench:
         done = pd.read_csv(args.csv) if args.csv.exists() else pd.DataFrame(columns=COLUMNS)
         self.rows = {r["run"]: r for r in done[done.seed == args.seed].to_dict("records")}
 
-    def result(self, item: str) -> dict | None:
+    def result(self, item: str, lr: float | None = None) -> dict | None:
         """The item's results in OUT (run.json or result.json, with its bench.json), or None: not run."""
-        folder = self.args.out / ("base" if item == "base" else RUNS[item])
+        folder = folder_of(self.args.out, item, lr)
         bench = json.loads((folder / BENCH).read_text()) if (folder / BENCH).exists() else {}
         if item == "base":
             return bench or None
@@ -248,25 +286,26 @@ class Bench:
             meta = None
         return None if meta is None else {**meta, **bench}
 
-    def ensure(self, item: str) -> dict:
+    def ensure(self, item: str, lr: float | None = None) -> dict:
         """The item's results, from its own process where OUT does not hold them yet."""
-        res = self.result(item)
+        res = self.result(item, lr)
         if res is None:
             for dep in NEEDS[item]:
                 self.ensure(dep)
-            self.spawn(item)
-            res = self.result(item)
+            self.spawn(item, lr)
+            res = self.result(item, lr)
         return res
 
-    def spawn(self, item: str) -> None:
+    def spawn(self, item: str, lr: float | None) -> None:
         a = self.args
         if not self.warm:  # decoded and cached once here, so no child's peak holds the decoding
             data_registry.load_dataset(config.load(RECIPE, base_config(a)).data)
             self.warm = True
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", item, "--data-dir", str(a.data_dir),
                "--out", str(a.out), "--model", a.model, "--epochs", str(a.epochs), "--stage-epochs",
-               str(a.stage_epochs), "--seed", str(a.seed), *[x for s in a.set for x in ("--set", s)]]
-        path = a.out / ("base" if item == "base" else RUNS[item]) / BENCH
+               str(a.stage_epochs), "--seed", str(a.seed), *[x for s in a.set for x in ("--set", s)],
+               *(["--finetune-lr", str(lr)] if lr is not None else [])]
+        path = folder_of(a.out, item, lr) / BENCH
         stamp = path.stat().st_mtime_ns if path.exists() else None
         self.ui.log(f"({item}): its own process")
         if subprocess.run(cmd).returncode != 0:
@@ -274,9 +313,9 @@ class Bench:
         if path.exists() and path.stat().st_mtime_ns != stamp:  # else it trained nothing: no peak to show
             self.ui.log(f"({item}): peak resident memory {json.loads(path.read_text())['peak_rss_mib']} MiB")
 
-    def record(self, item: str, quiet: bool = False) -> dict:
+    def record(self, item: str, lr: float | None = None, quiet: bool = False) -> dict:
         """The item's CSV row (and those of the runs it needs), its run made unless recorded already."""
-        name = RUNS[item]
+        name = run_name(item, lr)
         if name in self.rows:
             if not quiet:
                 self.ui.log(f"{name}: in {self.args.csv} already, skipped")
@@ -284,7 +323,7 @@ class Bench:
         for dep in NEEDS[item]:
             if dep in RUNS:
                 self.record(dep, quiet=True)
-        res, base = self.ensure(item), self.ensure("base")
+        res, base = self.ensure(item, lr), self.ensure("base")
         if "peak_rss_mib" not in res:
             self.ui.log(f"{name}: finished in {self.args.out} without its process's measures; recorded without memory "
                         f"and epochs")
@@ -294,23 +333,31 @@ class Bench:
                "epochs": res.get("epochs"), "peak_rss_mib": res.get("peak_rss_mib"),
                "base_rss_mib": base.get("peak_rss_mib"), "peak_cuda_mib": res.get("peak_cuda_mib"),
                "base_cuda_mib": base.get("peak_cuda_mib")}
-        row["saved_mib"] = self.saved(item)
+        row["saved_mib"] = self.saved(item, lr)
+        row["lr"] = lr if lr is not None else self.lr(item)
         csv = self.args.csv
         csv.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
         self.rows[name] = row
         return row
 
-    def saved(self, item: str) -> float:
+    def lr(self, item: str) -> float:
+        """The learning rate the item trained at: the network's own, or its stages' repair."""
+        cfg = config.load(RECIPE, base_config(self.args))
+        return cfg.train.lr if item == "trained" else cfg.compress.repair_lr
+
+    def saved(self, item: str, lr: float | None) -> float:
         """The item's saved_mib, from its network in OUT ((b)'s cut made again: it keeps no network)."""
         a, cfg = self.args, config.load(RECIPE, base_config(self.args))
         shape = (3, cfg.data.image_size, cfg.data.image_size)
         if item == "b":
             model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a.out)[1], shape)
         else:
-            model = prunegreedy.load_network(a.out / RUNS[item])
-        return saved_mib(model, a.model, shape, cfg.train.batch_size, stagewise=item in DISTILL,
-                         through_rest=DISTILL.get(item, 0) > 0)
+            model = prunegreedy.load_network(folder_of(a.out, item, lr))
+        if item not in STAGEWISE:
+            return saved_mib(model, shape, cfg.train.batch_size)
+        return saved_mib(model, shape, cfg.train.batch_size, stage_split(a.model, STAGEWISE[item][0]),
+                         distills(a.model, item))
 
 
 def main() -> None:
@@ -322,14 +369,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=8.0, help="end-to-end epochs of the trained network")
     ap.add_argument("--stage-epochs", type=float, default=1.0, help="(a): fine-tuning epochs of each stage")
     ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
+    ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (c): the learning rates of their end-to-end "
+                    "fine-tuning, one run each, comma separated (the best is theirs)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="trained,a,a-kd,b,c", help="the items to run, comma separated, of trained, "
-                    "base, a, a-kd, b, c (the trained network and a run where the others need them and they are not "
-                    "recorded yet; base, measured once in OUT, where any row needs it)")
+    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,b,c", help="the items to run, comma separated, of "
+                    "trained, base, a, a-kd, a-blocks, b, c (the trained network and a run where the others need them "
+                    "and they are not recorded yet; base, measured once in OUT, where any row needs it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
     args = ap.parse_args()
     args.out = args.out.resolve()
-    items = args.only.split(",")
+    items, lrs = args.only.split(","), [float(x) for x in args.finetune_lr.split(",")]
+    args.finetune_lr = lrs[0] if args.child else None
     unknown = [i for i in items if i not in NEEDS]
     if unknown or (args.child and len(items) != 1):
         ap.error(f"--only takes items of {', '.join(NEEDS)} (one with --child), got {args.only}")
@@ -339,10 +389,11 @@ def main() -> None:
     b = Bench(args)
     for item in NEEDS:
         if item in items:
-            b.ensure("base") if item == "base" else b.record(item)
-    rows = pd.DataFrame([b.rows[RUNS[i]] for i in RUNS if RUNS[i] in b.rows], columns=COLUMNS)
+            for lr in lrs if item in SWEPT else [None]:
+                b.ensure("base") if item == "base" else b.record(item, lr)
+    rows = pd.DataFrame(list(b.rows.values()), columns=COLUMNS)
     rows["train_rss_mib"] = rows.peak_rss_mib - rows.base_rss_mib
-    print(rows[["item", "run", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds", "epochs",
+    print(rows[["item", "run", "trainer", "lr", "final_acc", "params", "macs", "seconds", "budget_seconds", "epochs",
                 "peak_rss_mib", "base_rss_mib", "train_rss_mib", "saved_mib"]].to_string(index=False))
 
 

@@ -77,6 +77,9 @@ BAD = [
     (["--set", "compress.hook=magic"], "unknown compression hook 'magic'; valid: none, prune"),
     (["--trainer", "layerwise"], "unknown trainer 'layerwise'; valid: greedy, decoupled, end-to-end"),
     (["--set", "train.total_epochs=-1"], "train.total_epochs must be a positive number, got -1.0"),
+    (["--set", "train.lr=0"], "train.lr must be a positive number, got 0.0"),
+    (["--set", "compress.finetune_lr=-0.01"], "compress.finetune_lr must be a positive number, got -0.01"),
+    (["--set", "compress.repair_lr=inf"], "compress.repair_lr must be a positive number, got inf"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys: trainer, epochs"),
     (["--set", "train.batch_size=big"], "train.batch_size: expected an integer, got 'big'"),
     (["--epochs", "1,1"], "train.epochs lists 2 values but cifar10-k2 has 4 stages; give --epochs E (every stage) "

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CompressConfig
 from ..train.modes import freeze
 
 
@@ -30,10 +29,10 @@ def teacher_of(block: nn.Module, head: nn.Module) -> tuple[nn.Module, nn.Module]
     return freeze(copy.deepcopy(block)), freeze(copy.deepcopy(head))
 
 
-def distill_loss(teacher: tuple[nn.Module, nn.Module], cfg: CompressConfig, label_smoothing: float = 0.0):
-    """The loss of a chain pair (loop.Chain.loss) that also learns from the teacher's soft outputs."""
+def distill_loss(teacher: tuple[nn.Module, nn.Module], a: float, t: float, label_smoothing: float = 0.0):
+    """The loss of a chain pair (loop.Chain.loss) that also learns from the teacher's soft outputs:
+    (1 - a) x cross-entropy + a x t^2 KL(softened by temperature t)."""
     block, head = teacher
-    a, t = cfg.distill, cfg.distill_temperature
 
     def loss(j: int, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

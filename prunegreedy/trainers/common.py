@@ -73,8 +73,16 @@ def check(cfg: Config, module: nn.Module | None = None) -> Network:
                           f"--epochs E (every stage) or {n} values, e.g. --epochs {','.join(['2'] * n)}")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but {net.name} has {n} stages")
+    if isinstance(cfg.compress.distill, list) and len(cfg.compress.distill) != n:
+        raise ConfigError(f"compress.distill lists {len(cfg.compress.distill)} values but {net.name} has {n} stages; "
+                          f"give one weight (every stage) or {n}")
     check_decisions(cfg, net, (3, side, side))  # budgets and sensitivity
     return net
+
+
+def stage_distill(cfg: Config, stage: int, n: int) -> float:
+    """compress.distill's weight for this stage."""
+    return cfg.stage_value(cfg.compress.distill, 0.0, stage, n)
 
 
 def stage_ratio(cfg: Config, stage: int, n: int) -> float:

@@ -21,7 +21,7 @@ from ..records import SENSITIVITY_FILE
 from ..train.datainit import init_stage
 from ..train.loop import Chain, step_at, steps_of, train
 from ..train.modes import freeze
-from .common import PhaseRecorder, Session, stage_ratio
+from .common import PhaseRecorder, Session, stage_distill, stage_ratio
 
 
 def greedy(cfg: Config, s: Session) -> list[nn.Module]:
@@ -51,7 +51,7 @@ def train_stage(cfg: Config, j: int, head: nn.Module, in_shape: tuple[int, ...],
     net, n = s.net, len(s.net.stages)
     block, prefix_blocks = net.stages[j].module, net.modules_of(j)
     prefix = freeze(nn.Sequential(*prefix_blocks))
-    ratio = stage_ratio(cfg, j, n)
+    ratio, distill = stage_ratio(cfg, j, n), stage_distill(cfg, j, n)
     rec = PhaseRecorder(s, j, prefix_blocks, in_shape, ratio)
     epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
     hook = get_hook(cfg.compress.hook)
@@ -69,9 +69,9 @@ def train_stage(cfg: Config, j: int, head: nn.Module, in_shape: tuple[int, ...],
     def cut_to(cut_ratio: float, removed: dict | None = None) -> dict | None:
         """Cut the block to kept_filters(original width, cut_ratio) (or exactly `removed`), keep
         every cut so far in run.json as one record; distill from the uncut block after."""
-        if cfg.compress.distill > 0 and "teacher_block" not in modules:
+        if distill > 0 and "teacher_block" not in modules:
             modules["teacher_block"], modules["teacher_head"] = teacher = teacher_of(block, head)
-            chain.loss = distill_loss(teacher, cfg.compress, cfg.train.label_smoothing)
+            chain.loss = distill_loss(teacher, distill, cfg.compress.distill_temperature, cfg.train.label_smoothing)
         if removed is None:
             removed = hook.cut(replace(ctx, ratio=cut_ratio, widths=originals), cfg.compress, rec)
         else:
