@@ -99,9 +99,6 @@ class TrainConfig:
     whiten_bias_epochs: float | None = None  # epochs of each schedule a whitening stem's bias trains; None: all
 
 
-REPAIR_LR = 0.5  # compress.repair_lr's default
-
-
 @dataclass
 class CompressConfig:
     hook: str = "none"  # a key of compress.hooks.HOOKS
@@ -131,7 +128,7 @@ class CompressConfig:
     # measured 1.3 and 2.2 points below 0.5, and 1.0 within 0.2 of it (benchmarks/compress_trained.py). A rate
     # for a repair of hundreds of steps: a step or two at it moves the weights faster than BatchNorm's running
     # statistics follow
-    repair_lr: float = REPAIR_LR
+    repair_lr: float = 0.5
     finetune_schedule: str = "linear"
     # --trainer compress: epochs of end-to-end fine-tuning of the whole network after its last stage; 0 = none
     finetune_all_epochs: float = 0.0
@@ -154,6 +151,10 @@ class CompressConfig:
         if self.finetune_epochs is not None:
             return self.finetune_epochs
         return 1.0 if self.at >= 1 else 0.0
+
+    def distills(self) -> list[float]:
+        """compress.distill as a list: its one weight, or its weight per stage."""
+        return self.distill if isinstance(self.distill, list) else [self.distill]
 
     def refit_images(self) -> int:
         """Images the layers after a cut are refit on (compress.reconstruct); 0: no refit."""
@@ -416,8 +417,8 @@ def validate(cfg: Config) -> None:
     if c.cuts < 1 or (c.cuts > 1 and c.at >= 1):
         raise ConfigError(f"compress.cuts must be 1, or more with compress.at < 1 (cuts inside the schedule), "
                           f"got {c.cuts} with compress.at {c.at:g}")
-    distills = c.distill if isinstance(c.distill, list) else [c.distill]
-    if not all(0 <= a <= 1 for a in distills) or (max(distills) > 0 and c.at >= 1 and cfg.train.trainer != "compress"):
+    if not all(0 <= a <= 1 for a in c.distills()) or (max(c.distills()) > 0 and c.at >= 1
+                                                      and cfg.train.trainer != "compress"):
         raise ConfigError(f"compress.distill must be in [0, 1] (one value, or one per stage), and above 0 only with "
                           f"compress.at < 1 (it follows a cut inside the schedule) or --trainer compress, got "
                           f"{per_stage(c.distill)} with compress.at {c.at:g}")

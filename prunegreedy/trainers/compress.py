@@ -66,7 +66,7 @@ def validate(cfg: Config, net: Network) -> None:
     if c.at < 1 or c.cuts > 1 or c.rewind:
         raise ConfigError("--trainer compress cuts each stage once, then repairs it: compress.at 1, compress.cuts 1, "
                           "compress.rewind false")
-    if c.scope == "all" and set(c.distill if isinstance(c.distill, list) else [c.distill]) != {1}:
+    if c.scope == "all" and set(c.distills()) != {1}:
         raise ConfigError(f"compress.scope all narrows each stage's output, which the original's features no longer "
                           f"match; with --trainer compress use compress.distill 1 (the whole network's logits), "
                           f"got {per_stage(c.distill)}")

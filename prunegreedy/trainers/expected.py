@@ -39,13 +39,13 @@ def method(cfg: Config) -> str:
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
     if cfg.train.trainer == "compress":
-        kd = f", distilled from the original's logits (weight {per_stage(c.distill)})" if c.distill else ""
+        kd = f", distilled from the original's logits (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
         tail = f", then {c.finetune_all_epochs:g} epoch(s) of the whole network" if c.finetune_all_epochs else ""
         return (f"a trained network pruned by {ratio} ({c.importance}) stage by stage{refit}, each stage fine-tuned "
                 f"{c.finetune():g} epoch(s) to the original's features{kd}{tail}")
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
-        kd = f", distilled from the uncut block (weight {per_stage(c.distill)})" if c.distill else ""
+        kd = f", distilled from the uncut block (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
         ft = f", then {c.finetune():g} epoch(s) of fine-tuning" if c.finetune() > 0 else ", no fine-tuning"
         return f"pruned by {ratio} ({c.importance}) inside each stage's schedule ({how} {c.at:g} of it{refit}{kd}{ft})"
     return (f"pruned by {ratio} ({c.importance}) after each stage{refit}, then {c.finetune():g} epoch(s) of "
