@@ -125,9 +125,7 @@ class CompressConfig:
     finetune_lr: float = 0.01
     # --trainer compress: learning rate of each stage's repair against the original's features. Their mean
     # squared error gives far smaller gradients than the labels' cross-entropy: on resnet20 finetune_lr's 0.01
-    # measured 1.3 and 2.2 points below 0.5, and 1.0 within 0.2 of it (benchmarks/compress_trained.py). A rate
-    # for a repair of hundreds of steps: a step or two at it moves the weights faster than BatchNorm's running
-    # statistics follow
+    # measured 1.3 and 2.2 points below 0.5, and 1.0 within 0.2 of it (benchmarks/compress_trained.py)
     repair_lr: float = 0.5
     finetune_schedule: str = "linear"
     # --trainer compress: epochs of end-to-end fine-tuning of the whole network after its last stage; 0 = none

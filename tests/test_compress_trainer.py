@@ -17,8 +17,7 @@ from prunegreedy.nn.models import build_model
 
 runner = CliRunner()
 LIMITS = {"data.train_limit": 200, "data.test_limit": 100, "run.threads": 1}
-# two steps of repair: at the default rate, meant for hundreds, BatchNorm's running statistics lag the weights
-SHORT = {**LIMITS, "compress.finetune_epochs": 0.2, "compress.reconstruct": 64, "compress.repair_lr": 0.01}
+SHORT = {**LIMITS, "compress.finetune_epochs": 0.2, "compress.reconstruct": 64}
 SPLIT = ["layer1", "layer2", "layer3"]
 PHASES = [(0, "reference")] + [(s, p) for s in (1, 2, 3) for p in ("pruned", "finetuned")]
 

@@ -13,7 +13,8 @@ compressed and frozen:
   - fine-tune the stage alone for compress.finetune_epochs so that its output on the compressed
     prefix matches the original stage's output on the original prefix (mean squared error); with
     compress.distill a > 0, (1 - a) x that + a x T^2 KL(the whole network's logits, through the
-    frozen rest, || the original network's);
+    frozen rest, || the original network's); then estimate its BatchNorm statistics again on
+    training images (a short repair moves the weights faster than the running averages follow);
   - record the whole network (compressed prefix + original rest + classifier) after it.
 Only the stage trains; the rest, the prefix and the frozen copy of the original stay in eval mode.
 The repair runs at compress.repair_lr, not finetune_lr: the features' squared error gives far smaller
@@ -28,6 +29,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import OrderedDict
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +39,18 @@ from ..compress.context import StageContext
 from ..compress.gradients import accumulate_gradients
 from ..compress.network import cut_stage, fresh
 from ..compress.reconstruct import refit
+from ..compress.sensitivity import BATCH_NORMS, recalibrate
 from ..config import Config, per_stage
 from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.network import USER, Network
 from ..records import load_weights
 from ..train.loop import Chain, train
-from ..train.modes import eval_mode, freeze
+from ..train.modes import autocast, eval_mode, freeze
 from .common import PhaseRecorder, Session, stage_distill, stage_ratio
 
 ORIGINAL = "original"  # checkpoints/original.safetensors: the network before any cut, for a resumed run
+RECALIBRATE_IMAGES = 2048  # training images on which a repaired stage's BatchNorm statistics are estimated again
 
 
 def validate(cfg: Config, net: Network) -> None:
@@ -209,6 +213,7 @@ def compress_stage(cfg: Config, s: Session, original: Network, j: int,
         stats = train(chain, s.ds, s.norm, cfg.train, c.finetune(), c.repair_lr, c.finetune_schedule, s.device, gen,
                       on_step=rec.progress("fine-tune"), dist=s.dist)
         tap.seen = tail.seen = None
+        recalibrate_stage(s, prefix, block, j, cfg.train.batch_size)
         rec("finetuned", block, rest, stats.stats[0].seconds, stats=stats.stats[0], epochs=c.finetune())
     freeze(block)
     return head, removed
@@ -237,6 +242,33 @@ def repair_loss(original: Network, j: int, tap: _Tap, rest: _Rest, distill: floa
     return loss
 
 
+def train_images(s: Session, j: int, images: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The first `images` training images (normalised, augmented) of a stream of their own, seeded by the stage."""
+    gen, seen = torch.Generator().manual_seed(j), 0
+    for xb, _ in s.ds.train_batches(batch_size, s.norm, gen):
+        xb = xb[: images - seen]
+        yield xb
+        seen += len(xb)
+        if seen >= images:
+            return
+
+
+def recalibrate_stage(s: Session, prefix: nn.Module, block: nn.Module, j: int, batch_size: int) -> None:
+    """Estimate the repaired stage's BatchNorm statistics again on training images through the
+    compressed prefix: the repair's steps can move the weights faster than the running averages
+    follow (a short repair at compress.repair_lr left them far behind)."""
+    def outputs():
+        with torch.no_grad(), eval_mode(prefix):
+            for k, xb in enumerate(train_images(s, j, RECALIBRATE_IMAGES, batch_size)):
+                with autocast(s.device, s.amp):
+                    yield k, prefix(xb)
+    recalibrate([(block, None)], outputs(), s.device, s.amp)
+    for m in block.modules():  # rank 0's statistics on every rank
+        if isinstance(m, BATCH_NORMS) and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                buf.copy_(s.dist.broadcast(buf.detach().cpu()))
+
+
 def _after(net: Network, j: int) -> nn.Module:
     """What reads stage j's output: the next stage, or the classifier."""
     return net.stages[j + 1].module if j + 1 < len(net.stages) else net.tail
@@ -252,16 +284,8 @@ def refit_to_original(s: Session, original: Network, j: int, images: int, batch_
     pruned = nn.Sequential(OrderedDict(compressed=nn.Sequential(*net.modules_of(j)),
                                        stage=net.stages[j].module, after=_after(net, j)))
 
-    def batches():  # drawn again for every layer refit; its own stream, seeded by the stage
-        gen, seen = torch.Generator().manual_seed(j), 0
-        for xb, _ in s.ds.train_batches(batch_size, s.norm, gen):
-            xb = xb[: images - seen]
-            yield xb
-            seen += len(xb)
-            if seen >= images:
-                return
-    with torch.no_grad(), eval_mode(uncut, pruned):
-        names = refit(uncut, pruned, batches, torch.Generator().manual_seed(j))
+    with torch.no_grad(), eval_mode(uncut, pruned):  # the images drawn again for every layer refit
+        names = refit(uncut, pruned, lambda: train_images(s, j, images, batch_size), torch.Generator().manual_seed(j))
     for name in names:  # rank 0's solution on every rank
         weight = pruned.get_submodule(name).weight
         weight.data.copy_(s.dist.broadcast(weight.detach().cpu()))
