@@ -80,8 +80,7 @@ RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "a-block
         "b": "tp-global", "c": "cut-then-finetune"}
 SWEPT = ("b", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
 NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "a-blocks": ["trained"],
-         "b": ["trained", "a"],
-         "c": ["trained", "a"]}
+         "b": ["trained", "a"], "c": ["trained", "a"]}
 # the stage-wise runs: (stages: the model's split, or one per block; compress.distill of every stage but the first)
 STAGEWISE = {"a": ("stages", 0.0), "a-kd": ("stages", 0.5), "a-blocks": ("blocks", 0.0)}
 BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json

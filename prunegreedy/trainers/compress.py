@@ -21,7 +21,7 @@ The repair runs at compress.repair_lr, not finetune_lr: the features' squared er
 gradients than cross-entropy. compress.finetune_all_epochs then fine-tunes the whole network on the
 labels (none by default). The feature loss alone is the default, so that one stage is in training
 memory at a time: the logits' loss puts the rest of the network back into each step's graph, and on
-resnet20 (on every stage but the first) it changed the result by +0.17 and -0.41 points
+resnet20 (on every stage but the first) it changed the result by +0.17 and -0.52 points
 (benchmarks/compress_trained.py).
 """
 from __future__ import annotations
