@@ -51,6 +51,9 @@ class ModelConfig:
     arch: str | None = None
     split: list[str] | None = None  # module names ending its stages; None = the model's registered default
     stages: int = 4  # without a split: at most this many stages, ending where the map shrinks (nn.autosplit)
+    # > 0: the split cut again at its stages' blocks into this many stages whose largest keeps the fewest
+    # activations for training (nn.balance), written into split at the run's start (then 0 here)
+    balance: int = 0
     last_head: str = "own"  # own: the last stage keeps the model's tail (pool + classifier); aux: a head of ours
     # Trained weights loaded into the network before it is compressed (--trainer compress): a
     # safetensors file or a state dict torch.load reads with weights_only=True. None: as built.
@@ -445,6 +448,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"dist.timeout must be a positive number of seconds, got {cfg.dist.timeout}")
     if cfg.model.stages < 1:
         raise ConfigError(f"model.stages must be at least 1, got {cfg.model.stages}")
+    if cfg.model.balance < 0:
+        raise ConfigError(f"model.balance must be 0 (the split as it is) or a number of stages, got {cfg.model.balance}")
     validate_recipe(cfg.train)
     if not (cfg.model.width_mult > 0):
         raise ConfigError(f"model.width_mult must be > 0, got {cfg.model.width_mult}")

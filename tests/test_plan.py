@@ -124,6 +124,8 @@ def test_planning_keeps_the_random_state_and_the_callers_module(cache_dir):
 
 BAD = [["--model", "nonesuch"], ["--model", "resnet20", "--split", "layer1,nonesuch"],
        ["--model", "resnet20", "--set", "compress.scope=most"], ["--prune-ratio", "1.5"],
+       ["--model", "resnet20", "--set", "model.balance=10"], ["--model", "resnet20", "--set", "model.balance=-1"],
+       ["--set", "model.balance=2"],
        ["--dataset", "cifar10", "--config", "quick", "--data-dir", "{missing}"],
        ["--dataset", "cifar10", "--config", "quick", "--data-dir", "{empty}"],
        ["--dataset", "imagefolder", "--data-dir", "{no_images}"], ["--dataset", "imagenet", "--data-dir", "{empty}"]]

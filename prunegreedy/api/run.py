@@ -201,13 +201,19 @@ def _user_network(model, split):
 
 def choose_split(cfg, data=None, network=None) -> str | None:
     """Where no split is registered with the model or given, choose one now, from the network
-    traced on an input of the data's shape (nn.autosplit), into cfg.model.split: the run, its
+    traced on an input of the data's shape (nn.autosplit), and with model.balance cut it again
+    into stages of about equal training memory (nn.balance), into cfg.model.split: the run, its
     config.yaml, its resumption and its loaders all read it from there. Returns a line saying so."""
-    from ..nn.models import default_split
+    from ..nn.models import build_model, default_split, registered_split
     from ..nn.network import ends_its_stages
+    from ..nn.plans import PLANS
 
     m = cfg.model
-    if m.arch is None or m.split is not None or (network is None and ends_its_stages(m.arch)):
+    if m.balance and (m.arch is None or m.arch in PLANS):
+        raise ConfigError(f"model.balance cuts a whole network's split again; the paper's network "
+                          f"'{m.arch or m.plan}' is made block by block (--model NAME, or 0)")
+    if m.arch is None or (m.split is not None and not m.balance) or (
+            network is None and ends_its_stages(m.arch) and not m.balance):
         return None
     if data is not None:
         shape = tuple(data.image_shape)
@@ -215,9 +221,24 @@ def choose_split(cfg, data=None, network=None) -> str | None:
         from ..data.registry import data_shape
 
         shape = tuple(data_shape(cfg.data)[1])
-    m.split = default_split(network if network is not None else m.arch, shape, m.stages)
-    return (f"split of {m.arch}: {','.join(m.split)} (none registered or given: its stages end where the map "
-            f"shrinks, at most model.stages {m.stages}; --split to choose others)")
+    line = None
+    if m.split is None and (network is not None or registered_split(m.arch) is None):
+        m.split = default_split(network if network is not None else m.arch, shape, m.stages)
+        line = (f"split of {m.arch}: {','.join(m.split)} (none registered or given: its stages end where the map "
+                f"shrinks, at most model.stages {m.stages}; --split to choose others)")
+    if not m.balance:
+        return line
+    import torch
+
+    from ..nn.balance import balanced_split
+
+    given = m.split if m.split is not None else registered_split(m.arch)
+    if network is None:
+        with torch.random.fork_rng(devices=[]):  # building it draws weights the run must not see drawn
+            network = build_model(m.arch, 10, shape[1])
+    m.split, stages, m.balance = balanced_split(network, given, m.balance, shape), m.balance, 0
+    return (f"split of {m.arch}: {','.join(m.split)} ({','.join(given)} cut again into {stages} stages whose "
+            f"largest keeps the fewest activations for training: model.balance)")
 
 
 def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
