@@ -8,6 +8,10 @@
   (a-blocks)              (a) with one stage per residual block (--split layer1.0,...: each stage of the
                           model's split cut into its children), the same fine-tuning epochs in all, spread
                           over the blocks: a smaller largest stage, so less training memory;
+  (a-mem) stagewise-balanced
+                          (a) with --set model.balance=4: the split cut again at its blocks into the 4
+                          stages whose largest keeps the fewest activations for training (nn.balance),
+                          the same fine-tuning epochs in all;
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
@@ -67,6 +71,7 @@ from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
 from prunegreedy.measure.memory import saved_activation_bytes
+from prunegreedy.nn.balance import balanced_split
 from prunegreedy.measure.size import count_macs, count_params
 from prunegreedy.nn.models import build_model, default_split
 from prunegreedy.nn.split import split_stages
@@ -77,12 +82,16 @@ from prunegreedy.train.modes import autocast_dtype
 
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
 RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "a-blocks": "stagewise-blocks",
-        "b": "tp-global", "c": "cut-then-finetune"}
+        "a-mem": "stagewise-balanced", "b": "tp-global", "c": "cut-then-finetune"}
 SWEPT = ("b", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
 NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "a-blocks": ["trained"],
-         "b": ["trained", "a"], "c": ["trained", "a"]}
-# the stage-wise runs: (stages: the model's split, or one per block; compress.distill of every stage but the first)
-STAGEWISE = {"a": ("stages", 0.0), "a-kd": ("stages", 0.5), "a-blocks": ("blocks", 0.0)}
+         "a-mem": ["trained"], "b": ["trained", "a"], "c": ["trained", "a"]}
+# the stage-wise runs: (stages: the model's split, one per block, or BALANCED stages cut again at its blocks
+# for the least training memory; compress.distill of every stage but the first)
+# (a-mem)'s model.balance: on resnet20, 3 balanced stages keep 65.5 MiB at the largest, not under half of
+# (b)'s 129.7 MiB from the 20-epoch original; 4 keep 48.0 MiB
+BALANCED = 4
+STAGEWISE = {"a": ("stages", 0.0), "a-kd": ("stages", 0.5), "a-blocks": ("blocks", 0.0), "a-mem": ("balanced", 0.0)}
 BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json
 PROBE_EPOCHS = 0.25
 COLUMNS = ["run", "item", "seed", "model", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds",
@@ -112,11 +121,14 @@ def folder_of(out: Path, item: str, lr: float | None = None) -> Path:
 
 
 def stage_split(model: str, kind: str) -> list[str]:
-    """The model's registered split, or (blocks) each of its stages cut at every child module."""
+    """The model's registered split, (blocks) each of its stages cut at every child module, or
+    (balanced) the split model.balance chooses, BALANCED stages (nn.balance)."""
     split = default_split(model)
     if kind == "stages":
         return split
     net = build_model(model, 10, 32)
+    if kind == "balanced":
+        return balanced_split(net, split, BALANCED, (3, 32, 32))
     return [f"{s}.{c}" for s in split for c, _ in net.get_submodule(s).named_children()]
 
 
@@ -172,7 +184,8 @@ def child(args) -> None:
     elif item in STAGEWISE:
         split = stage_split(args.model, STAGEWISE[item][0])
         epochs = round(args.stage_epochs * len(stage_split(args.model, "stages")) / len(split), 4)  # the same in all
-        over = {"model": {"split": split}, "compress": {"finetune_epochs": epochs, "distill": distills(args.model, item)}}
+        cut = {"balance": BALANCED} if STAGEWISE[item][0] == "balanced" else {"split": split}  # as a user asks
+        over = {"model": cut, "compress": {"finetune_epochs": epochs, "distill": distills(args.model, item)}}
         run_once(RUNS[item], RECIPE, config.merge(trained, over), base, out, ds, ui)
         bench["epochs"] = epochs
     elif item == "b":
@@ -371,9 +384,9 @@ def main() -> None:
     ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (c): the learning rates of their end-to-end "
                     "fine-tuning, one run each, comma separated (the best is theirs)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,b,c", help="the items to run, comma separated, of "
-                    "trained, base, a, a-kd, a-blocks, b, c (the trained network and a run where the others need them "
-                    "and they are not recorded yet; base, measured once in OUT, where any row needs it)")
+    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,b,c", help="the items to run, comma separated, "
+                    "of trained, base, a, a-kd, a-blocks, a-mem, b, c (the trained network and a run where the others "
+                    "need them and they are not recorded yet; base, measured once in OUT, where any row needs it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
     args = ap.parse_args()
     args.out = args.out.resolve()
