@@ -10,7 +10,7 @@
                           over the blocks: a smaller largest stage, so less training memory;
   (a-mem) stagewise-balanced
                           (a) with --set model.balance=4: the split cut again at its blocks into the 4
-                          stages whose largest keeps the fewest activations for training (nn.balance),
+                          stages whose largest keeps the fewest activations for training (measure.balance),
                           the same fine-tuning epochs in all;
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
@@ -71,7 +71,7 @@ from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
 from prunegreedy.measure.memory import saved_activation_bytes
-from prunegreedy.nn.balance import balanced_split
+from prunegreedy.measure.balance import balanced_split
 from prunegreedy.measure.size import count_macs, count_params
 from prunegreedy.nn.models import build_model, default_split
 from prunegreedy.nn.split import split_stages
@@ -122,7 +122,7 @@ def folder_of(out: Path, item: str, lr: float | None = None) -> Path:
 
 def stage_split(model: str, kind: str) -> list[str]:
     """The model's registered split, (blocks) each of its stages cut at every child module, or
-    (balanced) the split model.balance chooses, BALANCED stages (nn.balance)."""
+    (balanced) the split model.balance chooses, BALANCED stages (measure.balance)."""
     split = default_split(model)
     if kind == "stages":
         return split

@@ -52,7 +52,7 @@ class ModelConfig:
     split: list[str] | None = None  # module names ending its stages; None = the model's registered default
     stages: int = 4  # without a split: at most this many stages, ending where the map shrinks (nn.autosplit)
     # > 0: the split cut again at its stages' blocks into this many stages whose largest keeps the fewest
-    # activations for training (nn.balance), written into split at the run's start (then 0 here)
+    # activations for training (measure.balance), written into split at the run's start (then 0 here)
     balance: int = 0
     last_head: str = "own"  # own: the last stage keeps the model's tail (pool + classifier); aux: a head of ours
     # Trained weights loaded into the network before it is compressed (--trainer compress): a

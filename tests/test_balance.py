@@ -1,4 +1,4 @@
-"""A split cut again into stages of about equal training memory (nn.balance, model.balance)."""
+"""A split cut again into stages of about equal training memory (measure.balance, model.balance)."""
 import itertools
 
 import pytest
@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import prunegreedy as pg
 from prunegreedy.cli import app
 from prunegreedy.errors import ConfigError
-from prunegreedy.nn.balance import _stage_bytes, balanced_split, cut_points
+from prunegreedy.measure.balance import _stage_bytes, balanced_split, cut_points
 from prunegreedy.nn.models import build_model
 
 from helpers import LinesUI

@@ -202,7 +202,7 @@ def _user_network(model, split):
 def choose_split(cfg, data=None, network=None) -> str | None:
     """Where no split is registered with the model or given, choose one now, from the network
     traced on an input of the data's shape (nn.autosplit), and with model.balance cut it again
-    into stages of about equal training memory (nn.balance), into cfg.model.split: the run, its
+    into stages of about equal training memory (measure.balance), into cfg.model.split: the run, its
     config.yaml, its resumption and its loaders all read it from there. Returns a line saying so."""
     from ..nn.models import build_model, default_split, registered_split
     from ..nn.network import ends_its_stages
@@ -230,7 +230,7 @@ def choose_split(cfg, data=None, network=None) -> str | None:
         return line
     import torch
 
-    from ..nn.balance import balanced_split
+    from ..measure.balance import balanced_split
 
     given = m.split if m.split is not None else registered_split(m.arch)
     if network is None:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..measure.memory import saved_activation_bytes
-from .split import split_stages
+from ..nn.split import split_stages
+from .memory import saved_activation_bytes
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 
