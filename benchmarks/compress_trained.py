@@ -70,8 +70,8 @@ import prunegreedy
 from prunegreedy import config
 from prunegreedy.data import registry as data_registry
 from prunegreedy.data.base import Normalize
+from prunegreedy.measure.balance import balanced_split, cut_points
 from prunegreedy.measure.memory import saved_activation_bytes
-from prunegreedy.measure.balance import balanced_split
 from prunegreedy.measure.size import count_macs, count_params
 from prunegreedy.nn.models import build_model, default_split
 from prunegreedy.nn.split import split_stages
@@ -129,7 +129,7 @@ def stage_split(model: str, kind: str) -> list[str]:
     net = build_model(model, 10, 32)
     if kind == "balanced":
         return balanced_split(net, split, BALANCED, (3, 32, 32))
-    return [f"{s}.{c}" for s in split for c, _ in net.get_submodule(s).named_children()]
+    return cut_points(net, split)
 
 
 def distills(model: str, item: str) -> float | list[float]:
