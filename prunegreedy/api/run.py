@@ -212,8 +212,7 @@ def choose_split(cfg, data=None, network=None) -> str | None:
     if m.balance and (m.arch is None or m.arch in PLANS):
         raise ConfigError(f"model.balance cuts a whole network's split again; the paper's network "
                           f"'{m.arch or m.plan}' is made block by block (--model NAME, or 0)")
-    if m.arch is None or (m.split is not None and not m.balance) or (
-            network is None and ends_its_stages(m.arch) and not m.balance):
+    if m.arch is None or (not m.balance and (m.split is not None or (network is None and ends_its_stages(m.arch)))):
         return None
     if data is not None:
         shape = tuple(data.image_shape)

@@ -4,8 +4,9 @@ Every stage-wise trainer keeps one stage's activations for its backward at a tim
 stage bounds training memory, and in a ResNet the first stage holds the most (its maps are the
 largest). `balanced_split(model, ["layer1", "layer2", "layer3"], 4, (3, 32, 32))` cuts the split's
 stages again at the children of those that are nn.Sequential (a ResNet's blocks) and chooses,
-among those cut points, the stages whose largest keeps the fewest bytes for the backward (ties: the
-smaller sum of squares, so the rest are even too). Bytes are what autograd saves for a training
+among those cut points, the stages whose largest keeps the fewest bytes for the backward (a dynamic
+programme over the cut points; among prefixes of equal largest it keeps the smaller sum of squares,
+so the rest come out even too). Bytes are what autograd saves for a training
 step of the stage alone, the stages before it run without a graph (measure.memory), on a copy of
 the model at batch 2: they grow linearly with the batch, so the choice does not depend on it.
 """
@@ -51,15 +52,15 @@ def balanced_split(model: nn.Module, split: list[str], stages: int, input_shape:
                          for i, (big, sq, ends) in best[k - 1].items() if i < j)
         best.append(row)
     ends = [points[j - 1] for j in best[stages][n][2]]
-    return [_whole(model, end, split, ends) for end in ends]
+    return [_whole(end, split, points, ends) for end in ends]
 
 
-def _whole(model: nn.Module, end: str, split: list[str], ends: list[str]) -> str:
+def _whole(end: str, split: list[str], points: list[str], ends: list[str]) -> str:
     """The split's own name `layer1` for its last child `layer1.2` where no other end lies inside it."""
-    parent, _, child = end.rpartition(".")
-    if parent not in split or child != list(dict(model.get_submodule(parent).named_children()))[-1]:
-        return end
-    return end if any(e != end and e.startswith(parent + ".") for e in ends) else parent
+    parent = end.rpartition(".")[0]
+    after = points.index(end) + 1
+    last = parent in split and (after == len(points) or not points[after].startswith(parent + "."))
+    return parent if last and not any(e != end and e.startswith(parent + ".") for e in ends) else end
 
 
 def _stage_bytes(model: nn.Module, points: list[str], input_shape: tuple[int, ...]) -> list[list[int]]:
