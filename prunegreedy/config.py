@@ -116,6 +116,9 @@ class CompressConfig:
     # of the original network's soft outputs, beside the stage's feature loss); one for all, or one per stage
     distill: Union[float, list[float]] = 0.0
     distill_temperature: float = 4.0
+    # --trainer compress: weight of the labels' cross-entropy, through the frozen rest and classifier, added to
+    # each stage's repair loss; one for all, or one per stage. Like distill, it puts the rest in the step's graph
+    labels: Union[float, list[float]] = 0.0
     # after the last cut inside the schedule the learning rate starts its schedule over (learning-rate
     # rewinding, Renda et al. 2020), instead of going on from where the cut found it
     rewind: bool = False
@@ -124,7 +127,9 @@ class CompressConfig:
     # after training, none inside the schedule, whose remaining steps repair the cut anyway (measured,
     # reports/benchmarks/cut-cost.*)
     reconstruct: int | None = None
-    finetune_epochs: float | None = None  # None: 1 epoch after a cut at the end (at 1), none inside the schedule
+    # epochs of fine-tuning after a cut, one for all or (greedy, compress) one per stage; None: 1 epoch after a cut
+    # at the end (at 1), none inside the schedule
+    finetune_epochs: Union[float, list[float], None] = None
     finetune_lr: float = 0.01
     # --trainer compress: learning rate of each stage's repair against the original's features. Their mean
     # squared error gives far smaller gradients than the labels' cross-entropy: on resnet20 finetune_lr's 0.01
@@ -146,9 +151,11 @@ class CompressConfig:
     sensitivity_bn_images: int = 2000
 
 
-    def finetune(self) -> float:
-        """Fine-tuning epochs after the cut. By default one after training, and none when the cut is
-        made inside the schedule: the schedule's remaining epochs then train the pruned block."""
+    def finetune(self, stage: int = 0) -> float:
+        """Fine-tuning epochs after stage `stage`'s cut. By default one after training, and none when
+        the cut is made inside the schedule: the schedule's remaining epochs then train the pruned block."""
+        if isinstance(self.finetune_epochs, list):
+            return self.finetune_epochs[stage]
         if self.finetune_epochs is not None:
             return self.finetune_epochs
         return 1.0 if self.at >= 1 else 0.0
@@ -156,6 +163,10 @@ class CompressConfig:
     def distills(self) -> list[float]:
         """compress.distill as a list: its one weight, or its weight per stage."""
         return self.distill if isinstance(self.distill, list) else [self.distill]
+
+    def label_weights(self) -> list[float]:
+        """compress.labels as a list: its one weight, or its weight per stage."""
+        return self.labels if isinstance(self.labels, list) else [self.labels]
 
     def refit_images(self) -> int:
         """Images the layers after a cut are refit on (compress.reconstruct); 0: no refit."""
@@ -402,8 +413,11 @@ def validate(cfg: Config) -> None:
     if total is not None and (not (total > 0) or math.isinf(total)):
         raise ConfigError(f"train.total_epochs must be a positive number, got {total}")
     ft = cfg.compress.finetune_epochs
-    if ft is not None and (not (ft >= 0) or math.isinf(ft)):
-        raise ConfigError(f"compress.finetune_epochs must be >= 0, got {ft}")
+    if ft is not None and not all(0 <= e < math.inf for e in (ft if isinstance(ft, list) else [ft])):
+        raise ConfigError(f"compress.finetune_epochs must be >= 0 (one value, or one per stage), got {per_stage(ft)}")
+    if isinstance(ft, list) and cfg.train.trainer not in ("greedy", "compress"):
+        raise ConfigError(f"--trainer {cfg.train.trainer} fine-tunes every block at once: give "
+                          f"compress.finetune_epochs one value, not one per stage ({per_stage(ft)})")
     fa = cfg.compress.finetune_all_epochs
     if not (fa >= 0) or math.isinf(fa):
         raise ConfigError(f"compress.finetune_all_epochs must be >= 0, got {fa}")
@@ -423,6 +437,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"compress.distill must be in [0, 1] (one value, or one per stage), and above 0 only with "
                           f"compress.at < 1 (it follows a cut inside the schedule) or --trainer compress, got "
                           f"{per_stage(c.distill)} with compress.at {c.at:g}")
+    if not all(0 <= w < math.inf for w in c.label_weights()) or (max(c.label_weights()) > 0
+                                                                 and cfg.train.trainer != "compress"):
+        raise ConfigError(f"compress.labels must be a weight >= 0 (one value, or one per stage), and above 0 only "
+                          f"with --trainer compress (it adds the labels to a stage's repair), got "
+                          f"{per_stage(c.labels)} with --trainer {cfg.train.trainer}")
     if c.rewind and c.at >= 1:
         raise ConfigError(f"compress.rewind restarts the schedule after a cut inside it: it needs compress.at < 1, "
                           f"got compress.at {c.at:g}")

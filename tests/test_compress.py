@@ -92,7 +92,8 @@ def test_ratio_zero_leaves_model_unchanged():
     assert same(before, snapshot(nn.Sequential(block, head)))
 
 
-def test_prune_hook_freezes_prefix_and_finetunes_new_parameters(sample):
+@pytest.mark.parametrize("epochs", [0.2, [0.0, 0.2]], ids=["one", "per-stage"])  # the hook's stage is 1
+def test_prune_hook_freezes_prefix_and_finetunes_new_parameters(sample, epochs):
     torch.manual_seed(0)
     net = build_network("cifar10-k2", 10, 32, {"widths": [8, 16, 16, 16]})
     prefix = train_modes.freeze(nn.Sequential(net.module(0, 3)))
@@ -111,13 +112,19 @@ def test_prune_hook_freezes_prefix_and_finetunes_new_parameters(sample):
     gen = torch.Generator().manual_seed(0)
     ctx = compress_context.StageContext(1, prefix, block, head, (8, 32, 32), sample, cpu_norm(sample), quick_train_cfg(),
                                 torch.device("cpu"), gen, 0.5, net=net)
-    out_block, out_head = compress_hooks.prune_hook(ctx, CompressConfig(hook="prune", ratio=0.5, finetune_epochs=0.2), Rec())
+    out_block, out_head = compress_hooks.prune_hook(ctx, CompressConfig(hook="prune", ratio=0.5, finetune_epochs=epochs), Rec())
     assert [(p, w) for p, w, _ in rows] == [("pruned", 8), ("finetuned", 8)]
     pruned_w, tuned_w = rows[0][2]["conv.weight"], rows[1][2]["conv.weight"]
     assert pruned_w.shape == tuned_w.shape == (8, 8, 3, 3)
     assert not torch.equal(pruned_w, tuned_w)  # the optimizer held the new (pruned) parameters
     assert same(prefix_before, snapshot(prefix))
     assert out_head.in_channels == 8
+
+
+def test_finetune_epochs_are_one_for_all_or_each_stages_own():
+    assert [CompressConfig(finetune_epochs=[0.0, 0.2]).finetune(j) for j in (0, 1)] == [0.0, 0.2]
+    assert CompressConfig(finetune_epochs=0.5).finetune(3) == 0.5
+    assert CompressConfig().finetune(3) == 1.0 and CompressConfig(at=0.5).finetune(3) == 0.0  # the defaults
 
 
 def test_macs_of_a_tiny_net_equal_the_formula():

@@ -115,17 +115,28 @@ def test_finetune_all_adds_one_row_last(trained, tmp_path):
     assert r.final_acc == rows.test_acc.iloc[-1] and rows.epochs.iloc[-1] == 0.2
 
 
-def test_distill_per_stage_changes_only_the_stages_it_names(trained, tmp_path):
+@pytest.mark.parametrize("key", ["compress.distill", "compress.labels"])
+def test_a_loss_through_the_rest_per_stage_changes_only_the_stages_it_names(trained, tmp_path, key):
     _, weights = trained
 
-    def fit(name, distill):
+    def fit(name, weight):
         return prunegreedy.fit(model="resnet20", weights=weights, trainer="compress", prune_ratio=0.5,
                                dataset="cifar10-sample", out=tmp_path / name, quiet=True,
-                               set={**SHORT, "compress.distill": distill}).stages
+                               set={**SHORT, key: weight}).stages
     plain, last = fit("plain", 0.0), fit("last", "0,0,0.5")
     cols = ["stage", "phase", "test_acc", "train_loss"]
     assert last[cols][last.stage < 3].equals(plain[cols][plain.stage < 3])  # the same steps, the same numbers
-    assert last.train_loss.iloc[-1] != plain.train_loss.iloc[-1]  # stage 3 also learns the original's logits
+    assert last.train_loss.iloc[-1] != plain.train_loss.iloc[-1]  # stage 3 also learns the logits or the labels
+
+
+def test_finetune_epochs_per_stage_are_each_stages_own(trained, tmp_path):
+    _, weights = trained
+    r = prunegreedy.fit(model="resnet20", weights=weights, trainer="compress", prune_ratio=0.5,
+                        dataset="cifar10-sample", out=tmp_path / "c", quiet=True,
+                        set={**SHORT, "compress.finetune_epochs": "0.1,0,0.2"})
+    rows = r.stages
+    assert list(zip(rows.stage, rows.phase)) == [p for p in PHASES if p != (2, "finetuned")]  # 0: no repair
+    assert rows.epochs[rows.phase == "finetuned"].tolist() == [0.1, 0.2]
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +164,18 @@ def bad_files(tmp_path_factory):
     (["--weights", "{root}/ok.safetensors", "--set", "model.last_head=aux"], "use model.last_head own"),
     (["--weights", "{root}/ok.safetensors", "--set", "compress.scope=all"], "use compress.distill 1"),
     (["--weights", "{root}/ok.safetensors", "--set", "compress.distill=0,0.5"],
-     "compress.distill lists 2 values but resnet20 has 3 stages; give one weight (every stage) or 3"),
+     "compress.distill lists 2 values but resnet20 has 3 stages; give one value (every stage) or 3"),
     (["--weights", "{root}/ok.safetensors", "--set", "compress.distill=0,1.5,0"],
      "compress.distill must be in [0, 1] (one value, or one per stage)"),
+    (["--weights", "{root}/ok.safetensors", "--set", "compress.labels=0.1,0.1"],
+     "compress.labels lists 2 values but resnet20 has 3 stages; give one value (every stage) or 3"),
+    (["--weights", "{root}/ok.safetensors", "--set", "compress.labels=0,-0.1,0"],
+     "compress.labels must be a weight >= 0 (one value, or one per stage), and above 0 only with --trainer "
+     "compress (it adds the labels to a stage's repair), got 0,-0.1,0 with --trainer compress"),
+    (["--weights", "{root}/ok.safetensors", "--set", "compress.finetune_epochs=1,1"],
+     "compress.finetune_epochs lists 2 values but resnet20 has 3 stages; give one value (every stage) or 3"),
+    (["--weights", "{root}/ok.safetensors", "--set", "compress.finetune_epochs=1,-1,1"],
+     "compress.finetune_epochs must be >= 0 (one value, or one per stage), got 1,-1,1"),
 ])
 def test_bad_input_is_one_line_and_no_folder(bad_files, tmp_path, cache_dir, args, message):
     out = tmp_path / "run"

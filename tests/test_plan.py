@@ -126,6 +126,7 @@ BAD = [["--model", "nonesuch"], ["--model", "resnet20", "--split", "layer1,nones
        ["--model", "resnet20", "--set", "compress.scope=most"], ["--prune-ratio", "1.5"],
        ["--model", "resnet20", "--set", "model.balance=10"], ["--model", "resnet20", "--set", "model.balance=-1"],
        ["--set", "model.balance=2"],
+       ["--trainer", "end-to-end", "--prune-ratio", "0.5", "--set", "compress.finetune_epochs=1,1"],
        ["--dataset", "cifar10", "--config", "quick", "--data-dir", "{missing}"],
        ["--dataset", "cifar10", "--config", "quick", "--data-dir", "{empty}"],
        ["--dataset", "imagefolder", "--data-dir", "{no_images}"], ["--dataset", "imagenet", "--data-dir", "{empty}"]]

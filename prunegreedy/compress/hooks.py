@@ -76,8 +76,8 @@ def replay_cut(ctx: StageContext, removed: dict | None) -> None:
 
 
 def finetune(ctx: StageContext, cfg: CompressConfig, record: Recorder) -> None:
-    """Train the pruned block + head for cfg.finetune() epochs against the auxiliary loss, recorded."""
-    epochs = cfg.finetune()
+    """Train the pruned block + head for the stage's cfg.finetune epochs against the auxiliary loss, recorded."""
+    epochs = cfg.finetune(ctx.stage)
     if epochs > 0:
         stats = train(Chain([(ctx.block, ctx.head)], ctx.prefix), ctx.ds, ctx.norm, ctx.train_cfg, epochs,
                       cfg.finetune_lr, cfg.finetune_schedule, ctx.device, ctx.generator,

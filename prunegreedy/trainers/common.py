@@ -73,9 +73,11 @@ def check(cfg: Config, module: nn.Module | None = None) -> Network:
                           f"--epochs E (every stage) or {n} values, e.g. --epochs {','.join(['2'] * n)}")
     if cfg.compress.ratios is not None and len(cfg.compress.ratios) != n:
         raise ConfigError(f"prune ratios list {len(cfg.compress.ratios)} values but {net.name} has {n} stages")
-    if isinstance(cfg.compress.distill, list) and len(cfg.compress.distill) != n:
-        raise ConfigError(f"compress.distill lists {len(cfg.compress.distill)} values but {net.name} has {n} stages; "
-                          f"give one weight (every stage) or {n}")
+    for key in ("distill", "labels", "finetune_epochs"):
+        values = getattr(cfg.compress, key)
+        if isinstance(values, list) and len(values) != n:
+            raise ConfigError(f"compress.{key} lists {len(values)} values but {net.name} has {n} stages; give one "
+                              f"value (every stage) or {n}")
     check_decisions(cfg, net, (3, side, side))  # budgets and sensitivity
     return net
 

@@ -10,25 +10,30 @@ compressed and frozen:
   - refit the layers that lost inputs by least squares to the original network's outputs at
     them (compress.reconstruct images; inputs from the compressed prefix, targets from the
     original network, so the stage also absorbs the error of the stages before it);
-  - fine-tune the stage alone for compress.finetune_epochs so that its output on the compressed
-    prefix matches the original stage's output on the original prefix (mean squared error); with
-    compress.distill a > 0, (1 - a) x that + a x T^2 KL(the whole network's logits, through the
-    frozen rest, || the original network's); then estimate its BatchNorm statistics again on
-    training images (a short repair moves the weights faster than the running averages follow);
+  - fine-tune the stage alone for compress.finetune_epochs (one value, or one per stage) so that
+    its output on the compressed prefix matches the original stage's output on the original prefix
+    (mean squared error); with compress.distill a > 0, (1 - a) x that + a x T^2 KL(the whole
+    network's logits, through the frozen rest, || the original network's); with compress.labels
+    w > 0, + w x the labels' cross-entropy of those logits; then estimate its BatchNorm statistics
+    again on training images (a short repair moves the weights faster than the running averages follow);
   - record the whole network (compressed prefix + original rest + classifier) after it.
 Only the stage trains; the rest, the prefix and the frozen copy of the original stay in eval mode.
 The repair runs at compress.repair_lr, not finetune_lr: the features' squared error gives far smaller
 gradients than cross-entropy. compress.finetune_all_epochs then fine-tunes the whole network on the
 labels (none by default). The feature loss alone is the default, so that one stage is in training
 memory at a time: the logits' loss puts the rest of the network back into each step's graph, and on
-resnet20 (on every stage but the first) it changed the result by +0.17 and -0.52 points
-(benchmarks/compress_trained.py).
+resnet20 (on every stage but the first) it changed the result by +0.17 and -0.52 points. The labels'
+loss costs no memory on the last stage, whose rest is only the classifier; there, with
+model.balance 4 and the repair's epochs moved to the later stages, it helps an original trained
+briefly and costs one trained longer (+1.07 and -0.44 points against the default on resnet20
+trained 8 and 20 epochs): benchmarks/compress_trained.py.
 """
 from __future__ import annotations
 
 import copy
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -206,38 +211,56 @@ def compress_stage(cfg: Config, s: Session, original: Network, j: int,
     if removed and c.refit_images():
         refit_to_original(s, original, j, c.refit_images(), cfg.train.batch_size)
     rec("pruned", block, rest, time.perf_counter() - t0, width_before=before, removed=removed)
-    if removed and c.finetune() > 0:
-        distill = stage_distill(cfg, j, n)
-        tap, tail = _Tap(prefix), _Rest(rest, grad=distill > 0)
-        chain = Chain([(block, tail)], tap, loss=repair_loss(original, j, tap, tail, distill, c.distill_temperature))
-        stats = train(chain, s.ds, s.norm, cfg.train, c.finetune(), c.repair_lr, c.finetune_schedule, s.device, gen,
+    if removed and c.finetune(j) > 0:
+        weights = Weights(stage_distill(cfg, j, n), cfg.stage_value(c.labels, 0.0, j, n), c.distill_temperature,
+                          cfg.train.label_smoothing)
+        tap, tail = _Tap(prefix), _Rest(rest, grad=weights.through_rest)
+        chain = Chain([(block, tail)], tap, loss=repair_loss(original, j, tap, tail, weights))
+        stats = train(chain, s.ds, s.norm, cfg.train, c.finetune(j), c.repair_lr, c.finetune_schedule, s.device, gen,
                       on_step=rec.progress("fine-tune"), dist=s.dist)
         tap.seen = tail.seen = None
         recalibrate_stage(s, prefix, block, j, cfg.train.batch_size)
-        rec("finetuned", block, rest, stats.stats[0].seconds, stats=stats.stats[0], epochs=c.finetune())
+        rec("finetuned", block, rest, stats.stats[0].seconds, stats=stats.stats[0], epochs=c.finetune(j))
     freeze(block)
     return head, removed
 
 
-def repair_loss(original: Network, j: int, tap: _Tap, rest: _Rest, distill: float, temperature: float):
+@dataclass(frozen=True)
+class Weights:
+    """The terms of a stage's repair loss beside the features' squared error."""
+    distill: float  # of the original's soft logits (the features' error then weighs 1 - distill)
+    labels: float  # of the labels' cross-entropy
+    temperature: float
+    smoothing: float  # train.label_smoothing of the labels' term
+
+    @property
+    def through_rest(self) -> bool:
+        """Whether the loss reads the whole network's logits, so the rest must be in the graph."""
+        return self.distill > 0 or self.labels > 0
+
+
+def repair_loss(original: Network, j: int, tap: _Tap, rest: _Rest, w: Weights):
     """The loss of the stage's fine-tuning (loop.Chain.loss): (1 - distill) x the mean squared error
     between the stage's output and the original stage's on the original prefix (the same images),
-    + distill x T^2 KL(the whole network's softened logits || the original network's)."""
+    + distill x T^2 KL(the whole network's softened logits || the original network's)
+    + labels x the cross-entropy of the whole network's logits."""
     stages = original.modules_of()
 
     def loss(_: int, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the original network, as far as it is needed
             h = tap.seen
-            for k, stage in enumerate(stages[: None if distill > 0 else j + 1]):
+            for k, stage in enumerate(stages[: None if w.distill > 0 else j + 1]):
                 h = stage(h)
                 if k == j:
                     target = h
-            teacher = original.tail(h) if distill > 0 else None
-        out = (1 - distill) * F.mse_loss(rest.seen.float(), target.float()) if distill < 1 else 0.0
-        if distill > 0:
-            soft = F.softmax(teacher.float() / temperature, dim=1)
-            kd = F.kl_div(F.log_softmax(logits.float() / temperature, dim=1), soft, reduction="batchmean")
-            out = out + distill * temperature ** 2 * kd
+            teacher = original.tail(h) if w.distill > 0 else None
+        out = (1 - w.distill) * F.mse_loss(rest.seen.float(), target.float()) if w.distill < 1 else 0.0
+        if w.distill > 0:
+            soft = F.softmax(teacher.float() / w.temperature, dim=1)
+            kd = F.kl_div(F.log_softmax(logits.float() / w.temperature, dim=1), soft, reduction="batchmean")
+            out = out + w.distill * w.temperature ** 2 * kd
+        if w.labels > 0:
+            out = out + w.labels * F.cross_entropy(logits.float(), y, label_smoothing=w.smoothing)
         return out
     return loss
 

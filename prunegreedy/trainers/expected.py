@@ -34,22 +34,33 @@ def method(cfg: Config) -> str:
     refit = f", the layers after each cut refit on {images:,} images" if images else ""
     if c.target_macs or c.target_params:
         return (f"pruned to a budget ({'MACs' if c.target_macs else 'params'} {c.target_macs or c.target_params}) "
-                f"after each stage{refit}, then {c.finetune():g} epoch(s) of fine-tuning")
+                f"after each stage{refit}, then {_finetune(c)} epoch(s) of fine-tuning")
     if c.hook == "none" or (c.ratio == 0 and not c.ratios):
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
     if cfg.train.trainer == "compress":
         kd = f", distilled from the original's logits (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
+        kd += f", with the labels (weight {per_stage(c.labels)})" if max(c.label_weights()) > 0 else ""
         tail = f", then {c.finetune_all_epochs:g} epoch(s) of the whole network" if c.finetune_all_epochs else ""
         return (f"a trained network pruned by {ratio} ({c.importance}) stage by stage{refit}, each stage fine-tuned "
-                f"{c.finetune():g} epoch(s) to the original's features{kd}{tail}")
+                f"{_finetune(c)} epoch(s) to the original's features{kd}{tail}")
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
         kd = f", distilled from the uncut block (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
-        ft = f", then {c.finetune():g} epoch(s) of fine-tuning" if c.finetune() > 0 else ", no fine-tuning"
+        ft = f", then {_finetune(c)} epoch(s) of fine-tuning" if _tunes(c) else ", no fine-tuning"
         return f"pruned by {ratio} ({c.importance}) inside each stage's schedule ({how} {c.at:g} of it{refit}{kd}{ft})"
-    return (f"pruned by {ratio} ({c.importance}) after each stage{refit}, then {c.finetune():g} epoch(s) of "
+    return (f"pruned by {ratio} ({c.importance}) after each stage{refit}, then {_finetune(c)} epoch(s) of "
             f"fine-tuning")
+
+
+def _finetune(c) -> str:
+    """compress.finetune_epochs as a user gives them: one value, or one per stage."""
+    return per_stage(c.finetune_epochs) if isinstance(c.finetune_epochs, list) else f"{c.finetune():g}"
+
+
+def _tunes(c) -> bool:
+    """Whether any stage is fine-tuned after its cut."""
+    return any(e > 0 for e in (c.finetune_epochs if isinstance(c.finetune_epochs, list) else [c.finetune()]))
 
 
 def _same(a: Config, b: Config) -> bool:
@@ -111,9 +122,9 @@ class Pace:
             prefix = s.macs_backbone - s.macs
             epochs = cfg.stage_value(cfg.train.epochs, 1.0, j, n)
             self.work.append((steps_of(epochs, num_train, batch), batch * (prefix + 3 * (s.macs + s.head_macs))))
-            if s.ratio > 0 and c.hook != "none" and c.finetune() > 0:
+            if s.ratio > 0 and c.hook != "none" and c.finetune(j) > 0:
                 tuned = prefix + 3 * (s.macs_after + s.head_macs_after)
-                self.work.append((steps_of(c.finetune(), num_train, batch), batch * tuned))
+                self.work.append((steps_of(c.finetune(j), num_train, batch), batch * tuned))
         self._t0: float | None = None
         self._done = False
 
