@@ -12,8 +12,12 @@
                           (a) with --set model.balance=4: the split cut again at its blocks into the 4
                           stages whose largest keeps the fewest activations for training (measure.balance),
                           the same fine-tuning epochs in all;
+  (a-lab) stagewise-balanced-labels
+                          (a-mem) with the labels' cross-entropy beside the features on its last stage, whose
+                          rest is only the classifier (compress.labels 0,0,0,0.3), and the repair epochs moved
+                          to where a stage loses most (compress.finetune_epochs 0.25,0.25,0.75,2);
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
-                          network, to (a)'s MACs within 2 %, then end-to-end fine-tuning;
+                          network, to the --budget item's MACs within 2 %, then end-to-end fine-tuning;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
                           compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
                           fine-tuned on the labels (compress.finetune_all_epochs).
@@ -29,9 +33,10 @@ momentum 0.9, weight decay 5e-4 (none on BN and biases), batch 128, linear decay
 trains at its train.lr 0.1 with warm-up. (a) repairs its stages at compress.repair_lr (the trainer's
 default); (b) and (c) fine-tune on the labels once at each --finetune-lr (run folders and CSV rows
 tp-global-lr0.05, ...; column lr), so that each baseline is compared at its best learning rate.
-(b) and (c) fine-tune for the seconds (a) spent cutting, refitting and fine-tuning (its stages.csv),
-less (b)'s own cut: their epochs come from a quarter-epoch probe of the pruned network ((c) probes
-(a)'s network, whose widths its cut repeats), so every method has about (a)'s wall clock.
+(b) and (c) fine-tune for the seconds the stage-wise item named by --budget (default (a)) spent
+cutting, refitting and fine-tuning (its stages.csv), less (b)'s own cut, and cut to its MACs: their
+epochs come from a quarter-epoch probe of the pruned network ((c) probes that item's network, whose
+widths its cut repeats), so every method has about its wall clock.
 
 Each method runs in its own process, one after another (compare times only from an idle machine),
 which records its own peak resident memory (peak_rss_mib: VmHWM on Linux, counted from the start of
@@ -58,6 +63,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -82,16 +88,30 @@ from prunegreedy.train.modes import autocast_dtype
 
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
 RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "a-blocks": "stagewise-blocks",
-        "a-mem": "stagewise-balanced", "b": "tp-global", "c": "cut-then-finetune"}
+        "a-mem": "stagewise-balanced", "a-lab": "stagewise-balanced-labels", "b": "tp-global",
+        "c": "cut-then-finetune"}
 SWEPT = ("b", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
+BUDGET = "budget"  # in NEEDS: the stage-wise item whose seconds and MACs (b) and (c) are given (--budget)
 NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "a-blocks": ["trained"],
-         "a-mem": ["trained"], "b": ["trained", "a"], "c": ["trained", "a"]}
-# the stage-wise runs: (stages: the model's split, one per block, or BALANCED stages cut again at its blocks
-# for the least training memory; compress.distill of every stage but the first)
+         "a-mem": ["trained"], "a-lab": ["trained"], "b": ["trained", BUDGET], "c": ["trained", BUDGET]}
 # (a-mem)'s model.balance: on resnet20, 3 balanced stages keep 65.5 MiB at the largest, not under half of
 # (b)'s 129.7 MiB from the 20-epoch original; 4 keep 48.0 MiB
 BALANCED = 4
-STAGEWISE = {"a": ("stages", 0.0), "a-kd": ("stages", 0.5), "a-blocks": ("blocks", 0.0), "a-mem": ("balanced", 0.0)}
+
+
+class Stagewise(NamedTuple):
+    """A stage-wise run: its stages, and what each stage's repair adds to the features' error."""
+    stages: str  # the model's split ("stages"), one per block ("blocks"), or BALANCED stages cut again at its blocks
+    distill: float = 0.0  # compress.distill of every stage but the first (whose rest would be the largest graph)
+    labels: float = 0.0  # compress.labels of the last stage (whose rest is only the classifier)
+    # compress.finetune_epochs per stage, times --stage-epochs; None: --stage-epochs spread evenly over the stages,
+    # the same total as (a)'s
+    epochs: list[float] | None = None
+
+
+STAGEWISE = {"a": Stagewise("stages"), "a-kd": Stagewise("stages", distill=0.5), "a-blocks": Stagewise("blocks"),
+             "a-mem": Stagewise("balanced"),
+             "a-lab": Stagewise("balanced", labels=0.3, epochs=[0.25, 0.25, 0.75, 2.0])}
 BENCH = "bench.json"  # in each run folder: what its process measured beyond run.json
 PROBE_EPOCHS = 0.25
 COLUMNS = ["run", "item", "seed", "model", "trainer", "final_acc", "params", "macs", "seconds", "budget_seconds",
@@ -134,8 +154,21 @@ def stage_split(model: str, kind: str) -> list[str]:
 
 def distills(model: str, item: str) -> float | list[float]:
     """compress.distill of a stage-wise run: none on the first stage."""
-    kind, late = STAGEWISE[item]
-    return 0.0 if late == 0 else [0.0] + [late] * (len(stage_split(model, kind)) - 1)
+    w = STAGEWISE[item]
+    return 0.0 if w.distill == 0 else [0.0] + [w.distill] * (len(stage_split(model, w.stages)) - 1)
+
+
+def labels(model: str, item: str) -> float | list[float]:
+    """compress.labels of a stage-wise run: on the last stage only."""
+    w = STAGEWISE[item]
+    return 0.0 if w.labels == 0 else [0.0] * (len(stage_split(model, w.stages)) - 1) + [w.labels]
+
+
+def through_rest(model: str, item: str) -> list[bool]:
+    """Per stage of a stage-wise run: whether its repair's loss reads the logits, through the frozen rest."""
+    w = STAGEWISE[item]
+    n = len(stage_split(model, w.stages))
+    return [(j > 0 and w.distill > 0) or (j == n - 1 and w.labels > 0) for j in range(n)]
 
 
 def base_config(args) -> dict:
@@ -146,11 +179,12 @@ def base_config(args) -> dict:
                          "run": {"quiet": True, "seed": args.seed}}, config.parse_set(args.set))
 
 
-def budget(out: Path) -> tuple[float, int]:
-    """(the seconds (a) spent in its phases: cuts, refits, fine-tuning; (a)'s MACs)."""
-    path = out / RUNS["a"]
+def budget(args) -> tuple[float, int]:
+    """(the seconds the --budget item spent in its phases: cuts, refits, fine-tuning; its MACs)."""
+    path = args.out / RUNS[args.budget]
     if finished(path) is None:
-        raise SystemExit(f"(b) and (c) need (a)'s finished run folder {path} (its seconds and its network)")
+        raise SystemExit(f"(b) and (c) need ({args.budget})'s finished run folder {path} (its seconds and its "
+                         f"network)")
     seconds = float(pd.read_csv(path / "stages.csv")["seconds"].sum())
     return round(seconds, 2), int(finished(path)["macs"])
 
@@ -182,22 +216,25 @@ def child(args) -> None:
         _network, _data = prunegreedy.load_network(out / "trained").to(device), ds.to(device)
         (out / "base").mkdir(exist_ok=True)
     elif item in STAGEWISE:
-        split = stage_split(args.model, STAGEWISE[item][0])
-        epochs = round(args.stage_epochs * len(stage_split(args.model, "stages")) / len(split), 4)  # the same in all
-        cut = {"balance": BALANCED} if STAGEWISE[item][0] == "balanced" else {"split": split}  # as a user asks
-        over = {"model": cut, "compress": {"finetune_epochs": epochs, "distill": distills(args.model, item)}}
+        w = STAGEWISE[item]
+        split = stage_split(args.model, w.stages)
+        epochs = (round(args.stage_epochs * len(stage_split(args.model, "stages")) / len(split), 4)  # the same in all
+                  if w.epochs is None else [round(args.stage_epochs * e, 4) for e in w.epochs])
+        cut = {"balance": BALANCED} if w.stages == "balanced" else {"split": split}  # as a user asks
+        over = {"model": cut, "compress": {"finetune_epochs": epochs, "distill": distills(args.model, item),
+                                           "labels": labels(args.model, item)}}
         run_once(RUNS[item], RECIPE, config.merge(trained, over), base, out, ds, ui)
         bench["epochs"] = epochs
     elif item == "b":
         bench.update(tp_recipe(args, cfg, ds.to(device), device, args.finetune_lr))
     elif item == "c":
-        seconds, _ = budget(out)
+        seconds, _ = budget(args)
         ds = ds.to(device)  # where the run trains (its own move is then a no-op)
-        model = prunegreedy.load_network(out / RUNS["a"])
+        model = prunegreedy.load_network(out / RUNS[args.budget])
         epoch_s = epoch_seconds(model, ds, cfg, device, args.finetune_lr)
         del model
         epochs = max(0.01, round(seconds / epoch_s, 3))
-        ui.log(f"(c): {epochs} epochs of fine-tuning for (a)'s {seconds} s ({epoch_s:.1f} s an epoch)")
+        ui.log(f"(c): {epochs} epochs of fine-tuning for ({args.budget})'s {seconds} s ({epoch_s:.1f} s an epoch)")
         run_once(run_name("c", args.finetune_lr), RECIPE, config.merge(trained, {"compress": {
             "finetune_epochs": 0, "reconstruct": 0, "finetune_all_epochs": epochs, "finetune_lr": args.finetune_lr}}),
             base, out, ds, ui)
@@ -210,10 +247,10 @@ def child(args) -> None:
 
 
 def saved_mib(model: nn.Module, shape: tuple[int, int, int], batch: int, split: list[str] | None = None,
-              distill: float | list[float] = 0.0) -> float:
+              rest: list[bool] | None = None) -> float:
     """MiB of activations autograd keeps for one training step of `model` at `batch`: end to end, or
     given the `split` of a stage-wise run its largest stage's (the stages before it without a graph;
-    on a stage with `distill` > 0, the stages after it and the classifier frozen but in the graph)."""
+    on a stage whose `rest` is true, the stages after it and the classifier frozen but in the graph)."""
     model = model.train().requires_grad_(True)
     if split is None:
         return round(saved_activation_bytes(lambda: model(torch.randn(batch, *shape)),
@@ -227,8 +264,7 @@ def saved_mib(model: nn.Module, shape: tuple[int, int, int], batch: int, split: 
             with torch.no_grad():
                 h = nn.Sequential(*stages[:j])(x)
             h = stages[j](h)
-            through_rest = (distill[j] if isinstance(distill, list) else distill) > 0
-            return nn.Sequential(*stages[j + 1:], *[tail] * (tail is not None))(h) if through_rest else h
+            return nn.Sequential(*stages[j + 1:], *[tail] * (tail is not None))(h) if rest and rest[j] else h
         return forward
 
     return round(max(saved_activation_bytes(step(j), params)[0] for j in range(len(stages))) / 2 ** 20, 1)
@@ -249,11 +285,11 @@ def epoch_seconds(model: nn.Module, ds, cfg, device: torch.device, lr: float) ->
 
 
 def tp_recipe(args, cfg, ds, device: torch.device, lr: float) -> dict:
-    """Torch-Pruning's global group-L1 cut of the trained network to (a)'s MACs, then end-to-end
-    fine-tuning at `lr` for (a)'s phase seconds less the cut's; recorded as result.json."""
+    """Torch-Pruning's global group-L1 cut of the trained network to the --budget item's MACs, then
+    end-to-end fine-tuning at `lr` for its phase seconds less the cut's; recorded as result.json."""
     path = folder_of(args.out, "b", lr)
     path.mkdir(parents=True, exist_ok=True)
-    seconds, target_macs = budget(args.out)
+    seconds, target_macs = budget(args)
     t0 = time.perf_counter()
     pruned = tp_global(prunegreedy.load_network(args.out / "trained"), target_macs, ds.image_shape)
     cut_s = time.perf_counter() - t0
@@ -261,8 +297,8 @@ def tp_recipe(args, cfg, ds, device: torch.device, lr: float) -> dict:
     pruned = pruned.to(device, memory_format=memory_format(cfg))
     epoch_s = epoch_seconds(pruned, ds, cfg, device, lr)
     epochs = max(0.01, round((seconds - cut_s) / epoch_s, 3))
-    PrintUI().log(f"(b): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of (a)'s {seconds} s "
-                  f"({epoch_s:.1f} s an epoch)")
+    PrintUI().log(f"(b): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of ({args.budget})'s "
+                  f"{seconds} s ({epoch_s:.1f} s an epoch)")
     amp = autocast_dtype(cfg.train.amp, device)
     norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
     t1 = time.perf_counter()
@@ -298,11 +334,15 @@ class Bench:
             meta = None
         return None if meta is None else {**meta, **bench}
 
+    def needs(self, item: str) -> list[str]:
+        """The items `item` needs, --budget's in place of BUDGET."""
+        return [self.args.budget if dep == BUDGET else dep for dep in NEEDS[item]]
+
     def ensure(self, item: str, lr: float | None = None) -> dict:
         """The item's results, from its own process where OUT does not hold them yet."""
         res = self.result(item, lr)
         if res is None:
-            for dep in NEEDS[item]:
+            for dep in self.needs(item):
                 self.ensure(dep)
             self.spawn(item, lr)
             res = self.result(item, lr)
@@ -315,8 +355,8 @@ class Bench:
             self.warm = True
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--only", item, "--data-dir", str(a.data_dir),
                "--out", str(a.out), "--model", a.model, "--epochs", str(a.epochs), "--stage-epochs",
-               str(a.stage_epochs), "--seed", str(a.seed), *[x for s in a.set for x in ("--set", s)],
-               *(["--finetune-lr", str(lr)] if lr is not None else [])]
+               str(a.stage_epochs), "--seed", str(a.seed), "--budget", a.budget,
+               *[x for s in a.set for x in ("--set", s)], *(["--finetune-lr", str(lr)] if lr is not None else [])]
         path = folder_of(a.out, item, lr) / BENCH
         stamp = path.stat().st_mtime_ns if path.exists() else None
         self.ui.log(f"({item}): its own process")
@@ -332,7 +372,7 @@ class Bench:
             if not quiet:
                 self.ui.log(f"{name}: in {self.args.csv} already, skipped")
             return self.rows[name]
-        for dep in NEEDS[item]:
+        for dep in self.needs(item):
             if dep in RUNS:
                 self.record(dep, quiet=True)
         res, base = self.ensure(item, lr), self.ensure("base")
@@ -363,13 +403,13 @@ class Bench:
         a, cfg = self.args, config.load(RECIPE, base_config(self.args))
         shape = (3, cfg.data.image_size, cfg.data.image_size)
         if item == "b":
-            model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a.out)[1], shape)
+            model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a)[1], shape)
         else:
             model = prunegreedy.load_network(folder_of(a.out, item, lr))
         if item not in STAGEWISE:
             return saved_mib(model, shape, cfg.train.batch_size)
-        return saved_mib(model, shape, cfg.train.batch_size, stage_split(a.model, STAGEWISE[item][0]),
-                         distills(a.model, item))
+        return saved_mib(model, shape, cfg.train.batch_size, stage_split(a.model, STAGEWISE[item].stages),
+                         through_rest(a.model, item))
 
 
 def main() -> None:
@@ -384,9 +424,12 @@ def main() -> None:
     ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (c): the learning rates of their end-to-end "
                     "fine-tuning, one run each, comma separated (the best is theirs)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,b,c", help="the items to run, comma separated, "
-                    "of trained, base, a, a-kd, a-blocks, a-mem, b, c (the trained network and a run where the others "
-                    "need them and they are not recorded yet; base, measured once in OUT, where any row needs it)")
+    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,a-lab,b,c", help="the items to run, comma "
+                    "separated, of trained, base, a, a-kd, a-blocks, a-mem, a-lab, b, c (the trained network and a run "
+                    "where the others need them and they are not recorded yet; base, measured once in OUT, where any "
+                    "row needs it)")
+    ap.add_argument("--budget", default="a", choices=list(STAGEWISE), help="the stage-wise item whose phase seconds "
+                    "and MACs (b) and (c) are given")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
     args = ap.parse_args()
     args.out = args.out.resolve()
