@@ -160,14 +160,6 @@ class CompressConfig:
             return self.finetune_epochs
         return 1.0 if self.at >= 1 else 0.0
 
-    def distills(self) -> list[float]:
-        """compress.distill as a list: its one weight, or its weight per stage."""
-        return self.distill if isinstance(self.distill, list) else [self.distill]
-
-    def label_weights(self) -> list[float]:
-        """compress.labels as a list: its one weight, or its weight per stage."""
-        return self.labels if isinstance(self.labels, list) else [self.labels]
-
     def refit_images(self) -> int:
         """Images the layers after a cut are refit on (compress.reconstruct); 0: no refit."""
         if self.reconstruct is not None:
@@ -214,6 +206,11 @@ class Config:
                 raise ConfigError(f"expected {n} per-stage values (one per stage), got {len(values)}: {values}")
             return float(values[stage])
         return float(values)
+
+
+def as_list(values: float | list[float]) -> list[float]:
+    """One value, or one per stage, as a list."""
+    return values if isinstance(values, list) else [values]
 
 
 def per_stage(values: float | list[float]) -> str:
@@ -413,7 +410,7 @@ def validate(cfg: Config) -> None:
     if total is not None and (not (total > 0) or math.isinf(total)):
         raise ConfigError(f"train.total_epochs must be a positive number, got {total}")
     ft = cfg.compress.finetune_epochs
-    if ft is not None and not all(0 <= e < math.inf for e in (ft if isinstance(ft, list) else [ft])):
+    if ft is not None and not all(0 <= e < math.inf for e in as_list(ft)):
         raise ConfigError(f"compress.finetune_epochs must be >= 0 (one value, or one per stage), got {per_stage(ft)}")
     if isinstance(ft, list) and cfg.train.trainer not in ("greedy", "compress"):
         raise ConfigError(f"--trainer {cfg.train.trainer} fine-tunes every block at once: give "
@@ -432,12 +429,12 @@ def validate(cfg: Config) -> None:
     if c.cuts < 1 or (c.cuts > 1 and c.at >= 1):
         raise ConfigError(f"compress.cuts must be 1, or more with compress.at < 1 (cuts inside the schedule), "
                           f"got {c.cuts} with compress.at {c.at:g}")
-    if not all(0 <= a <= 1 for a in c.distills()) or (max(c.distills()) > 0 and c.at >= 1
+    if not all(0 <= a <= 1 for a in as_list(c.distill)) or (max(as_list(c.distill)) > 0 and c.at >= 1
                                                       and cfg.train.trainer != "compress"):
         raise ConfigError(f"compress.distill must be in [0, 1] (one value, or one per stage), and above 0 only with "
                           f"compress.at < 1 (it follows a cut inside the schedule) or --trainer compress, got "
                           f"{per_stage(c.distill)} with compress.at {c.at:g}")
-    if not all(0 <= w < math.inf for w in c.label_weights()) or (max(c.label_weights()) > 0
+    if not all(0 <= w < math.inf for w in as_list(c.labels)) or (max(as_list(c.labels)) > 0
                                                                  and cfg.train.trainer != "compress"):
         raise ConfigError(f"compress.labels must be a weight >= 0 (one value, or one per stage), and above 0 only "
                           f"with --trainer compress (it adds the labels to a stage's repair), got "

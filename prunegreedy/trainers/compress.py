@@ -45,7 +45,7 @@ from ..compress.gradients import accumulate_gradients
 from ..compress.network import cut_stage, fresh
 from ..compress.reconstruct import refit
 from ..compress.sensitivity import BATCH_NORMS, recalibrate
-from ..config import Config, per_stage
+from ..config import Config, as_list, per_stage
 from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.network import USER, Network
@@ -75,7 +75,7 @@ def validate(cfg: Config, net: Network) -> None:
     if c.at < 1 or c.cuts > 1 or c.rewind:
         raise ConfigError("--trainer compress cuts each stage once, then repairs it: compress.at 1, compress.cuts 1, "
                           "compress.rewind false")
-    if c.scope == "all" and set(c.distills()) != {1}:
+    if c.scope == "all" and set(as_list(c.distill)) != {1}:
         raise ConfigError(f"compress.scope all narrows each stage's output, which the original's features no longer "
                           f"match; with --trainer compress use compress.distill 1 (the whole network's logits), "
                           f"got {per_stage(c.distill)}")

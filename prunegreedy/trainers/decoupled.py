@@ -18,7 +18,7 @@ from torch import nn
 from ..compress.context import StageContext
 from ..compress.gradients import accumulate_gradients
 from ..compress.network import cut_stage, replay_stage
-from ..config import Config, per_stage
+from ..config import Config, as_list, per_stage
 from ..errors import ConfigError
 from ..measure.size import output_shape
 from ..nn.network import Network
@@ -49,7 +49,8 @@ def validate(cfg: Config, net: Network) -> None:
         raise ConfigError(f"--trainer decoupled cuts every stage at once itself; compress.hook must be none "
                           f"or prune, not '{cfg.compress.hook}'")
     c = cfg.compress
-    if c.cuts > 1 or max(c.distills()) > 0 or c.rewind or c.reconstruct:  # None, the default: only greedy cuts refit
+    # reconstruct None, the default: only greedy cuts refit
+    if c.cuts > 1 or max(as_list(c.distill)) > 0 or c.rewind or c.reconstruct:
         raise ConfigError(f"compress.cuts {c.cuts}, compress.distill {per_stage(c.distill)}, compress.rewind and "
                           f"compress.reconstruct are for the greedy trainer; --trainer decoupled cuts once "
                           f"(compress.cuts 1, compress.distill 0, compress.rewind false, compress.reconstruct 0)")

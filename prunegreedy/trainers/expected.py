@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RECIPE_DIR, Config, load, per_stage
+from ..config import RECIPE_DIR, Config, as_list, load, per_stage
 from ..train.modes import autocast_dtype, has_fast_cpu_bf16
 
 MEASURED = RECIPE_DIR / "measured.json"
@@ -39,14 +39,15 @@ def method(cfg: Config) -> str:
         return "unpruned"
     ratio = ",".join(f"{r:g}" for r in c.ratios) if c.ratios else f"{c.ratio:g}"
     if cfg.train.trainer == "compress":
-        kd = f", distilled from the original's logits (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
-        kd += f", with the labels (weight {per_stage(c.labels)})" if max(c.label_weights()) > 0 else ""
+        kd = (f", distilled from the original's logits (weight {per_stage(c.distill)})"
+              if max(as_list(c.distill)) > 0 else "")
+        kd += f", with the labels (weight {per_stage(c.labels)})" if max(as_list(c.labels)) > 0 else ""
         tail = f", then {c.finetune_all_epochs:g} epoch(s) of the whole network" if c.finetune_all_epochs else ""
         return (f"a trained network pruned by {ratio} ({c.importance}) stage by stage{refit}, each stage fine-tuned "
                 f"{_finetune(c)} epoch(s) to the original's features{kd}{tail}")
     if c.at < 1:
         how = f"{c.cuts} cuts up to" if c.cuts > 1 else "a cut at"
-        kd = f", distilled from the uncut block (weight {per_stage(c.distill)})" if max(c.distills()) > 0 else ""
+        kd = f", distilled from the uncut block (weight {per_stage(c.distill)})" if max(as_list(c.distill)) > 0 else ""
         ft = f", then {_finetune(c)} epoch(s) of fine-tuning" if _tunes(c) else ", no fine-tuning"
         return f"pruned by {ratio} ({c.importance}) inside each stage's schedule ({how} {c.at:g} of it{refit}{kd}{ft})"
     return (f"pruned by {ratio} ({c.importance}) after each stage{refit}, then {_finetune(c)} epoch(s) of "
@@ -60,7 +61,7 @@ def _finetune(c) -> str:
 
 def _tunes(c) -> bool:
     """Whether any stage is fine-tuned after its cut."""
-    return any(e > 0 for e in (c.finetune_epochs if isinstance(c.finetune_epochs, list) else [c.finetune()]))
+    return any(e > 0 for e in (as_list(c.finetune_epochs) if c.finetune_epochs is not None else [c.finetune()]))
 
 
 def _same(a: Config, b: Config) -> bool:
