@@ -54,14 +54,18 @@ def method(cfg: Config) -> str:
             f"fine-tuning")
 
 
+def _epochs(c) -> float | list[float]:
+    """compress.finetune_epochs as given (one value, or one per stage), or its default where unset."""
+    return c.finetune_epochs if c.finetune_epochs is not None else c.finetune()
+
+
 def _finetune(c) -> str:
-    """compress.finetune_epochs as a user gives them: one value, or one per stage."""
-    return per_stage(c.finetune_epochs) if isinstance(c.finetune_epochs, list) else f"{c.finetune():g}"
+    return per_stage(_epochs(c))
 
 
 def _tunes(c) -> bool:
     """Whether any stage is fine-tuned after its cut."""
-    return any(e > 0 for e in (as_list(c.finetune_epochs) if c.finetune_epochs is not None else [c.finetune()]))
+    return max(as_list(_epochs(c))) > 0
 
 
 def _same(a: Config, b: Config) -> bool:
