@@ -58,6 +58,15 @@ def test_torchvision_classifiers_split_where_their_maps_shrink():
     assert torch.equal(torch.random.get_rng_state(), state)  # building it drew nothing the run sees
 
 
+def test_a_chosen_split_cut_again_by_balance_says_both():
+    ui = LinesUI()
+    torch.manual_seed(0)
+    pg.plan(dataset="cifar10-sample", model=Net(), set={"model.balance": 2}, ui=ui)
+    assert ui.lines[0] == ("split of user:Net: body.0,body.3 (body.0,body.3 where the map shrinks, none registered or given, "
+                           "cut again into 2 stages whose largest keeps the fewest activations for training: "
+                           "model.balance)")
+
+
 def test_a_network_too_small_for_the_input_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^AlexNet does not run on a 3x32x32 input \(RuntimeError: Given input "
                                           r"size: \(256x1x1\)\. Calculated output size: \(256x0x0\)\. Output size is "

@@ -236,8 +236,9 @@ def choose_split(cfg, data=None, network=None) -> str | None:
         with torch.random.fork_rng(devices=[]):  # building it draws weights the run must not see drawn
             network = build_model(m.arch, 10, shape[1])
     m.split, stages, m.balance = balanced_split(network, given, m.balance, shape), m.balance, 0
-    return (f"split of {m.arch}: {','.join(m.split)} ({','.join(given)} cut again into {stages} stages whose "
-            f"largest keeps the fewest activations for training: model.balance)")
+    chosen = " where the map shrinks, none registered or given," if line else ""
+    return (f"split of {m.arch}: {','.join(m.split)} ({','.join(given)}{chosen} cut again into {stages} stages "
+            f"whose largest keeps the fewest activations for training: model.balance)")
 
 
 def train_config(cfg, recipe: str, ui, data=None, network=None) -> Run:
