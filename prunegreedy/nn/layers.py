@@ -16,10 +16,15 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def make_activation(name: str) -> nn.Module:
+def check_activation(name: str, what: str = "activation") -> str:
+    """`name` if it is a key of ACTIVATIONS; `what` names the setting in the error."""
     if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation '{name}'; valid: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+        raise ConfigError(f"unknown {what} '{name}'; valid: {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def make_activation(name: str) -> nn.Module:
+    return ACTIVATIONS[check_activation(name)]()
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, cut_input
 from .heads import HEADS
-from .layers import ACTIVATIONS, dirac_
+from .layers import check_activation, dirac_
 from .models import MODELS, USER, build_model, default_split, is_model, registered_split
 from .plans import PLANS, make_plan
 from .spec import StageSpec
@@ -187,10 +187,9 @@ def _plan_network(name: str, image_size: int, options: dict, args: dict) -> Netw
     if "k" in options:
         plan = [replace(s, k=options["k"]) for s in plan]
         _check_head(plan[0])
-    if "act" in options:
-        if options["act"] not in ACTIVATIONS:
-            raise ConfigError(f"unknown model.act '{options['act']}'; valid: {', '.join(ACTIVATIONS)}")
-        plan = [replace(s, act=options["act"]) for s in plan]
+    if "act" in options:  # checked now: the blocks are made later, stage by stage
+        act = check_activation(options["act"], "model.act")
+        plan = [replace(s, act=act) for s in plan]
     stages = [Stage(f"blocks.{j}", s, made=True, dirac=options.get("dirac", False)) for j, s in enumerate(plan)]
     return Network(name, PlanNet(), stages, None, args)
 
