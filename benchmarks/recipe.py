@@ -7,16 +7,21 @@
                        for a fifth of the time
     (d) greedy-r0      cifar10-fast, unpruned
     (e) wide-e2e       the wide network end to end, unpruned
+    (g) greedy-r0-at-a cifar10-fast, unpruned, its stages' epochs scaled to fit (a)'s wall clock: the
+                       baseline of "pruning inside the schedule costs at most 1 point at equal wall clock"
     (f) cpu-compress, cpu   today's cifar10-cpu-compress and cifar10-cpu, for the record
 
     python benchmarks/recipe.py --data-dir ~/data/cifar10-jpeg --out bench-recipe [--seed 0]
+    python benchmarks/recipe.py --data-dir ~/data/cifar10-jpeg --out bench-g --only a,g \
+        --csv reports/benchmarks/recipe-at-a.csv  # the pruning cost at equal wall clock, on one machine
     python benchmarks/recipe.py --data-dir prunegreedy/data/sample_data/cifar10-sample --out /tmp/r \
         --epoch-scale 0.05 --set data.train_limit=200 --set data.test_limit=100 --csv /tmp/r/recipe.csv  # smoke
 
 Every end-to-end run is given the wall clock of its greedy run ((a) for (b), (c); (d) for (e)): its
 epochs are what fits in those seconds, from a quarter-epoch probe of the wide network (the small one
-is probed too) whose setup and evaluation seconds are taken off. One run after another: compare times
-only from an idle machine. Each finished run appends a row to the CSV (default
+is probed too) whose setup and evaluation seconds are taken off. (g) is (d) with every stage's epochs
+scaled so that its training (stages.csv) fits in (a)'s seconds less (d)'s other seconds. One run after
+another: compare times only from an idle machine. Each finished run appends a row to the CSV (default
 reports/benchmarks/recipe.csv); runs already there for this seed are skipped, and finished run
 folders in OUT are reused, so a later session can finish an interrupted benchmark. Prints a table
 and writes an accuracy-against-wall-clock plot next to the CSV (recipe.png).
@@ -105,6 +110,13 @@ class Bench:
         trained = float(pd.read_csv(self.args.out / name / "stages.csv")["seconds"].sum())
         return trained / PROBE_EPOCHS, meta["seconds"] - trained
 
+    def epochs_within(self, run: str, recipe: str, budget: float) -> list[float]:
+        """The recipe's per-stage epochs scaled so that finished `run`'s training (stages.csv) fits in
+        `budget` seconds, its other seconds (setup, evaluation) kept."""
+        trained = float(pd.read_csv(self.args.out / run / "stages.csv")["seconds"].sum())
+        scale = (budget - (self.rows[run]["seconds"] - trained)) / trained
+        return [round(e * scale, 3) for e in scaled_epochs(recipe, self.args.epoch_scale)]
+
     def e2e_epochs(self, model: str, budget: float, share: float = 1.0) -> float:
         epoch_s, overhead_s = self.probe(model)
         return max(0.01, round(share * (budget - overhead_s) / epoch_s, 3))
@@ -172,8 +184,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
     ap.add_argument("--epoch-scale", type=float, default=1.0, help="every recipe's epochs times this (smoke tests)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="the items to run, comma separated (a and d run "
-                    "where b, c or e need their wall clock and they are not recorded yet)")
+    ap.add_argument("--only", default="a,b,c,d,e,g,f", help="the items to run, comma separated (a and d run "
+                    "where b, c, e or g need them and they are not recorded yet)")
     args = ap.parse_args()
     want = set(args.only.split(",")).__contains__
     runtime.setup(torch.device("cpu"), None)
@@ -186,7 +198,7 @@ def main() -> None:
     b = Bench(args, ds, ui)
     ep = lambda recipe: {"train": {"epochs": scaled_epochs(recipe, args.epoch_scale)}}  # noqa: E731
 
-    if want("a") or want("b") or want("c"):
+    if want("a") or want("b") or want("c") or want("g"):
         a = b.run("greedy-r0.5", "a", FAST_COMPRESS, ep(FAST_COMPRESS))
         budget = a["seconds"]
     if want("b") and "small-e2e" not in b.rows:  # (probes run only for runs still to do)
@@ -201,8 +213,10 @@ def main() -> None:
               budget)
     if want("c"):
         tp_run(b, "tp", budget, int(a["macs"]))
-    if want("d") or want("e"):
+    if want("d") or want("e") or want("g"):
         d = b.run("greedy-r0", "d", FAST, ep(FAST))
+    if want("g") and "greedy-r0-at-a" not in b.rows:
+        b.run("greedy-r0-at-a", "g", FAST, {"train": {"epochs": b.epochs_within("greedy-r0", FAST, budget)}}, budget)
     if want("e") and "wide-e2e" not in b.rows:
         b.run("wide-e2e", "e", FAST, {"train": {"trainer": "end-to-end",
                                                 "total_epochs": b.e2e_epochs(WIDE, d["seconds"])}}, d["seconds"])
@@ -210,8 +224,8 @@ def main() -> None:
         b.run("cpu-compress", "f", "cifar10-cpu-compress", ep("cifar10-cpu-compress"))
         b.run("cpu", "f", "cifar10-cpu", ep("cifar10-cpu"))
 
-    rows = [b.rows[k] for k in ("greedy-r0.5", "small-e2e", "pat", "tp", "greedy-r0", "wide-e2e", "cpu-compress",
-                                "cpu") if k in b.rows]
+    rows = [b.rows[k] for k in ("greedy-r0.5", "small-e2e", "pat", "tp", "greedy-r0", "wide-e2e", "greedy-r0-at-a",
+                                "cpu-compress", "cpu") if k in b.rows]
     table = pd.DataFrame(rows)[["item", "run", "model", "trainer", "final_acc", "final_acc_tta", "params_with_head",
                                 "macs", "seconds", "budget_seconds"]]
     print(table.to_string(index=False))
