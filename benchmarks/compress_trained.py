@@ -18,6 +18,8 @@
                           to where a stage loses most (compress.finetune_epochs 0.25,0.25,0.75,2);
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to the --budget item's MACs within 2 %, then end-to-end fine-tuning;
+  (b8) tp-global-round8    (b) with every kept width a multiple of 8 (Torch-Pruning's round_to): widths like
+                          11 or 15 train about 2x slower in bf16 on an avx512_bf16 CPU, so (b) gets fewer epochs;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
                           compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
                           fine-tuned on the labels (compress.finetune_all_epochs).
@@ -89,11 +91,13 @@ from prunegreedy.train.modes import autocast_dtype
 RECIPE = "cifar10-cpu"  # its optimiser and schedule; the epochs are set per run here
 RUNS = {"trained": "trained", "a": "stagewise", "a-kd": "stagewise-kd", "a-blocks": "stagewise-blocks",
         "a-mem": "stagewise-balanced", "a-lab": "stagewise-balanced-labels", "b": "tp-global",
-        "c": "cut-then-finetune"}
-SWEPT = ("b", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
+        "b8": "tp-global-round8", "c": "cut-then-finetune"}
+TP_ROUND = {"b": None, "b8": 8}  # Torch-Pruning's cuts: round_to of each
+SWEPT = ("b", "b8", "c")  # fine-tuned end to end on the labels: one run per --finetune-lr, the best compared
 BUDGET = "budget"  # in NEEDS: the stage-wise item whose seconds and MACs (b) and (c) are given (--budget)
 NEEDS = {"trained": [], "base": ["trained"], "a": ["trained"], "a-kd": ["trained"], "a-blocks": ["trained"],
-         "a-mem": ["trained"], "a-lab": ["trained"], "b": ["trained", BUDGET], "c": ["trained", BUDGET]}
+         "a-mem": ["trained"], "a-lab": ["trained"], "b": ["trained", BUDGET], "b8": ["trained", BUDGET],
+         "c": ["trained", BUDGET]}
 # (a-mem)'s model.balance: on resnet20, 3 balanced stages keep 65.5 MiB at the largest, not under half of
 # (b)'s 129.7 MiB from the 20-epoch original; 4 keep 48.0 MiB
 BALANCED = 4
@@ -225,8 +229,8 @@ def child(args) -> None:
                                            "labels": labels(args.model, item)}}
         run_once(RUNS[item], RECIPE, config.merge(trained, over), base, out, ds, ui)
         bench["epochs"] = epochs
-    elif item == "b":
-        bench.update(tp_recipe(args, cfg, ds.to(device), device, args.finetune_lr))
+    elif item in TP_ROUND:
+        bench.update(tp_recipe(args, cfg, ds.to(device), device, args.finetune_lr, item))
     elif item == "c":
         seconds, _ = budget(args)
         ds = ds.to(device)  # where the run trains (its own move is then a no-op)
@@ -284,20 +288,20 @@ def epoch_seconds(model: nn.Module, ds, cfg, device: torch.device, lr: float) ->
     return stats.seconds / PROBE_EPOCHS
 
 
-def tp_recipe(args, cfg, ds, device: torch.device, lr: float) -> dict:
+def tp_recipe(args, cfg, ds, device: torch.device, lr: float, item: str) -> dict:
     """Torch-Pruning's global group-L1 cut of the trained network to the --budget item's MACs, then
     end-to-end fine-tuning at `lr` for its phase seconds less the cut's; recorded as result.json."""
-    path = folder_of(args.out, "b", lr)
+    path = folder_of(args.out, item, lr)
     path.mkdir(parents=True, exist_ok=True)
     seconds, target_macs = budget(args)
     t0 = time.perf_counter()
-    pruned = tp_global(prunegreedy.load_network(args.out / "trained"), target_macs, ds.image_shape)
+    pruned = tp_global(prunegreedy.load_network(args.out / "trained"), target_macs, ds.image_shape, TP_ROUND[item])
     cut_s = time.perf_counter() - t0
     pruned = pruned.train().requires_grad_(True)
     pruned = pruned.to(device, memory_format=memory_format(cfg))
     epoch_s = epoch_seconds(pruned, ds, cfg, device, lr)
     epochs = max(0.01, round((seconds - cut_s) / epoch_s, 3))
-    PrintUI().log(f"(b): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of ({args.budget})'s "
+    PrintUI().log(f"({item}): cut in {cut_s:.1f} s, {epochs} epochs of fine-tuning for the rest of ({args.budget})'s "
                   f"{seconds} s ({epoch_s:.1f} s an epoch)")
     amp = autocast_dtype(cfg.train.amp, device)
     norm = Normalize(ds.mean, ds.std, device, cfg.train.channels_last)
@@ -326,7 +330,7 @@ class Bench:
         bench = json.loads((folder / BENCH).read_text()) if (folder / BENCH).exists() else {}
         if item == "base":
             return bench or None
-        if item == "b":
+        if item in TP_ROUND:
             meta = json.loads((folder / "result.json").read_text()) if (folder / "result.json").exists() else None
         else:
             meta = finished(folder)
@@ -402,8 +406,8 @@ class Bench:
         """The item's saved_mib, from its network in OUT ((b)'s cut made again: it keeps no network)."""
         a, cfg = self.args, config.load(RECIPE, base_config(self.args))
         shape = (3, cfg.data.image_size, cfg.data.image_size)
-        if item == "b":
-            model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a)[1], shape)
+        if item in TP_ROUND:
+            model = tp_global(prunegreedy.load_network(a.out / "trained"), budget(a)[1], shape, TP_ROUND[item])
         else:
             model = prunegreedy.load_network(folder_of(a.out, item, lr))
         if item not in STAGEWISE:
@@ -424,10 +428,10 @@ def main() -> None:
     ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (c): the learning rates of their end-to-end "
                     "fine-tuning, one run each, comma separated (the best is theirs)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
-    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,a-lab,b,c", help="the items to run, comma "
-                    "separated, of trained, base, a, a-kd, a-blocks, a-mem, a-lab, b, c (the trained network and a run "
-                    "where the others need them and they are not recorded yet; base, measured once in OUT, where any "
-                    "row needs it)")
+    ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,a-lab,b,b8,c", help="the items to run, "
+                    "comma separated, of trained, base, a, a-kd, a-blocks, a-mem, a-lab, b, b8, c (the trained network "
+                    "and a run where the others need them and they are not recorded yet; base, measured once in OUT, "
+                    "where any row needs it)")
     ap.add_argument("--budget", default="a", choices=list(STAGEWISE), help="the stage-wise item whose phase seconds "
                     "and MACs (b) and (c) are given")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run the one --only item here
