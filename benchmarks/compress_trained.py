@@ -18,7 +18,7 @@
                           to where a stage loses most (compress.finetune_epochs 0.25,0.25,0.75,2);
   (b) tp-global           Torch-Pruning's own recipe: one global group-L1 ranking over the whole trained
                           network, to the --budget item's MACs within 2 %, then end-to-end fine-tuning;
-  (b8) tp-global-round8    (b) with every kept width a multiple of 8 (Torch-Pruning's round_to): widths like
+  (b8) tp-global-round8   (b) with every kept width a multiple of 8 (Torch-Pruning's round_to): widths like
                           11 or 15 train about 2x slower in bf16 on an avx512_bf16 CPU, so (b) gets fewer epochs;
   (c) cut-then-finetune   prune-after-training: every stage cut with no repair (--trainer compress,
                           compress.finetune_epochs 0, compress.reconstruct 0), then the whole network
@@ -425,8 +425,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=8.0, help="end-to-end epochs of the trained network")
     ap.add_argument("--stage-epochs", type=float, default=1.0, help="(a): fine-tuning epochs of each stage")
     ap.add_argument("--seed", type=int, default=0, help="run.seed of every run")
-    ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (c): the learning rates of their end-to-end "
-                    "fine-tuning, one run each, comma separated (the best is theirs)")
+    ap.add_argument("--finetune-lr", default="0.01,0.05,0.2", help="(b), (b8), (c): the learning rates of their "
+                    "end-to-end fine-tuning, one run each, comma separated (the best is theirs)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
     ap.add_argument("--only", default="trained,a,a-kd,a-blocks,a-mem,a-lab,b,b8,c", help="the items to run, "
                     "comma separated, of trained, base, a, a-kd, a-blocks, a-mem, a-lab, b, b8, c (the trained network "
