@@ -107,13 +107,17 @@ class Bench:
         meta = run_once(name, FAST, {"model": {"arch": model}, "train": {"trainer": "end-to-end",
                                                                          "total_epochs": PROBE_EPOCHS}},
                         self.base, self.args.out, self.ds, self.ui)
-        trained = float(pd.read_csv(self.args.out / name / "stages.csv")["seconds"].sum())
+        trained = self.trained_seconds(name)
         return trained / PROBE_EPOCHS, meta["seconds"] - trained
+
+    def trained_seconds(self, run: str) -> float:
+        """The seconds finished `run` spent training, over its stages (stages.csv)."""
+        return float(pd.read_csv(self.args.out / run / "stages.csv")["seconds"].sum())
 
     def epochs_within(self, run: str, recipe: str, budget: float) -> list[float]:
         """The recipe's per-stage epochs scaled so that finished `run`'s training (stages.csv) fits in
         `budget` seconds, its other seconds (setup, evaluation) kept."""
-        trained = float(pd.read_csv(self.args.out / run / "stages.csv")["seconds"].sum())
+        trained = self.trained_seconds(run)
         scale = (budget - (self.rows[run]["seconds"] - trained)) / trained
         return [round(e * scale, 3) for e in scaled_epochs(recipe, self.args.epoch_scale)]
 
