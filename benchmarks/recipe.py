@@ -161,19 +161,25 @@ def tp_run(b: Bench, name: str, budget: float, target_macs: int) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against wall clock of every recorded run, one colour per run and one marker per seed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    seeds = sorted({int(r["seed"]) for r in rows})
+    labelled = set()
     for r in rows:
-        ax.scatter(r["seconds"] / 60, r["final_acc"], label=f"({r['item']}) {r['run']}")
-        ax.annotate(r["run"], (r["seconds"] / 60, r["final_acc"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        x, y = r["seconds"] / 60, r["final_acc"]
+        ax.scatter(x, y, color=f"C{runs.index(r['run']) % 10}", marker="os^D"[seeds.index(int(r["seed"])) % 4],
+                   label=None if r["run"] in labelled else f"({r['item']}) {r['run']}")
+        labelled.add(r["run"])
+        ax.annotate(f"{r['run']} s{int(r['seed'])}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("training wall clock (min)")
     ax.set_ylabel("test accuracy, no TTA (%)")
-    ax.set_title("CIFAR-10: greedy + pruning against the alternatives, fast recipe")
+    ax.set_title(f"CIFAR-10: greedy + pruning against the alternatives (seeds {', '.join(map(str, seeds))})")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -233,7 +239,7 @@ def main() -> None:
     table = pd.DataFrame(rows)[["item", "run", "model", "trainer", "final_acc", "final_acc_tta", "params_with_head",
                                 "macs", "seconds", "budget_seconds"]]
     print(table.to_string(index=False))
-    plot(rows, args.csv.with_suffix(".png"))
+    plot(pd.read_csv(args.csv).to_dict("records"), args.csv.with_suffix(".png"))
     print(f"plot: {args.csv.with_suffix('.png')}", file=sys.stderr)
 
 
